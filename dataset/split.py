@@ -1,0 +1,139 @@
+"""The train / validation / test split: stratified by diagnosis, grouped by lesion, seeded.
+
+HAM10000 has 10,015 images of 7,470 lesions; a lesion photographed twice must not sit on both
+sides of the split, or the test score measures recall of a seen lesion, not diagnosis.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from dataset import atomic
+from dataset.errors import DataError
+from dataset.metadata import CLASS_NAMES
+
+SUBSETS = ("train", "val", "test")
+SPLIT_COLUMNS = ("image_id", "lesion_id", "dx", "subset")
+DEFAULT_FRACTIONS = (0.70, 0.15, 0.15)
+
+
+def make_split(metadata, fractions=DEFAULT_FRACTIONS, seed=0):
+    """Assigns every image to train, val or test, keeping each lesion's images together.
+
+    Each diagnosis is split on its own, so every subset gets its share of every class: the
+    lesions of one diagnosis are shuffled (seeded), laid end to end by image count, and cut at
+    the test and validation fractions; a lesion goes where the middle of its images falls.
+
+    Args:
+        metadata: a table with `image_id, lesion_id, dx` (from `load_metadata`).
+        fractions: the train, val and test shares; positive, summing to 1.
+        seed: fixes the split; the same seed and metadata always give the same split.
+
+    Returns:
+        A DataFrame with columns `image_id, lesion_id, dx, subset`, in the metadata's row order.
+    """
+    train_share, val_share, test_share = check_fractions(fractions)
+    rng = np.random.default_rng(seed)
+    # A lesion with images of several diagnoses (none in HAM10000) is placed by its most common.
+    pairs = metadata.groupby(["lesion_id", "dx"]).size().rename("images").reset_index()
+    pairs = pairs.sort_values(["lesion_id", "images", "dx"], ascending=[True, False, True], kind="stable")
+    lesion_dx = pairs.drop_duplicates("lesion_id").set_index("lesion_id")["dx"]
+    lesion_sizes = metadata.groupby("lesion_id").size()
+
+    lesion_subset = {}
+    for name in CLASS_NAMES:
+        lesions = np.sort(lesion_dx.index[lesion_dx == name].to_numpy())
+        if len(lesions) == 0:
+            continue
+        lesions = rng.permutation(lesions)
+        sizes = lesion_sizes.loc[lesions].to_numpy()
+        middles = np.cumsum(sizes) - sizes / 2
+        total = sizes.sum()
+        subsets = np.where(
+            middles <= test_share * total,
+            "test",
+            np.where(middles <= (test_share + val_share) * total, "val", "train"),
+        )
+        lesion_subset.update(zip(lesions, subsets))
+
+    split = metadata.loc[:, ["image_id", "lesion_id", "dx"]].copy()
+    split["subset"] = split["lesion_id"].map(lesion_subset)
+    return split.reset_index(drop=True)
+
+
+def check_fractions(fractions):
+    """Returns (train, val, test) shares, or raises ValueError saying what is wrong with them."""
+    fractions = tuple(float(value) for value in fractions)
+    if len(fractions) != 3 or min(fractions) <= 0 or abs(sum(fractions) - 1) > 1e-6:
+        raise ValueError(
+            f"split fractions must be three positive numbers (train, val, test) summing to 1; "
+            f"got {fractions}"
+        )
+    return fractions
+
+
+def save_split(split, path):
+    atomic.write_csv(path, split.loc[:, list(SPLIT_COLUMNS)])
+
+
+def load_split(path, metadata=None):
+    """Reads a `split.csv` written by `save_split`, for reuse with another model or run.
+
+    Args:
+        path: the split file.
+        metadata: if given, the split must describe exactly these images (by `image_id`), with
+            the same lesions and diagnoses; it is returned in the metadata's row order.
+
+    Raises:
+        DataError: the file is malformed, puts a lesion on two sides, or does not match the
+            metadata.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: split file not found")
+    split = pd.read_csv(path, dtype=str, keep_default_na=False)
+    missing = [column for column in SPLIT_COLUMNS if column not in split.columns]
+    if missing:
+        raise DataError(f"{path}: missing column {', '.join(map(repr, missing))} (expected {', '.join(SPLIT_COLUMNS)})")
+    bad_subset = ~split["subset"].isin(SUBSETS)
+    if bad_subset.any():
+        raise DataError(
+            f"{path}, line {np.flatnonzero(bad_subset)[0] + 2}: unknown subset "
+            f"{split['subset'][bad_subset].iloc[0]!r} (expected one of {', '.join(SUBSETS)})"
+        )
+    leaked = lesions_on_several_sides(split)
+    if leaked:
+        raise DataError(f"{path}: {len(leaked)} lesions are in more than one subset, e.g. {leaked[0]}")
+    if metadata is None:
+        return split.loc[:, list(SPLIT_COLUMNS)]
+
+    by_id = split.set_index("image_id")
+    unknown = sorted(set(metadata["image_id"]) - set(by_id.index))
+    extra = sorted(set(by_id.index) - set(metadata["image_id"]))
+    if unknown or extra:
+        raise DataError(
+            f"{path} does not match the metadata: {len(unknown)} images absent from the split, "
+            f"{len(extra)} images absent from the metadata (was it made with another --limit or data folder?)"
+        )
+    aligned = by_id.loc[metadata["image_id"]]
+    changed = (aligned["dx"].to_numpy() != metadata["dx"].to_numpy()) | (
+        aligned["lesion_id"].to_numpy() != metadata["lesion_id"].to_numpy()
+    )
+    if changed.any():
+        image_id = metadata["image_id"].to_numpy()[changed][0]
+        raise DataError(f"{path} does not match the metadata: image {image_id} has another dx or lesion_id")
+    return aligned.reset_index().loc[:, list(SPLIT_COLUMNS)]
+
+
+def lesions_on_several_sides(split):
+    """The lesion ids that have images in more than one subset (none, in a valid split)."""
+    sides = split.groupby("lesion_id")["subset"].nunique()
+    return sorted(sides.index[sides > 1])
+
+
+def split_summary(split):
+    """Images per class and subset, with totals: the table a report shows for the split."""
+    table = pd.crosstab(split["dx"], split["subset"]).reindex(index=list(CLASS_NAMES), columns=list(SUBSETS), fill_value=0)
+    table.loc["total"] = table.sum()
+    return table

@@ -1,0 +1,23 @@
+"""Network architectures, looked up by name.
+
+    from networks import create_model, list_models
+    model = create_model("densenet", image_size=128, metadata_features=0)
+
+Importing the package registers every model; add a new one by writing a module with a
+`@register_model` builder and importing it here.
+"""
+
+from networks import cnn, densenet, vgg16  # noqa: F401  (registers the models)
+from networks.finetune import freeze_backbone, unfreeze_top_blocks
+from networks.heads import HeadOptions
+from networks.registry import create_model, get_model_entry, list_models, model_options
+
+__all__ = [
+    "HeadOptions",
+    "create_model",
+    "freeze_backbone",
+    "get_model_entry",
+    "list_models",
+    "model_options",
+    "unfreeze_top_blocks",
+]

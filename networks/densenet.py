@@ -1,0 +1,89 @@
+"""DenseNet-BC, written out here and trained from scratch.
+
+Reference: G. Huang, Z. Liu, L. van der Maaten, K. Q. Weinberger, "Densely Connected
+Convolutional Networks", CVPR 2017, arXiv:1608.06993.
+
+Every layer of a dense block sees the feature maps of all layers before it in the block, which
+reuses features and needs few parameters for its depth. "BC" is the variant with Bottleneck
+layers (a 1x1 convolution to 4k channels before each 3x3) and Compression (transitions halve the
+channels).
+"""
+
+from dataclasses import dataclass
+
+import keras
+from keras import layers
+
+from networks.heads import build_classifier
+from networks.registry import register_model
+
+
+@dataclass(frozen=True)
+class DenseNetOptions:
+    """Options of DenseNet-BC.
+
+    Attributes:
+        block_sizes: layers per dense block (DenseNet-121: 6, 12, 24, 16).
+        growth_rate: channels each layer adds (k in the paper).
+        compression: fraction of channels a transition keeps (theta; 0.5 in DenseNet-BC).
+        bottleneck_factor: the 1x1 bottleneck has bottleneck_factor * growth_rate channels.
+        stem_filters: channels of the 7x7 stem convolution (2k in the paper).
+    """
+
+    block_sizes: tuple = (6, 12, 20, 12)
+    growth_rate: int = 32
+    compression: float = 0.5
+    bottleneck_factor: int = 4
+    stem_filters: int = 64
+
+    def __post_init__(self):
+        if not 0 < self.compression <= 1:
+            raise ValueError(f"DenseNet compression must be in (0, 1]; got {self.compression}")
+
+
+def densenet_backbone(image_size, options):
+    """Stem (7x7 conv stride 2, 3x3 max pool stride 2), dense blocks with transitions between
+    them, and a final batch norm and ReLU: an overall stride of 32, as in the paper's ImageNet
+    models.
+    """
+    image = keras.Input((image_size, image_size, 3))
+    x = layers.Rescaling(1 / 255, name="rescale")(image)
+    x = layers.Conv2D(options.stem_filters, 7, strides=2, padding="same", use_bias=False, name="stem_conv")(x)
+    x = layers.BatchNormalization(name="stem_bn")(x)
+    x = layers.ReLU(name="stem_relu")(x)
+    x = layers.MaxPooling2D(3, strides=2, padding="same", name="stem_pool")(x)
+    for block, size in enumerate(options.block_sizes, start=1):
+        for layer in range(1, size + 1):
+            x = _dense_layer(x, options, name=f"block{block}_layer{layer}")
+        if block < len(options.block_sizes):
+            x = _transition(x, options.compression, name=f"transition{block}")
+    x = layers.BatchNormalization(name="final_bn")(x)
+    x = layers.ReLU(name="final_relu")(x)
+    return keras.Model(image, x, name="backbone")
+
+
+def _dense_layer(x, options, name):
+    """BN-ReLU-1x1 conv (bottleneck), BN-ReLU-3x3 conv; its k new channels join the input's."""
+    y = layers.BatchNormalization(name=f"{name}_bn1")(x)
+    y = layers.ReLU(name=f"{name}_relu1")(y)
+    y = layers.Conv2D(options.bottleneck_factor * options.growth_rate, 1, use_bias=False, name=f"{name}_conv1")(y)
+    y = layers.BatchNormalization(name=f"{name}_bn2")(y)
+    y = layers.ReLU(name=f"{name}_relu2")(y)
+    y = layers.Conv2D(options.growth_rate, 3, padding="same", use_bias=False, name=f"{name}_conv2")(y)
+    return layers.Concatenate(name=f"{name}_concat")([x, y])
+
+
+def _transition(x, compression, name):
+    """BN-ReLU-1x1 conv to compression * channels, then 2x2 average pooling."""
+    channels = max(1, int(x.shape[-1] * compression))
+    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    x = layers.ReLU(name=f"{name}_relu")(x)
+    x = layers.Conv2D(channels, 1, use_bias=False, name=f"{name}_conv")(x)
+    return layers.AveragePooling2D(2, name=f"{name}_pool")(x)
+
+
+@register_model("densenet", options=DenseNetOptions, description="DenseNet-BC (Huang et al., 2017), trained from scratch")
+def densenet(image_size, num_classes, metadata_features, head, options):
+    backbone = densenet_backbone(image_size, options)
+    name = "densenet_meta" if metadata_features else "densenet"
+    return build_classifier(backbone, image_size=image_size, num_classes=num_classes, metadata_features=metadata_features, head=head, name=name)

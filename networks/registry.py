@@ -1,0 +1,106 @@
+"""Models by name: `create_model("densenet", image_size=128)` is what `--model densenet` runs.
+
+Each model module registers a builder with `@register_model`; the builder takes the image size,
+the number of metadata features (0 for an image-only model) and the model's own options, and
+returns a compiled-free `keras.Model` mapping images (and metadata) to class probabilities.
+"""
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Callable
+
+from networks.heads import HeadOptions
+
+_REGISTRY = {}
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A registered model.
+
+    Attributes:
+        name: what `--model` takes.
+        build: `build(image_size, num_classes, metadata_features, head, options, weights)`.
+        options: the dataclass of the model's architecture options, with its defaults.
+        description: one line for `--help`.
+        pretrained: whether the model accepts `weights` ("imagenet" or a file); such a model is
+            trained in two stages (head first, then the top of the backbone).
+        min_image_size: the smallest input side the model can take.
+    """
+
+    name: str
+    build: Callable
+    options: type
+    description: str
+    pretrained: bool = False
+    min_image_size: int = 32
+
+
+def register_model(name, *, options, description, pretrained=False, min_image_size=32):
+    """Decorator that adds a builder to the registry under `name`."""
+
+    def add(build):
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} is registered twice")
+        _REGISTRY[name] = ModelEntry(name, build, options, description, pretrained, min_image_size)
+        return build
+
+    return add
+
+
+def list_models():
+    """The registered model names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def get_model_entry(name):
+    """The registry entry of a model; an unknown name raises ValueError listing the known ones."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r} (available: {', '.join(list_models())})")
+    return _REGISTRY[name]
+
+
+def model_options(name, overrides=None):
+    """The model's options dataclass with `overrides` applied; unknown keys raise ValueError."""
+    entry = get_model_entry(name)
+    overrides = dict(overrides or {})
+    known = {field.name for field in dataclasses.fields(entry.options)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(
+            f"unknown option {', '.join(map(repr, unknown))} for model {name!r} "
+            f"(its options are {', '.join(sorted(known))})"
+        )
+    # YAML gives lists where the dataclasses hold tuples.
+    overrides = {key: tuple(value) if isinstance(value, list) else value for key, value in overrides.items()}
+    return entry.options(**overrides)
+
+
+def create_model(name, image_size, *, num_classes=7, metadata_features=0, head=None, options=None, weights=None):
+    """Builds a registered model.
+
+    Args:
+        name: a registered name (`list_models()`).
+        image_size: side of the square input images.
+        num_classes: size of the softmax output.
+        metadata_features: length of the metadata vector; 0 builds an image-only model, more
+            builds the hybrid head with a second input.
+        head: a `HeadOptions`; default `HeadOptions()`.
+        options: a dict of overrides of the model's options dataclass, or an instance of it.
+        weights: for pretrained models only: "imagenet", a weights file, or None.
+
+    Raises:
+        ValueError: unknown name or option, an image size the model cannot take, or weights for
+            a model that has none.
+    """
+    entry = get_model_entry(name)
+    if image_size < entry.min_image_size:
+        raise ValueError(f"model {name!r} needs images of at least {entry.min_image_size}x{entry.min_image_size}; got image size {image_size}")
+    if weights is not None and not entry.pretrained:
+        raise ValueError(f"model {name!r} is trained from scratch and takes no weights; got weights={weights!r}")
+    if not isinstance(options, entry.options):
+        options = model_options(name, options)
+    arguments = dict(image_size=image_size, num_classes=num_classes, metadata_features=metadata_features, head=head or HeadOptions(), options=options)
+    if entry.pretrained:
+        arguments["weights"] = weights
+    return entry.build(**arguments)

@@ -1,0 +1,81 @@
+"""VGG16 (Simonyan & Zisserman, 2015) from `keras.applications`, for transfer learning.
+
+With ImageNet weights the backbone is fine-tuned in two stages (see `freeze_backbone` and
+`unfreeze_top_blocks`): first only the new head learns, then the last convolutional block(s)
+join it at a lower learning rate, so the head's large early gradients do not wreck the
+pretrained filters. From scratch (`weights=None`) it trains in one stage, like the others.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+from keras import layers, ops
+
+from networks.heads import build_classifier
+from networks.registry import register_model
+
+# The ImageNet VGG16 weights expect Caffe-style input: BGR channels minus these channel means.
+IMAGENET_BGR_MEANS = (103.939, 116.779, 123.68)
+
+
+@dataclass(frozen=True)
+class VGG16Options:
+    """VGG16 has a fixed architecture; its weights are passed to `create_model` separately."""
+
+
+@keras.saving.register_keras_serializable(package="networks")
+class VGGPreprocessing(layers.Layer):
+    """RGB images in [0, 255] to the BGR, mean-subtracted input of the ImageNet VGG16 weights."""
+
+    def call(self, images):
+        means = ops.convert_to_tensor(IMAGENET_BGR_MEANS, dtype=images.dtype)
+        return ops.flip(images, axis=-1) - means
+
+
+def vgg16_backbone(image_size, weights):
+    """The 13 convolutional layers of VGG16 (blocks 1 to 5), behind their input preprocessing.
+
+    Args:
+        image_size: side of the input images (at least 32).
+        weights: None (random initialisation), "imagenet" (downloaded by Keras on first use and
+            cached in ~/.keras/models), or the path of a weights file for VGG16 without its top
+            (`vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5`, or a `.weights.h5` file saved
+            from this backbone).
+
+    Raises:
+        ValueError: the weights file does not exist or does not fit, or "imagenet" was asked for
+            and the download failed (offline); the message says how to go on.
+    """
+    if weights is not None and weights != "imagenet" and not Path(weights).is_file():
+        raise ValueError(f"VGG16 weights file not found: {weights} (pass 'imagenet', 'none' or an existing weights file)")
+    image = keras.Input((image_size, image_size, 3))
+    preprocessed = VGGPreprocessing(name="vgg_preprocessing")(image)
+    try:
+        # With `input_tensor`, the backbone starts at `image`: one flat model, preprocessing
+        # included, whose weighted layers still line up with the weights file's.
+        vgg = keras.applications.VGG16(include_top=False, weights=weights, input_tensor=preprocessed)
+    except Exception as error:
+        if "URL fetch failure" in str(error):
+            raise ValueError(
+                "could not download the ImageNet VGG16 weights (no internet?): download "
+                "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5 elsewhere and pass --weights "
+                "PATH, or pass --weights none to train from scratch"
+            ) from None
+        if weights not in (None, "imagenet"):
+            first_line = str(error).strip().splitlines()[0]
+            raise ValueError(f"{weights}: not weights of VGG16 without its top ({first_line})") from None
+        raise
+    return keras.Model(image, vgg.output, name="backbone")
+
+
+@register_model(
+    "vgg16",
+    options=VGG16Options,
+    description="VGG16 from keras.applications; ImageNet, local or no weights",
+    pretrained=True,
+)
+def vgg16(image_size, num_classes, metadata_features, head, options, weights):
+    backbone = vgg16_backbone(image_size, weights)
+    name = "vgg16_meta" if metadata_features else "vgg16"
+    return build_classifier(backbone, image_size=image_size, num_classes=num_classes, metadata_features=metadata_features, head=head, name=name)
