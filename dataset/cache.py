@@ -13,6 +13,7 @@ import concurrent.futures
 import hashlib
 import json
 import os
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,7 +95,8 @@ def _build(paths, image_ids, size, array_path, fingerprint, drop_unreadable, ver
     """Decodes every image into a new cache file; returns the info to store beside it."""
     if verbose:
         print(f"Building the {size}x{size} image cache of {len(paths)} images in {array_path.parent}")
-    progress = keras.utils.Progbar(len(paths), unit_name="image") if verbose else None
+    # On a terminal a live bar; in a log file one line at the end.
+    progress = keras.utils.Progbar(len(paths), unit_name="image", verbose=1 if sys.stdout.isatty() else 2) if verbose else None
     unreadable = []
     with atomic.atomic_path(array_path) as temporary:
         images = np.lib.format.open_memmap(temporary, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, 3))

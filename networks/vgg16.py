@@ -3,7 +3,8 @@
 With ImageNet weights the backbone is fine-tuned in two stages (see `freeze_backbone` and
 `unfreeze_top_blocks`): first only the new head learns, then the last convolutional block(s)
 join it at a lower learning rate, so the head's large early gradients do not wreck the
-pretrained filters. From scratch (`weights=None`) it trains in one stage, like the others.
+pretrained filters. From scratch (`weights=None`) it trains in one stage, like the others, with
+He initialisation and standardised inputs (see `_he_initialise`).
 """
 
 from dataclasses import dataclass
@@ -17,6 +18,8 @@ from networks.registry import register_model
 
 # The ImageNet VGG16 weights expect Caffe-style input: BGR channels minus these channel means.
 IMAGENET_BGR_MEANS = (103.939, 116.779, 123.68)
+# ImageNet's per-channel pixel standard deviations (BGR), for training from scratch.
+IMAGENET_BGR_STDS = (57.375, 57.12, 58.395)
 
 
 @dataclass(frozen=True)
@@ -26,11 +29,26 @@ class VGG16Options:
 
 @keras.saving.register_keras_serializable(package="networks")
 class VGGPreprocessing(layers.Layer):
-    """RGB images in [0, 255] to the BGR, mean-subtracted input of the ImageNet VGG16 weights."""
+    """RGB images in [0, 255] to the BGR, mean-subtracted input of the ImageNet VGG16 weights.
+
+    Args:
+        standardize: also divide by the pixel standard deviation, for a network trained from
+            scratch: a plain 13-layer ReLU stack without batch norm learns only from inputs of
+            about unit scale.
+    """
+
+    def __init__(self, standardize=False, **kwargs):
+        super().__init__(**kwargs)
+        self.standardize = standardize
 
     def call(self, images):
-        means = ops.convert_to_tensor(IMAGENET_BGR_MEANS, dtype=images.dtype)
-        return ops.flip(images, axis=-1) - means
+        centred = ops.flip(images, axis=-1) - ops.convert_to_tensor(IMAGENET_BGR_MEANS, dtype=images.dtype)
+        if self.standardize:
+            return centred / ops.convert_to_tensor(IMAGENET_BGR_STDS, dtype=images.dtype)
+        return centred
+
+    def get_config(self):
+        return {**super().get_config(), "standardize": self.standardize}
 
 
 def vgg16_backbone(image_size, weights):
@@ -50,7 +68,7 @@ def vgg16_backbone(image_size, weights):
     if weights is not None and weights != "imagenet" and not Path(weights).is_file():
         raise ValueError(f"VGG16 weights file not found: {weights} (pass 'imagenet', 'none' or an existing weights file)")
     image = keras.Input((image_size, image_size, 3))
-    preprocessed = VGGPreprocessing(name="vgg_preprocessing")(image)
+    preprocessed = VGGPreprocessing(standardize=weights is None, name="vgg_preprocessing")(image)
     try:
         # With `input_tensor`, the backbone starts at `image`: one flat model, preprocessing
         # included, whose weighted layers still line up with the weights file's.
@@ -66,7 +84,22 @@ def vgg16_backbone(image_size, weights):
             first_line = str(error).strip().splitlines()[0]
             raise ValueError(f"{weights}: not weights of VGG16 without its top ({first_line})") from None
         raise
+    if weights is None:
+        _he_initialise(vgg)
     return keras.Model(image, vgg.output, name="backbone")
+
+
+def _he_initialise(vgg):
+    """Re-draws the convolution kernels with He initialisation (He et al., 2015).
+
+    keras.applications draws them Glorot-uniform, which halves the signal's variance at every
+    ReLU layer: through VGG16's 13 convolutions it all but vanishes, and the network, which has
+    no batch norm to undo that, barely learns from scratch.
+    """
+    initializer = keras.initializers.HeNormal()
+    for layer in vgg.layers:
+        if isinstance(layer, layers.Conv2D):
+            layer.kernel.assign(initializer(layer.kernel.shape))
 
 
 @register_model(

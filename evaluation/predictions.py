@@ -1,0 +1,124 @@
+"""`predictions.csv`: one row per test image with its true class, predicted class and probabilities.
+
+Every metric, plot and comparison is computed from this file alone, so a run can be evaluated
+again, or compared with another, without loading its model.
+
+    image_id,dx,pred,prob_akiec,prob_bcc,prob_bkl,prob_df,prob_mel,prob_nv,prob_vasc
+    ISIC_0027419,bkl,bkl,0.01,0.02,0.81,0.0,0.09,0.07,0.0
+"""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from dataset import atomic
+from dataset.errors import DataError
+from dataset.metadata import CLASS_NAMES, class_indices
+
+PREDICTIONS_FILENAME = "predictions.csv"
+PROBABILITY_COLUMNS = tuple(f"prob_{name}" for name in CLASS_NAMES)
+PREDICTION_COLUMNS = ("image_id", "dx", "pred") + PROBABILITY_COLUMNS
+
+
+def predict_probabilities(model, sequence, verbose=0):
+    """The model's class probabilities for every image of an evaluation sequence, in its order.
+
+    Args:
+        model: a classifier with a softmax output over the seven classes.
+        sequence: an `evaluation_sequence` (each image once, in a fixed order).
+        verbose: Keras's progress output; off by default.
+
+    Returns:
+        An (images, 7) float array.
+    """
+    probabilities = np.asarray(model.predict(sequence, verbose=verbose))
+    if probabilities.ndim != 2 or probabilities.shape[1] != len(CLASS_NAMES):
+        raise ValueError(
+            f"the model's output has shape {probabilities.shape}; expected (images, {len(CLASS_NAMES)}) "
+            "class probabilities"
+        )
+    return probabilities
+
+
+def predictions_frame(image_ids, true_labels, probabilities):
+    """The table `predictions.csv` holds.
+
+    Args:
+        image_ids: one id per image.
+        true_labels: the images' class indices.
+        probabilities: (images, 7) predicted probabilities, columns in `CLASS_NAMES` order.
+
+    Returns:
+        A DataFrame with columns `image_id, dx, pred, prob_<class>...`; `pred` is the most
+        probable class.
+    """
+    probabilities = np.asarray(probabilities)
+    true_labels = np.asarray(true_labels)
+    if probabilities.shape != (len(image_ids), len(CLASS_NAMES)) or len(true_labels) != len(image_ids):
+        raise ValueError(
+            f"need one id, label and row of {len(CLASS_NAMES)} probabilities per image; got "
+            f"{len(image_ids)} ids, {len(true_labels)} labels and probabilities of shape {probabilities.shape}"
+        )
+    names = np.array(CLASS_NAMES)
+    frame = pd.DataFrame({
+        "image_id": list(image_ids),
+        "dx": names[true_labels],
+        "pred": names[probabilities.argmax(axis=1)],
+    })
+    return pd.concat([frame, pd.DataFrame(probabilities, columns=list(PROBABILITY_COLUMNS))], axis=1)
+
+
+def write_predictions(path, frame):
+    atomic.write_csv(path, frame.loc[:, list(PREDICTION_COLUMNS)])
+
+
+def read_predictions(path):
+    """Reads and checks a `predictions.csv`.
+
+    Returns:
+        (frame, y_true, probabilities): the table in file order, the true class indices and
+        the (images, 7) probabilities.
+
+    Raises:
+        DataError: the file is missing or unreadable, lacks a column, or has a row with an empty
+            or repeated image id, an unknown class, a probability that is not a number, or a
+            `pred` other than its most probable class. The message names the file and line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: predictions file not found (it is written when a run's model is evaluated)")
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        first_line = str(error).strip().splitlines()[0]
+        raise DataError(f"{path}: not a readable CSV file ({first_line})") from None
+    missing = [column for column in PREDICTION_COLUMNS if column not in frame.columns]
+    if missing:
+        raise DataError(
+            f"{path}: missing column {', '.join(map(repr, missing))} "
+            f"(expected {', '.join(PREDICTION_COLUMNS)})"
+        )
+    if frame.empty:
+        raise DataError(f"{path}: has a header but no rows")
+
+    probability_text = frame.loc[:, list(PROBABILITY_COLUMNS)]
+    probabilities = probability_text.apply(pd.to_numeric, errors="coerce").to_numpy(np.float64)
+    most_probable = np.array(CLASS_NAMES)[probabilities.argmax(axis=1)]
+    image_ids, dx, pred = frame["image_id"], frame["dx"], frame["pred"]
+    expected = ", ".join(CLASS_NAMES)
+    problems = (
+        (image_ids == "", lambda row: "empty image_id"),
+        (image_ids.duplicated(), lambda row: f"image_id {image_ids[row]!r} appears more than once"),
+        (~dx.isin(CLASS_NAMES), lambda row: f"unknown dx {dx[row]!r} (expected one of {expected})"),
+        (~pred.isin(CLASS_NAMES), lambda row: f"unknown pred {pred[row]!r} (expected one of {expected})"),
+        (~np.isfinite(probabilities).all(axis=1), lambda row: "a probability is not a number"),
+        (pred != most_probable, lambda row: f"pred {pred[row]!r} is not the most probable class ({most_probable[row]!r})"),
+    )
+    # In this order, so that a row reaching the last check has numbers to compare.
+    for bad, describe in problems:
+        if np.any(bad):
+            row = int(np.flatnonzero(bad)[0])
+            # Line numbers as an editor shows them: the header is line 1.
+            raise DataError(f"{path}, line {row + 2}: {describe(row)}")
+    return frame, class_indices(frame["dx"]), probabilities

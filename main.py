@@ -1,0 +1,181 @@
+"""Train, evaluate and compare HAM10000 classifiers.
+
+Examples:
+    python main.py --model densenet --config configs/cpu.yaml      # train one model (train is the default)
+    python main.py --model vgg16 --metadata --weights none          # VGG16 with the metadata head, from scratch
+    python main.py --model all --config configs/cpu.yaml            # the study's four runs, then their comparison
+    python main.py --resume results/runs/20261123-101500-densenet   # continue an interrupted run
+    python main.py evaluate results/runs/RUN --data-dir DIR --labels LABELS.csv   # an external test set
+    python main.py compare results/runs/RUN_A results/runs/RUN_B    # side-by-side, with paired tests
+
+Each run leaves results/runs/<timestamp>-<model>[-meta]/ with its config, split, history, model,
+test predictions, metrics, plots and report.md.
+"""
+
+import argparse
+import datetime
+import os
+import sys
+from pathlib import Path
+
+# Before anything imports TensorFlow: keep its C++ start-up chatter out of the output.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+
+import evaluation  # noqa: E402
+from dataset import BALANCE_MODES, DataError  # noqa: E402
+from networks import get_model_entry, list_models  # noqa: E402
+from training import STUDY, ConfigError, load_config, resume_run, train_run  # noqa: E402
+from training.config import LOSSES  # noqa: E402
+
+COMMANDS = ("train", "evaluate", "compare")
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # `train` is the default command: `main.py --model cnn` means `main.py train --model cnn`.
+    if not argv or argv[0] not in (*COMMANDS, "-h", "--help"):
+        argv.insert(0, "train")
+    arguments = build_parser().parse_args(argv)
+    try:
+        arguments.handler(arguments)
+    except (ConfigError, DataError, ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: resume a run with `python main.py --resume RUN_DIR`", file=sys.stderr)
+        return 130
+    return 0
+
+
+def build_parser():
+    models = "\n".join(f"  {name:<9} {get_model_entry(name).description}" for name in list_models())
+    parser = argparse.ArgumentParser(
+        prog="main.py",
+        description=__doc__.split("\n")[0] + f"\n\nmodels:\n{models}\n  all       the study: cnn, densenet, vgg16, vgg16 --metadata",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="`python main.py COMMAND --help` describes each command; train is the default.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = commands.add_parser(
+        "train", help="train one model, or the study's four (--model all), and evaluate on the test subset",
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    what = train.add_argument_group("what to train")
+    what.add_argument("--model", help=f"one of {', '.join(list_models())}, or all (default: the config's, else densenet)")
+    what.add_argument("--metadata", action="store_true", default=None, help="add the metadata head (age, sex, site)")
+    what.add_argument("--config", type=Path, help="YAML file of settings (configs/cpu.yaml, configs/gpu.yaml); flags win over it")
+    what.add_argument("--weights", help="vgg16: imagenet, none, or a weights file")
+    what.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run from its last completed epoch")
+    how = train.add_argument_group("how to train (default: the config file's, else training/config.py's)")
+    how.add_argument("--epochs", type=int)
+    how.add_argument("--batch-size", type=int)
+    how.add_argument("--image-size", type=int)
+    how.add_argument("--lr", type=float, help="learning rate")
+    how.add_argument("--balance", choices=BALANCE_MODES, help="how the training subset is resampled each epoch")
+    how.add_argument("--class-weights", action=argparse.BooleanOptionalAction, default=None, help="weigh the loss by class")
+    how.add_argument("--loss", choices=LOSSES)
+    how.add_argument("--seed", type=int, help="fixes the split, sampling, augmentation and initial weights")
+    data = train.add_argument_group("data and output")
+    data.add_argument("--data-dir", type=Path, help="HAM10000 folder (default: $HAM10000_DIR, data/ham10000, ../shared/ham10000)")
+    data.add_argument("--cache-dir", type=Path, help="decoded-image cache (default: $HAM10000_CACHE or ~/.cache/ham10000-study)")
+    data.add_argument("--split", type=Path, metavar="FILE", help="reuse a split.csv (e.g. another run's) instead of making one")
+    data.add_argument("--limit", type=int, metavar="N", help="use a stratified subset of N images (smoke runs)")
+    data.add_argument("--drop-missing-images", action="store_true", default=None, help="leave out missing or unreadable images instead of failing")
+    data.add_argument("--output-dir", type=Path, help="where runs/ and comparisons/ go (default: results)")
+    data.add_argument("--workers", type=int, help="threads preparing batches")
+    train.set_defaults(handler=run_train)
+
+    evaluate = commands.add_parser(
+        "evaluate", help="score a trained run on its test subset again, or on an external labelled image set",
+        description="Without --data-dir: recompute a run's metrics, plots and report from its predictions. "
+        "With --data-dir: predict an external image set and write predictions, metrics, plots and a report for it.",
+    )
+    evaluate.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    evaluate.add_argument("--data-dir", type=Path, help="folder of the external images (flat, or HAM10000's part_1/part_2)")
+    evaluate.add_argument("--labels", type=Path, metavar="CSV", help="HAM10000-format metadata or ISIC ground truth (default: DATA_DIR/HAM10000_metadata.csv)")
+    evaluate.add_argument("--output", type=Path, metavar="DIR", help="where to write (default: RUN_DIR/external/<data folder name>)")
+    evaluate.add_argument("--cache-dir", type=Path)
+    evaluate.add_argument("--drop-missing-images", action="store_true")
+    evaluate.set_defaults(handler=run_evaluate)
+
+    compare = commands.add_parser("compare", help="compare runs evaluated on the same test images")
+    compare.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR")
+    compare.add_argument("--output", type=Path, metavar="DIR", help="default: results/comparisons/<timestamp>")
+    compare.set_defaults(handler=run_compare)
+    return parser
+
+
+def run_train(arguments):
+    overrides = {
+        "metadata": arguments.metadata, "weights": arguments.weights, "epochs": arguments.epochs,
+        "batch_size": arguments.batch_size, "image_size": arguments.image_size, "lr": arguments.lr,
+        "balance": arguments.balance, "class_weights": arguments.class_weights, "loss": arguments.loss,
+        "seed": arguments.seed, "data_dir": arguments.data_dir, "cache_dir": arguments.cache_dir,
+        "split": arguments.split, "limit": arguments.limit, "drop_missing_images": arguments.drop_missing_images,
+        "output_dir": arguments.output_dir, "workers": arguments.workers,
+    }
+    overrides = {key: str(value) if isinstance(value, Path) else value for key, value in overrides.items()}
+    if arguments.resume:
+        finish(resume_run(arguments.resume, overrides))
+    elif arguments.model == "all":
+        train_study(arguments.config, overrides)
+    else:
+        finish(train_run(load_config(arguments.model, arguments.config, overrides)))
+
+
+def train_study(config_file, overrides):
+    """The study: four configurations on one split, then their comparison."""
+    # Every config is checked before the first run starts.
+    configs = [load_config(model, config_file, {**overrides, "metadata": metadata}) for model, metadata in STUDY]
+    run_dirs, shared_split, data_by_size = [], overrides.get("split"), {}
+    for config in configs:
+        if shared_split:
+            config.split = str(shared_split)
+        run = train_run(config, data=data_by_size.get(config.image_size))
+        finish(run)
+        shared_split = shared_split or run.run_dir / "split.csv"
+        data_by_size[config.image_size] = run.data
+        run_dirs.append(run.run_dir)
+    output = Path(configs[0].output_dir) / "comparisons" / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    evaluation.compare_runs(run_dirs, output)
+    print(f"Comparison: {output / 'comparison.md'}")
+
+
+def finish(run):
+    """Predicts the run's test subset with the kept model, then writes metrics, plots and report."""
+    model = keras.saving.load_model(run.run_dir / "model.keras", compile=False)
+    test_rows, _, labels = run.data.subset("test")
+    test = run.data.sequence("test", batch_size=run.config.batch_size, with_metadata=run.config.metadata, workers=run.config.workers)
+    probabilities = evaluation.predict_probabilities(model, test)
+    frame = evaluation.predictions_frame(test_rows["image_id"].tolist(), labels, probabilities)
+    evaluation.write_predictions(run.run_dir / "predictions.csv", frame)
+    metrics = evaluation.evaluate_run(run.run_dir)
+    print(
+        f"{run.run_dir.name}: test balanced accuracy {metrics['balanced_accuracy']:.3f}, accuracy "
+        f"{metrics['accuracy']:.3f}, melanoma sensitivity {metrics['melanoma_sensitivity']:.3f}; "
+        f"report: {run.run_dir / 'report.md'}"
+    )
+
+
+def run_evaluate(arguments):
+    if arguments.data_dir is None:
+        metrics = evaluation.evaluate_run(arguments.run_dir)
+        print(f"Wrote the evaluation of {metrics['n_images']} test images to {arguments.run_dir}")
+    else:
+        evaluation.evaluate_external(
+            arguments.run_dir, arguments.data_dir, arguments.labels, arguments.output,
+            cache_dir=arguments.cache_dir, drop_missing=arguments.drop_missing_images,
+        )
+
+
+def run_compare(arguments):
+    output = arguments.output or Path("results") / "comparisons" / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    evaluation.compare_runs(arguments.run_dirs, output)
+    print(f"Comparison written to {output}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""The command line end to end at toy size: train, --model all, resume, and bad input."""
+
+import json
+
+import pandas as pd
+import pytest
+
+import main
+from conftest import TINY_CONFIG, copy_toy_dir
+from training import trainer
+
+RUN_FILES = (
+    "config.yaml", "split.csv", "environment.json", "history.csv", "training.json", "model.keras",
+    "predictions.csv", "metrics.json", "report.md", "confusion_matrix.png", "training_curves.png",
+    "per_class.png", "roc_curves.png",
+)
+
+
+def run_main(*arguments):
+    return main.main([str(argument) for argument in arguments])
+
+
+@pytest.fixture(scope="module")
+def study(toy_dir, tmp_path_factory):
+    """`--model all` once: the four configurations and their comparison, at toy size."""
+    output = tmp_path_factory.mktemp("study")
+    assert run_main("--model", "all", "--config", TINY_CONFIG, "--data-dir", toy_dir, "--output-dir", output) == 0
+    return output
+
+
+def test_model_all_writes_four_complete_runs_on_one_split(study):
+    runs = sorted((study / "runs").iterdir())
+    assert sorted(run.name.split("-", 2)[2] for run in runs) == ["cnn", "densenet", "vgg16", "vgg16-meta"]
+    for run in runs:
+        missing = [name for name in RUN_FILES if not (run / name).is_file()]
+        assert missing == [], run.name
+        assert not (run / "checkpoint").exists()
+    assert (study / "runs" / next(r.name for r in runs if r.name.endswith("vgg16-meta")) / "metadata_encoder.json").is_file()
+    splits = [pd.read_csv(run / "split.csv") for run in runs]
+    assert all(split.equals(splits[0]) for split in splits)
+
+
+def test_predictions_hold_each_test_image_exactly_once(study):
+    for run in (study / "runs").iterdir():
+        predictions = pd.read_csv(run / "predictions.csv")
+        split = pd.read_csv(run / "split.csv")
+        test_ids = split.loc[split["subset"] == "test", "image_id"]
+        assert sorted(predictions["image_id"]) == sorted(test_ids)
+        assert predictions["image_id"].is_unique
+        probabilities = predictions.filter(like="prob_")
+        assert probabilities.shape[1] == 7 and ((probabilities.sum(axis=1) - 1).abs() < 1e-4).all()
+
+
+def test_model_all_writes_the_comparison(study):
+    comparisons = list((study / "comparisons").iterdir())
+    assert len(comparisons) == 1
+    for name in ("comparison.md", "comparison.json", "comparison.png"):
+        assert (comparisons[0] / name).stat().st_size > 0
+
+
+def test_interrupted_run_resumes_without_losing_or_repeating_an_epoch(toy_dir, tmp_path, monkeypatch):
+    record_epoch = trainer.EpochRecorder.on_epoch_end
+
+    def interrupt_after_first_epoch(self, epoch, logs=None):
+        record_epoch(self, epoch, logs)
+        if epoch == 0:
+            raise KeyboardInterrupt  # as if killed after epoch 1 was checkpointed
+
+    monkeypatch.setattr(trainer.EpochRecorder, "on_epoch_end", interrupt_after_first_epoch)
+    arguments = ["--model", "cnn", "--config", TINY_CONFIG, "--epochs", 3, "--data-dir", toy_dir, "--output-dir", tmp_path]
+    assert run_main(*arguments) == 130
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert len(pd.read_csv(run_dir / "history.csv")) == 1
+    assert (run_dir / "checkpoint" / "state.json").is_file() and not (run_dir / "metrics.json").exists()
+
+    monkeypatch.setattr(trainer.EpochRecorder, "on_epoch_end", record_epoch)
+    assert run_main("--resume", run_dir) == 0
+    history = pd.read_csv(run_dir / "history.csv")
+    assert history["epoch"].tolist() == [1, 2, 3]
+    assert json.loads((run_dir / "training.json").read_text())["epochs_completed"] == 3
+    assert (run_dir / "metrics.json").is_file() and len(list((tmp_path / "runs").iterdir())) == 1
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--model", "resnet"], "error: unknown model 'resnet' (available: cnn, densenet, vgg16)"),
+        (["--model", "cnn", "--epochs", "-2"], "error: epochs must be a positive integer; got -2"),
+        (["--model", "vgg16", "--image-size", "16"], "error: image_size 16 is too small for model 'vgg16'"),
+        (["--model", "cnn", "--config", "nowhere.yaml"], "error: nowhere.yaml: config file not found"),
+        (["--model", "cnn", "--data-dir", "nowhere"], "error: nowhere: data folder not found"),
+        (["--resume", "nowhere"], "error: nowhere: not a run folder"),
+        (["compare", "nowhere", "nowhere-else"], "error: nowhere: run folder not found"),
+    ],
+)
+def test_bad_input_fails_with_one_line_before_any_work(arguments, message, tmp_path, capsys):
+    assert run_main(*arguments, *([] if arguments[0] == "compare" else ["--output-dir", tmp_path])) == 2
+    error = capsys.readouterr().err
+    assert message in error and error.count("\n") == 1
+    assert not (tmp_path / "runs").exists()
+
+
+def test_data_folder_that_is_not_ham10000(tmp_path, capsys):
+    (tmp_path / "data").mkdir()
+    assert run_main("--model", "cnn", "--data-dir", tmp_path / "data", "--output-dir", tmp_path) == 2
+    assert "is not a HAM10000 folder" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_missing_image_fails_before_a_run_folder_is_made(toy_dir, tmp_path, capsys):
+    data = copy_toy_dir(toy_dir, tmp_path / "data")
+    next((data / "images").glob("*.jpg")).unlink()
+    assert run_main("--model", "cnn", "--config", TINY_CONFIG, "--data-dir", data, "--output-dir", tmp_path) == 2
+    assert "1 of 80 images not found" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_help_lists_the_models(capsys):
+    with pytest.raises(SystemExit):
+        main.main(["--help"])
+    out = capsys.readouterr().out
+    assert all(name in out for name in ("cnn", "densenet", "vgg16", "all"))

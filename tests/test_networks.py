@@ -1,0 +1,158 @@
+"""Every registered network at toy size: shapes, training, saving, weights, fine-tuning."""
+
+import keras
+import numpy as np
+import pytest
+
+import networks
+from networks import create_model, freeze_backbone, list_models, unfreeze_top_blocks
+
+# Small versions of each architecture: the same code, built and trained in seconds.
+TINY_OPTIONS = {
+    "cnn": {"filters": [8, 16, 16, 32, 32]},
+    "densenet": {"block_sizes": [2, 2, 2, 2], "growth_rate": 8, "stem_filters": 16},
+    "vgg16": {},
+}
+TINY_HEAD = networks.HeadOptions(dense_units=(16,), metadata_units=8)
+METADATA_FEATURES = 5
+# The parameter counts the README states for the default configurations (image-only models).
+TARGET_PARAMETERS = {"cnn": 6.0e6, "densenet": 6.0e6, "vgg16": 14.8e6}
+
+
+def tiny_model(name, metadata_features=0):
+    return create_model(name, 32, metadata_features=metadata_features, head=TINY_HEAD, options=TINY_OPTIONS[name])
+
+
+def toy_batch(metadata_features, size=2, seed=0):
+    rng = np.random.default_rng(seed)
+    images = rng.uniform(0, 255, (size, 32, 32, 3)).astype("float32")
+    labels = keras.utils.to_categorical([0, 4][:size], 7)
+    if metadata_features:
+        return (images, rng.normal(size=(size, metadata_features)).astype("float32")), labels
+    return images, labels
+
+
+def test_registry_lists_the_study_models():
+    assert list_models() == ["cnn", "densenet", "vgg16"]
+
+
+def test_unknown_model_error_lists_valid_names():
+    with pytest.raises(ValueError, match=r"unknown model 'resnet' \(available: cnn, densenet, vgg16\)"):
+        create_model("resnet", 32)
+
+
+def test_image_too_small_for_the_model():
+    with pytest.raises(ValueError, match="needs images of at least 32x32; got image size 16"):
+        create_model("cnn", 16)
+
+
+def test_unknown_model_option():
+    with pytest.raises(ValueError, match="unknown option 'depth' for model 'densenet'"):
+        create_model("densenet", 32, options={"depth": 3})
+
+
+@pytest.mark.parametrize("metadata_features", [0, METADATA_FEATURES], ids=["image", "metadata"])
+@pytest.mark.parametrize("name", list_models())
+def test_forward_and_one_training_step(name, metadata_features):
+    model = tiny_model(name, metadata_features)
+    inputs, labels = toy_batch(metadata_features)
+    probabilities = keras.ops.convert_to_numpy(model(inputs, training=False))
+    assert probabilities.shape == (2, 7)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+
+    model.compile(optimizer=keras.optimizers.SGD(0.01), loss="categorical_crossentropy")
+    before = [keras.ops.convert_to_numpy(w).copy() for w in model.trainable_weights]
+    loss = model.train_on_batch(inputs, labels)
+    assert np.isfinite(loss)
+    # Plain SGD moves a weight exactly when its gradient is non-zero: every weight learns.
+    unchanged = [w.path for w, old in zip(model.trainable_weights, before) if np.array_equal(keras.ops.convert_to_numpy(w), old)]
+    assert unchanged == []
+
+
+@pytest.mark.parametrize("name", ["cnn", "vgg16"])
+def test_metadata_changes_the_prediction(name):
+    model = tiny_model(name, METADATA_FEATURES)
+    (images, features), _ = toy_batch(METADATA_FEATURES)
+    a = keras.ops.convert_to_numpy(model((images, features)))
+    b = keras.ops.convert_to_numpy(model((images, features + 3.0)))
+    assert not np.allclose(a, b)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_save_and_load_give_identical_predictions(name, tmp_path):
+    model = tiny_model(name, METADATA_FEATURES)
+    inputs, _ = toy_batch(METADATA_FEATURES)
+    model.save(tmp_path / "model.keras")
+    reloaded = keras.saving.load_model(tmp_path / "model.keras")
+    np.testing.assert_array_equal(model.predict(inputs, verbose=0), reloaded.predict(inputs, verbose=0))
+
+
+def test_vgg16_loads_a_local_weights_file_exactly(tmp_path):
+    keras.utils.set_random_seed(1)
+    source = create_model("vgg16", 32).get_layer("backbone")
+    path = tmp_path / "vgg16_notop.weights.h5"
+    source.save_weights(path)
+    keras.utils.set_random_seed(2)
+    loaded = create_model("vgg16", 32, weights=str(path)).get_layer("backbone")
+    for expected, actual in zip(source.weights, loaded.weights):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(expected), keras.ops.convert_to_numpy(actual))
+
+
+def test_vgg16_missing_weights_file():
+    with pytest.raises(ValueError, match="VGG16 weights file not found: nowhere.h5"):
+        create_model("vgg16", 32, weights="nowhere.h5")
+
+
+def test_vgg16_imagenet_offline_says_how_to_go_on(tmp_path, monkeypatch):
+    import urllib.error
+
+    from keras.src.utils import file_utils
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    # An empty Keras home, so that no cached weights file is found, and no network.
+    monkeypatch.setattr(file_utils.config, "keras_home", lambda: str(tmp_path))
+    monkeypatch.setattr(file_utils, "urlretrieve", offline)
+    with pytest.raises(ValueError) as error:
+        create_model("vgg16", 32, weights="imagenet")
+    message = str(error.value)
+    assert "could not download the ImageNet VGG16 weights" in message
+    assert "--weights PATH" in message and "--weights none" in message and "\n" not in message
+
+
+def test_cnn_and_densenet_take_no_weights():
+    with pytest.raises(ValueError, match="trained from scratch and takes no weights"):
+        create_model("cnn", 32, weights="imagenet")
+
+
+def test_two_stage_fine_tuning_flags():
+    model = create_model("vgg16", 32)
+    backbone = model.get_layer("backbone")
+    freeze_backbone(model)
+    head = {w.path for w in model.trainable_weights}
+    assert head and not any(w.path.startswith("block") for w in model.trainable_weights)
+    assert all(not layer.trainable for layer in backbone.layers if layer.weights)
+
+    unfreeze_top_blocks(model, first_block=5)
+    trainable = {layer.name for layer in backbone.layers if layer.weights and layer.trainable}
+    assert trainable == {"block5_conv1", "block5_conv2", "block5_conv3"}
+    frozen = {layer.name.split("_")[0] for layer in backbone.layers if layer.weights and not layer.trainable}
+    assert frozen == {"block1", "block2", "block3", "block4"}
+    assert head < {w.path for w in model.trainable_weights}
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_default_parameter_counts_near_their_targets(name):
+    count = create_model(name, 128).count_params()
+    assert abs(count - TARGET_PARAMETERS[name]) / TARGET_PARAMETERS[name] < 0.2
+
+
+def test_output_stays_float32_under_mixed_precision():
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        model = tiny_model("cnn")
+        assert model.get_layer("backbone").get_layer("block1_conv1").compute_dtype == "float16"
+        assert model.output.dtype == "float32"
+    finally:
+        keras.config.set_dtype_policy("float32")

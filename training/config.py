@@ -1,0 +1,236 @@
+"""Every setting of a training run, in one dataclass.
+
+Defaults come from one place, in this order of precedence:
+
+    TrainConfig defaults  <  --config FILE.yaml  <  command-line flags
+
+A YAML file sets any field by name, and may hold a `models:` section whose entries apply to one
+model only, so that one file configures all four runs of `--model all`:
+
+    epochs: 30
+    image_size: 64
+    models:
+      vgg16: {lr: 0.0001}
+
+The resolved config is saved as `config.yaml` in the run folder, and a saved `config.yaml` can
+be passed back with --config to repeat a run.
+"""
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from dataset import BALANCE_MODES, CLASS_NAMES
+from dataset.atomic import write_text
+from dataset.split import check_fractions
+from networks import get_model_entry, list_models, model_options
+from networks.heads import HeadOptions
+
+LOSSES = ("crossentropy", "focal", "cost")
+AUTO = "auto"
+# The four configurations of the study, in the order `--model all` trains them.
+STUDY = (("cnn", False), ("densenet", False), ("vgg16", False), ("vgg16", True))
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; the message names the setting and what it accepts."""
+
+
+@dataclass
+class TrainConfig:
+    # === Model ===
+    model: str = "densenet"
+    metadata: bool = False  # the hybrid head: age, sex and site beside the image
+    image_size: int = 128
+    weights: typing.Optional[str] = "imagenet"  # pretrained models (vgg16): "imagenet", "none" or a file
+    model_options: dict = field(default_factory=dict)  # architecture options, e.g. {growth_rate: 24}
+    head: dict = field(default_factory=dict)  # HeadOptions fields, e.g. {pooling: avg, dropout: 0.3}
+
+    # === Data ===
+    data_dir: typing.Optional[str] = None
+    cache_dir: typing.Optional[str] = None
+    split: typing.Optional[str] = None  # a split.csv to reuse
+    split_fractions: tuple = (0.70, 0.15, 0.15)
+    limit: typing.Optional[int] = None  # a stratified subset of this many images (smoke runs)
+    drop_missing_images: bool = False
+
+    # === Class balance ===
+    balance: str = "combined"  # none | down | up | combined (see dataset.sampling.Balance)
+    balance_target: int = 1000  # "combined": images per class per epoch
+    max_oversampling: float = 4.0  # "combined": a class is repeated at most this often
+    class_weights: bool = True  # "balanced" weights on the resampled epoch
+    class_weight_boost: dict = field(default_factory=lambda: {"mel": 1.5})
+    augment: bool = True
+
+    # === Optimisation ===
+    epochs: int = 60
+    batch_size: int = 32
+    lr: float = 1e-3
+    loss: str = "crossentropy"  # crossentropy | focal | cost
+    focal_gamma: float = 2.0
+    melanoma_cost: float = 5.0  # "cost": cost of a melanoma called benign (other mistakes cost 1)
+    lr_patience: int = 4  # epochs without a better validation balanced accuracy before lr is cut
+    lr_factor: float = 0.5
+    min_lr: float = 1e-6
+    early_stopping_patience: int = 10
+
+    # === Two-stage fine-tuning (pretrained backbones only) ===
+    head_epochs: int = 5  # stage one: backbone frozen, only the head trains
+    fine_tune_from_block: int = 5  # stage two: this backbone block and those above train
+    fine_tune_lr_factor: float = 0.1  # stage two's learning rate is lr times this
+
+    # === Hardware ===
+    mixed_precision: typing.Union[bool, str] = AUTO  # auto: on where there is a GPU
+    jit_compile: typing.Union[bool, str] = AUTO  # auto: Keras's choice (XLA on GPU and JAX)
+    workers: int = 2  # threads preparing batches
+
+    # === Reproducibility and output ===
+    seed: int = 0  # fixes the split, the sampling, the augmentation and the initialisation
+    output_dir: str = "results"
+
+    def __post_init__(self):
+        if isinstance(self.weights, str) and self.weights.lower() == "none":
+            self.weights = None
+
+    @property
+    def run_name(self):
+        return f"{self.model}-meta" if self.metadata else self.model
+
+    @property
+    def pretrained(self):
+        """Whether the backbone starts from pretrained weights (and so trains in two stages)."""
+        return get_model_entry(self.model).pretrained and self.weights is not None
+
+    @property
+    def head_options(self):
+        return HeadOptions(**{k: tuple(v) if isinstance(v, list) else v for k, v in self.head.items()})
+
+    def validate(self):
+        """Checks every value; raises ConfigError naming the first bad one."""
+        if self.model not in list_models():
+            raise ConfigError(f"unknown model {self.model!r} (available: {', '.join(list_models())})")
+        for name in ("epochs", "batch_size", "image_size", "balance_target", "workers"):
+            _require(getattr(self, name) >= 1, f"{name} must be a positive integer; got {getattr(self, name)}")
+        minimum = get_model_entry(self.model).min_image_size
+        _require(
+            self.image_size >= minimum,
+            f"image_size {self.image_size} is too small for model {self.model!r} (it needs at least {minimum})",
+        )
+        _require(self.limit is None or self.limit >= 10, f"limit must be at least 10 images; got {self.limit}")
+        _require(self.lr > 0, f"lr must be positive; got {self.lr}")
+        _require(0 < self.lr_factor < 1, f"lr_factor must be between 0 and 1; got {self.lr_factor}")
+        _require(0 < self.fine_tune_lr_factor <= 1, f"fine_tune_lr_factor must be in (0, 1]; got {self.fine_tune_lr_factor}")
+        _require(self.head_epochs >= 0, f"head_epochs must be 0 or more; got {self.head_epochs}")
+        _require(self.lr_patience >= 1 and self.early_stopping_patience >= 1, "lr_patience and early_stopping_patience must be at least 1")
+        _require(self.max_oversampling >= 1, f"max_oversampling must be at least 1; got {self.max_oversampling}")
+        _require(self.balance in BALANCE_MODES, f"unknown balance {self.balance!r} (expected one of {', '.join(BALANCE_MODES)})")
+        _require(self.loss in LOSSES, f"unknown loss {self.loss!r} (expected one of {', '.join(LOSSES)})")
+        _require(self.melanoma_cost >= 1, f"melanoma_cost must be at least 1; got {self.melanoma_cost}")
+        unknown = sorted(set(self.class_weight_boost) - set(CLASS_NAMES))
+        _require(not unknown, f"unknown class {', '.join(unknown)} in class_weight_boost (expected {', '.join(CLASS_NAMES)})")
+        for name in ("mixed_precision", "jit_compile"):
+            _require(getattr(self, name) in (True, False, AUTO), f"{name} must be true, false or auto; got {getattr(self, name)!r}")
+        try:
+            check_fractions(self.split_fractions)
+            model_options(self.model, self.model_options)
+            self.head_options
+        except (ValueError, TypeError) as error:
+            raise ConfigError(str(error)) from None
+        if self.weights not in (None, "imagenet"):
+            _require(Path(self.weights).is_file(), f"weights file not found: {self.weights} (pass imagenet, none or an existing file)")
+        return self
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    def save(self, path):
+        values = self.to_dict()
+        values["split_fractions"] = list(values["split_fractions"])
+        write_text(path, yaml.safe_dump(values, sort_keys=False))
+
+
+def load_config(model=None, config_file=None, overrides=None):
+    """Resolves a run's config: defaults, then the YAML file, then `overrides` (e.g. flags).
+
+    Args:
+        model: the model to configure; it selects the YAML file's `models:` entry. None keeps
+            the file's (or the default) model.
+        config_file: a YAML file, or None.
+        overrides: a dict of field values that win over the file (None values are skipped).
+
+    Raises:
+        ConfigError: unreadable file, unknown setting, or a value of the wrong type or range.
+    """
+    values = {}
+    if config_file is not None:
+        values = _read_yaml(config_file)
+    per_model = values.pop("models", None) or {}
+    if not isinstance(per_model, dict):
+        raise ConfigError(f"{config_file}: 'models' must map model names to settings")
+    unknown_models = sorted(set(per_model) - set(list_models()))
+    if unknown_models:
+        raise ConfigError(f"{config_file}: unknown model {', '.join(unknown_models)} under 'models' (available: {', '.join(list_models())})")
+    model = model or (overrides or {}).get("model") or values.get("model") or TrainConfig.model
+    values.update(per_model.get(model) or {})
+    values.update({key: value for key, value in (overrides or {}).items() if value is not None})
+    values["model"] = model
+    return _build(values, source=config_file or "command line").validate()
+
+
+def _read_yaml(path):
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings, got {type(values).__name__}")
+    return values
+
+
+def _build(values, source):
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ConfigError(f"{source}: unknown setting {', '.join(map(repr, unknown))} (see training/config.py for the settings)")
+    typed = {name: _coerce(name, fields[name].type, value) for name, value in values.items()}
+    return TrainConfig(**typed)
+
+
+def _coerce(name, kind, value):
+    """Converts a YAML or flag value to the field's type, or raises ConfigError."""
+    allowed = typing.get_args(kind) if typing.get_origin(kind) in (typing.Union, types.UnionType) else (kind,)
+    if value is None and type(None) in allowed:
+        return None
+    for target in allowed:
+        if target is bool and isinstance(value, bool):
+            return value
+        if target is bool and isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        if target in (int, float) and not isinstance(value, bool):
+            try:
+                number = target(value)
+            except (TypeError, ValueError):
+                continue
+            if target is int and number != float(value):
+                continue
+            return number
+        if target is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        if target is tuple and isinstance(value, (list, tuple)):
+            return tuple(value)
+        if target is dict and isinstance(value, dict):
+            return dict(value)
+    expected = " or ".join("null" if t is type(None) else (t if isinstance(t, str) else t.__name__) for t in allowed)
+    raise ConfigError(f"setting {name!r} must be {expected}; got {value!r}")
+
+
+def _require(condition, message):
+    if not condition:
+        raise ConfigError(message)

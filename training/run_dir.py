@@ -1,0 +1,80 @@
+"""The run folder: where one training run leaves everything a reader needs to trust its numbers.
+
+    <output_dir>/runs/<YYYYmmdd-HHMMSS>-<model>[-meta]/
+        config.yaml  split.csv  environment.json  history.csv  training.json  model.keras
+        metadata_encoder.json (hybrid head)  predictions.csv  metrics.json  *.png  report.md
+        checkpoint/ (while training: the last epoch's model and state, for --resume)
+"""
+
+import datetime
+import importlib.metadata
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+
+from dataset.atomic import write_json
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RECORDED_PACKAGES = (
+    "keras", "tensorflow", "jax", "jaxlib", "torch", "numpy", "pandas", "scikit-learn",
+    "imbalanced-learn", "matplotlib", "seaborn", "pillow", "pyyaml",
+)
+
+
+def create_run_dir(output_dir, name, now=None):
+    """Makes a new, empty run folder; never reuses an existing one.
+
+    Two runs started in the same second get the suffixes "-2", "-3", ...
+    """
+    runs = Path(output_dir) / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    stamp = (now or datetime.datetime.now()).strftime("%Y%m%d-%H%M%S")
+    attempt = 1
+    while True:
+        run_dir = runs / (f"{stamp}-{name}" if attempt == 1 else f"{stamp}-{name}-{attempt}")
+        try:
+            run_dir.mkdir()
+            return run_dir
+        except FileExistsError:
+            attempt += 1
+
+
+def environment():
+    """Package versions, backend, devices, machine and git commit: what reproducing a run needs."""
+    packages = {}
+    for name in RECORDED_PACKAGES:
+        try:
+            packages[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return {
+        "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "backend": keras.backend.backend(),
+        "devices": keras.distribution.list_devices(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "packages": packages,
+        "git": git_state(),
+    }
+
+
+def write_environment(run_dir):
+    write_json(Path(run_dir) / "environment.json", environment())
+
+
+def git_state():
+    """The commit the code ran from, and whether tracked files had uncommitted changes."""
+
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout.strip()
+
+    try:
+        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+    except (OSError, subprocess.CalledProcessError):
+        return {"commit": None, "dirty": None}

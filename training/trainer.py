@@ -1,0 +1,312 @@
+"""Fitting one model: its stages, the kept epoch, the history, and checkpoints to resume from.
+
+A run has one stage, or two for a pretrained backbone:
+    1. head only, backbone frozen, at `lr`, for `head_epochs` epochs;
+    2. the top backbone blocks join, at `lr * fine_tune_lr_factor`, for up to `epochs` epochs.
+Within a stage, the learning rate is cut when validation balanced accuracy stops improving, and
+the stage ends early when it has not improved for `early_stopping_patience` epochs. The kept
+model is the epoch with the best validation balanced accuracy over the whole run.
+
+After every epoch, the run folder gets the history so far, the kept model when it improved, and
+`checkpoint/`: the epoch's model with its optimizer state, and `state.json`, written last, which
+is what a resumed run trusts. A run killed at any moment resumes from its last completed epoch.
+"""
+
+import dataclasses
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+
+from dataset import CLASS_NAMES, Balance, class_weights
+from dataset.atomic import atomic_path, write_csv, write_json
+from networks import create_model, freeze_backbone, unfreeze_top_blocks
+from training.losses import make_loss
+from training.metrics import BalancedAccuracy
+
+MONITOR = "val_balanced_accuracy"
+HISTORY_COLUMNS = (
+    "epoch", "stage", "lr", "seconds", "loss", "accuracy", "balanced_accuracy",
+    "val_loss", "val_accuracy", "val_balanced_accuracy",
+)
+CHECKPOINT_DIR = "checkpoint"
+STATE_FILE = "state.json"
+
+
+@dataclass(frozen=True)
+class Stage:
+    number: int
+    epochs: int  # at most; early stopping may end the stage sooner
+    lr: float
+    backbone: str  # which layers train: "all", "frozen" (head only) or "top blocks"
+
+
+def plan_stages(config):
+    """The run's stages; epochs are numbered continuously across them."""
+    if not config.pretrained:
+        return [Stage(1, config.epochs, config.lr, "all")]
+    fine_tune = Stage(2 if config.head_epochs else 1, config.epochs, config.lr * config.fine_tune_lr_factor, "top blocks")
+    if config.head_epochs == 0:
+        return [fine_tune]
+    return [Stage(1, config.head_epochs, config.lr, "frozen"), fine_tune]
+
+
+@dataclass
+class TrainingState:
+    """Everything a resumed run needs besides the model and the history."""
+
+    epochs_completed: int = 0
+    stage: int = 0  # the stage under way (0: none started)
+    stage_first_epoch: int = 1
+    best_value: float = -math.inf
+    best_epoch: int = 0
+    epochs_without_improvement: int = 0  # in this stage; for early stopping
+    epochs_since_lr_change: int = 0  # in this stage; for the plateau rule
+    stage_ended_early: bool = False
+    elapsed_seconds: float = 0.0
+
+    def stage_finished(self, stage):
+        return self.stage_ended_early or self.epochs_completed >= self.stage_last_epoch(stage)
+
+    def stage_last_epoch(self, stage):
+        return self.stage_first_epoch - 1 + stage.epochs
+
+    @classmethod
+    def load(cls, run_dir):
+        path = Path(run_dir) / CHECKPOINT_DIR / STATE_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"{run_dir}: no checkpoint to resume from ({CHECKPOINT_DIR}/{STATE_FILE} is missing)")
+        return cls(**json.loads(path.read_text()))
+
+    def save(self, run_dir):
+        write_json(Path(run_dir) / CHECKPOINT_DIR / STATE_FILE, dataclasses.asdict(self))
+
+
+def build_model(config, metadata_features):
+    """The configured network; `metadata_features` is 0 unless the hybrid head is on."""
+    keras.config.set_dtype_policy("mixed_float16" if _use_mixed_precision(config) else "float32")
+    # Fixes the initial weights (and dropout) for a given seed.
+    keras.utils.set_random_seed(config.seed)
+    return create_model(
+        config.model,
+        config.image_size,
+        num_classes=len(CLASS_NAMES),
+        metadata_features=metadata_features,
+        head=config.head_options,
+        options=config.model_options,
+        weights=config.weights if config.pretrained else None,
+    )
+
+
+def compile_model(model, config, learning_rate, weights):
+    loss, _ = make_loss(config.loss, weights, focal_gamma=config.focal_gamma, melanoma_cost=config.melanoma_cost)
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss=loss,
+        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy"), BalancedAccuracy(len(CLASS_NAMES))],
+        jit_compile=config.jit_compile,
+    )
+
+
+def fit(config, data, run_dir, *, resume=False, verbose="auto"):
+    """Trains the configured model on prepared data, recording everything in `run_dir`.
+
+    Args:
+        config: a validated `TrainConfig`.
+        data: `dataset.PreparedData` for the run's split.
+        run_dir: the run folder (from `create_run_dir`, or an interrupted run's with `resume`).
+        resume: continue from the folder's last completed epoch.
+        verbose: Keras's progress output ("auto": a bar on a terminal, a line per epoch in logs).
+
+    Returns:
+        The summary written to `training.json` (best epoch, epochs run, wall time, ...).
+    """
+    run_dir = Path(run_dir)
+    state = TrainingState.load(run_dir) if resume else TrainingState()
+    train = data.sequence(
+        "train", batch_size=config.batch_size, with_metadata=config.metadata,
+        balance=Balance(config.balance, config.balance_target, config.max_oversampling),
+        augment=config.augment, seed=config.seed, epoch=state.epochs_completed, workers=config.workers,
+    )
+    val = data.sequence("val", batch_size=config.batch_size, with_metadata=config.metadata, workers=config.workers)
+    weights = (
+        class_weights(train.epoch_labels, config.class_weight_boost)
+        if config.class_weights
+        else {index: 1.0 for index in range(len(CLASS_NAMES))}
+    )
+    _, weigh_samples = make_loss(config.loss, weights)
+    stages = plan_stages(config)
+
+    if resume:
+        model = keras.saving.load_model(_checkpoint_path(run_dir, state.epochs_completed))
+        # The kept model may not have been copied out before the interruption.
+        _copy_atomically(_checkpoint_path(run_dir, state.best_epoch), run_dir / "model.keras")
+        print(f"Resuming {run_dir.name} after epoch {state.epochs_completed}")
+    else:
+        model = build_model(config, data.encoder.size if config.metadata else 0)
+
+    print(
+        f"Training {model.name} ({model.count_params():,} parameters) on {len(train.rows)} images, "
+        f"{len(train.positions)} per epoch after '{config.balance}' balancing: "
+        f"{len(train)} steps per epoch, up to {sum(stage.epochs for stage in stages)} epochs"
+    )
+    recorder = EpochRecorder(run_dir, state, _read_history(run_dir, state.epochs_completed), config)
+    for stage in stages:
+        if stage.number < state.stage or (stage.number == state.stage and state.stage_finished(stage)):
+            continue
+        if stage.number > state.stage:
+            # A resumed run's model is already set up for the stage under way.
+            _start_stage(model, stage, state, config, weights, run_dir)
+        recorder.stage = stage
+        train.set_epoch(state.epochs_completed)
+        model.fit(
+            train,
+            validation_data=val,
+            initial_epoch=state.epochs_completed,
+            epochs=state.stage_last_epoch(stage),
+            class_weight=weights if weigh_samples else None,
+            callbacks=[recorder],
+            verbose=verbose,
+        )
+
+    summary = {
+        "best_epoch": state.best_epoch,
+        "best_val_balanced_accuracy": state.best_value,
+        "epochs_completed": state.epochs_completed,
+        "stopped_early": state.epochs_completed < sum(stage.epochs for stage in stages),
+        "wall_time_s": round(state.elapsed_seconds, 1),
+        "seconds_per_epoch": round(state.elapsed_seconds / max(state.epochs_completed, 1), 1),
+        "parameters": int(model.count_params()),
+        "trainable_parameters": int(sum(np.prod(w.shape) for w in model.trainable_weights)),
+        "train_images": int(len(train.rows)),
+        "train_images_per_epoch": int(len(train.positions)),
+        "class_weights": {CLASS_NAMES[i]: round(w, 4) for i, w in weights.items()} if weigh_samples else None,
+        "stage_boundaries": _stage_boundaries(recorder.history),
+    }
+    write_json(run_dir / "training.json", summary)
+    shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)
+    return summary
+
+
+def _start_stage(model, stage, state, config, weights, run_dir):
+    """Sets up a stage: which layers train, at which rate, from which weights."""
+    if state.stage > 0:
+        # Fine-tuning starts from the best head, not from wherever stage one stopped.
+        model.load_weights(run_dir / "model.keras")
+    if stage.backbone == "frozen":
+        freeze_backbone(model)
+    elif stage.backbone == "top blocks":
+        unfreeze_top_blocks(model, config.fine_tune_from_block)
+    compile_model(model, config, stage.lr, weights)
+    print(f"Stage {stage.number}: training {_describe(stage, config)} at lr {stage.lr:g} for up to {stage.epochs} epochs")
+    state.stage = stage.number
+    state.stage_first_epoch = state.epochs_completed + 1
+    state.epochs_without_improvement = state.epochs_since_lr_change = 0
+    state.stage_ended_early = False
+
+
+def _describe(stage, config):
+    if stage.backbone == "frozen":
+        return "the head only (backbone frozen)"
+    if stage.backbone == "top blocks":
+        return f"the head and backbone blocks {config.fine_tune_from_block} and above"
+    return "all layers"
+
+
+def _stage_boundaries(history):
+    """Epochs after which a new stage began."""
+    return [int(before["epoch"]) for before, after in zip(history, history[1:]) if after["stage"] != before["stage"]]
+
+
+class EpochRecorder(keras.callbacks.Callback):
+    """After each epoch: history, kept model, plateau and early-stopping rules, checkpoint."""
+
+    def __init__(self, run_dir, state, history, config):
+        super().__init__()
+        self.run_dir = run_dir
+        self.state = state
+        self.history = history
+        self.config = config
+        self.stage = None
+        self._started = None
+        self._estimated = False
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        seconds = time.perf_counter() - self._started
+        state, config = self.state, self.config
+        lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        row = {"epoch": epoch + 1, "stage": self.stage.number, "lr": lr, "seconds": round(seconds, 2)}
+        row.update({name: float(logs[name]) for name in HISTORY_COLUMNS[4:]})
+        self.history.append(row)
+
+        improved = logs[MONITOR] > state.best_value
+        if improved:
+            state.best_value, state.best_epoch = float(logs[MONITOR]), epoch + 1
+            state.epochs_without_improvement = state.epochs_since_lr_change = 0
+        else:
+            state.epochs_without_improvement += 1
+            state.epochs_since_lr_change += 1
+            if state.epochs_since_lr_change >= config.lr_patience and lr > config.min_lr:
+                new_lr = max(lr * config.lr_factor, config.min_lr)
+                self.model.optimizer.learning_rate = new_lr
+                state.epochs_since_lr_change = 0
+                print(f"\nEpoch {epoch + 1}: {MONITOR} has not improved for {config.lr_patience} epochs; lr {lr:g} -> {new_lr:g}")
+            if state.epochs_without_improvement >= config.early_stopping_patience:
+                self.model.stop_training = True
+                state.stage_ended_early = True
+                print(f"\nEpoch {epoch + 1}: stopping stage {self.stage.number} early; best {MONITOR} {state.best_value:.4f} at epoch {state.best_epoch}")
+        state.epochs_completed = epoch + 1
+        state.elapsed_seconds += seconds
+
+        # Commit order: the epoch's model, the history, then the state that points at them.
+        # Files are deleted only once nothing points at them any more.
+        checkpoint = _checkpoint_path(self.run_dir, epoch + 1)
+        with atomic_path(checkpoint) as temporary:
+            self.model.save(temporary)
+        write_csv(self.run_dir / "history.csv", pd.DataFrame(self.history, columns=HISTORY_COLUMNS))
+        state.save(self.run_dir)
+        if improved:
+            _copy_atomically(checkpoint, self.run_dir / "model.keras")
+        for old in (self.run_dir / CHECKPOINT_DIR).glob("epoch-*.keras"):
+            if old.name not in (checkpoint.name, _checkpoint_path(self.run_dir, state.best_epoch).name):
+                old.unlink()
+
+        if not self._estimated:
+            self._estimated = True
+            remaining = self.params["epochs"] - (epoch + 1)
+            print(
+                f"\nEpoch {epoch + 1} took {seconds:.0f} s; this stage has at most {remaining} more "
+                f"(about {remaining * seconds / 60:.0f} min; early stopping may end it sooner)"
+            )
+
+
+def _checkpoint_path(run_dir, epoch):
+    return Path(run_dir) / CHECKPOINT_DIR / f"epoch-{epoch:03d}.keras"
+
+
+def _copy_atomically(source, target):
+    with atomic_path(target) as temporary:
+        shutil.copyfile(source, temporary)
+
+
+def _read_history(run_dir, epochs_completed):
+    """The history of the completed epochs (a row written after the last checkpoint is dropped)."""
+    path = Path(run_dir) / "history.csv"
+    if epochs_completed == 0 or not path.is_file():
+        return []
+    return pd.read_csv(path).head(epochs_completed).to_dict("records")
+
+
+def _use_mixed_precision(config):
+    if config.mixed_precision == "auto":
+        return any(device.startswith("gpu") for device in keras.distribution.list_devices())
+    return bool(config.mixed_precision)
