@@ -17,10 +17,12 @@ class CNNOptions:
         filters: the width of each block; each block halves the resolution, so the number of
             blocks sets the overall stride (five blocks: 32).
         convs_per_block: 3x3 convolutions per block.
+        batch_norm_momentum: momentum of the batch-norm moving statistics used at inference.
     """
 
     filters: tuple = (40, 80, 160, 320, 512)
     convs_per_block: int = 2
+    batch_norm_momentum: float = 0.9
 
 
 def cnn_backbone(image_size, options):
@@ -34,7 +36,7 @@ def cnn_backbone(image_size, options):
     for block, filters in enumerate(options.filters, start=1):
         for conv in range(1, options.convs_per_block + 1):
             x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"block{block}_conv{conv}")(x)
-            x = layers.BatchNormalization(name=f"block{block}_bn{conv}")(x)
+            x = layers.BatchNormalization(momentum=options.batch_norm_momentum, name=f"block{block}_bn{conv}")(x)
             x = layers.ReLU(name=f"block{block}_relu{conv}")(x)
         x = layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
     return keras.Model(image, x, name="backbone")

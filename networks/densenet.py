@@ -28,6 +28,7 @@ class DenseNetOptions:
         compression: fraction of channels a transition keeps (theta; 0.5 in DenseNet-BC).
         bottleneck_factor: the 1x1 bottleneck has bottleneck_factor * growth_rate channels.
         stem_filters: channels of the 7x7 stem convolution (2k in the paper).
+        batch_norm_momentum: momentum of the batch-norm moving statistics used at inference.
     """
 
     block_sizes: tuple = (6, 12, 20, 12)
@@ -35,6 +36,7 @@ class DenseNetOptions:
     compression: float = 0.5
     bottleneck_factor: int = 4
     stem_filters: int = 64
+    batch_norm_momentum: float = 0.9
 
     def __post_init__(self):
         if not 0 < self.compression <= 1:
@@ -49,34 +51,34 @@ def densenet_backbone(image_size, options):
     image = keras.Input((image_size, image_size, 3))
     x = layers.Rescaling(1 / 255, name="rescale")(image)
     x = layers.Conv2D(options.stem_filters, 7, strides=2, padding="same", use_bias=False, name="stem_conv")(x)
-    x = layers.BatchNormalization(name="stem_bn")(x)
+    x = layers.BatchNormalization(momentum=options.batch_norm_momentum, name="stem_bn")(x)
     x = layers.ReLU(name="stem_relu")(x)
     x = layers.MaxPooling2D(3, strides=2, padding="same", name="stem_pool")(x)
     for block, size in enumerate(options.block_sizes, start=1):
         for layer in range(1, size + 1):
             x = _dense_layer(x, options, name=f"block{block}_layer{layer}")
         if block < len(options.block_sizes):
-            x = _transition(x, options.compression, name=f"transition{block}")
-    x = layers.BatchNormalization(name="final_bn")(x)
+            x = _transition(x, options, name=f"transition{block}")
+    x = layers.BatchNormalization(momentum=options.batch_norm_momentum, name="final_bn")(x)
     x = layers.ReLU(name="final_relu")(x)
     return keras.Model(image, x, name="backbone")
 
 
 def _dense_layer(x, options, name):
     """BN-ReLU-1x1 conv (bottleneck), BN-ReLU-3x3 conv; its k new channels join the input's."""
-    y = layers.BatchNormalization(name=f"{name}_bn1")(x)
+    y = layers.BatchNormalization(momentum=options.batch_norm_momentum, name=f"{name}_bn1")(x)
     y = layers.ReLU(name=f"{name}_relu1")(y)
     y = layers.Conv2D(options.bottleneck_factor * options.growth_rate, 1, use_bias=False, name=f"{name}_conv1")(y)
-    y = layers.BatchNormalization(name=f"{name}_bn2")(y)
+    y = layers.BatchNormalization(momentum=options.batch_norm_momentum, name=f"{name}_bn2")(y)
     y = layers.ReLU(name=f"{name}_relu2")(y)
     y = layers.Conv2D(options.growth_rate, 3, padding="same", use_bias=False, name=f"{name}_conv2")(y)
     return layers.Concatenate(name=f"{name}_concat")([x, y])
 
 
-def _transition(x, compression, name):
+def _transition(x, options, name):
     """BN-ReLU-1x1 conv to compression * channels, then 2x2 average pooling."""
-    channels = max(1, int(x.shape[-1] * compression))
-    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    channels = max(1, int(x.shape[-1] * options.compression))
+    x = layers.BatchNormalization(momentum=options.batch_norm_momentum, name=f"{name}_bn")(x)
     x = layers.ReLU(name=f"{name}_relu")(x)
     x = layers.Conv2D(channels, 1, use_bias=False, name=f"{name}_conv")(x)
     return layers.AveragePooling2D(2, name=f"{name}_pool")(x)

@@ -1,10 +1,11 @@
-"""Shared fixtures: the real HAM10000 copy, a toy copy of it, and an isolated image cache."""
+"""Shared fixtures: the real HAM10000 copy, a toy copy of it, an isolated image cache, and a toy study."""
 
 import shutil
 from pathlib import Path
 
 import pytest
 
+import main
 from dataset import find_data_dir, load_metadata
 from dataset.metadata import METADATA_FILENAME, stratified_subset
 
@@ -13,10 +14,15 @@ TINY_CONFIG = REPO_ROOT / "configs" / "tiny.yaml"
 TOY_IMAGES = 80
 
 
-@pytest.fixture(autouse=True)
-def isolated_cache(tmp_path_factory, monkeypatch):
-    """Caches built by tests go to a temporary folder, never to ~/.cache."""
-    monkeypatch.setenv("HAM10000_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cache(tmp_path_factory):
+    """Caches built by tests go to a temporary folder, never to ~/.cache.
+
+    Session-scoped, so that it is in place before the session fixtures that train toy runs.
+    """
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HAM10000_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -44,6 +50,18 @@ def toy_dir(ham_dir, ham_metadata, tmp_path_factory):
     kept = [line for line in body if line.split(",")[1] in wanted]
     (root / METADATA_FILENAME).write_text("\n".join([header, *kept]) + "\n")
     return root
+
+
+@pytest.fixture(scope="session")
+def study(toy_dir, tmp_path_factory):
+    """`--model all` once: the four configurations and their comparison, at toy size."""
+    output = tmp_path_factory.mktemp("study")
+    assert run_main("--model", "all", "--config", TINY_CONFIG, "--data-dir", toy_dir, "--output-dir", output) == 0
+    return output
+
+
+def run_main(*arguments):
+    return main.main([str(argument) for argument in arguments])
 
 
 def copy_toy_dir(toy_dir, destination):

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 import main
-from conftest import TINY_CONFIG, copy_toy_dir
+from conftest import TINY_CONFIG, copy_toy_dir, run_main
 from training import trainer
 
 RUN_FILES = (
@@ -14,18 +14,6 @@ RUN_FILES = (
     "predictions.csv", "metrics.json", "report.md", "confusion_matrix.png", "training_curves.png",
     "per_class.png", "roc_curves.png",
 )
-
-
-def run_main(*arguments):
-    return main.main([str(argument) for argument in arguments])
-
-
-@pytest.fixture(scope="module")
-def study(toy_dir, tmp_path_factory):
-    """`--model all` once: the four configurations and their comparison, at toy size."""
-    output = tmp_path_factory.mktemp("study")
-    assert run_main("--model", "all", "--config", TINY_CONFIG, "--data-dir", toy_dir, "--output-dir", output) == 0
-    return output
 
 
 def test_model_all_writes_four_complete_runs_on_one_split(study):

@@ -16,6 +16,7 @@ import dataclasses
 import json
 import math
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,6 +129,9 @@ def fit(config, data, run_dir, *, resume=False, verbose="auto"):
         The summary written to `training.json` (best epoch, epochs run, wall time, ...).
     """
     run_dir = Path(run_dir)
+    if verbose == "auto":
+        # Keras's "auto" is always the bar, which floods a log file with carriage returns.
+        verbose = 1 if sys.stdout.isatty() else 2
     state = TrainingState.load(run_dir) if resume else TrainingState()
     train = data.sequence(
         "train", batch_size=config.batch_size, with_metadata=config.metadata,
