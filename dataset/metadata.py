@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 
 from dataset.errors import DataError
+from dataset.tables import read_csv
 
 # Alphabetical, as in the metadata file; a label's index in this tuple is its class index
 # everywhere in the project (one-hot columns, confusion matrices, `prob_<class>` columns).
@@ -46,14 +47,7 @@ def load_metadata(path):
             file, the line and the problem.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: metadata file not found")
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, UnicodeDecodeError) as error:
-        first_line = str(error).strip().splitlines()[0]
-        raise DataError(f"{path}: not a readable CSV file ({first_line})") from None
-    return validate_metadata(frame, source=path)
+    return validate_metadata(read_csv(path, "metadata file not found"), source=path)
 
 
 def validate_metadata(frame, source="metadata"):

@@ -11,6 +11,7 @@ import pandas as pd
 
 from dataset import atomic
 from dataset.errors import DataError
+from dataset.tables import read_csv
 from dataset.metadata import CLASS_NAMES
 
 SUBSETS = ("train", "val", "test")
@@ -90,9 +91,7 @@ def load_split(path, metadata=None):
             metadata.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: split file not found")
-    split = pd.read_csv(path, dtype=str, keep_default_na=False)
+    split = read_csv(path, "split file not found")
     missing = [column for column in SPLIT_COLUMNS if column not in split.columns]
     if missing:
         raise DataError(f"{path}: missing column {', '.join(map(repr, missing))} (expected {', '.join(SPLIT_COLUMNS)})")

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from dataset.errors import DataError
+from dataset.tables import read_csv
 from dataset.metadata import CLINICAL_COLUMNS, validate_metadata
 
 # ISIC 2018 ground-truth column -> class name.
@@ -35,14 +36,7 @@ def read_labels(path):
             exactly one 1 among the class columns. The message names the file and line.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: labels file not found")
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        first_line = str(error).strip().splitlines()[0]
-        raise DataError(f"{path}: not a readable CSV file ({first_line})") from None
-    frame = frame.rename(columns=str.strip)
+    frame = read_csv(path, "labels file not found").rename(columns=str.strip)
     columns = set(frame.columns)
     if {"image", *ISIC_COLUMNS} <= columns:
         frame = _from_isic(frame, path)

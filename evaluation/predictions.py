@@ -14,6 +14,7 @@ import pandas as pd
 
 from dataset import atomic
 from dataset.errors import DataError
+from dataset.tables import read_csv
 from dataset.metadata import CLASS_NAMES, class_indices
 
 PREDICTIONS_FILENAME = "predictions.csv"
@@ -86,13 +87,7 @@ def read_predictions(path):
             `pred` other than its most probable class. The message names the file and line.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: predictions file not found (it is written when a run's model is evaluated)")
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        first_line = str(error).strip().splitlines()[0]
-        raise DataError(f"{path}: not a readable CSV file ({first_line})") from None
+    frame = read_csv(path, "predictions file not found (it is written when a run's model is evaluated)")
     missing = [column for column in PREDICTION_COLUMNS if column not in frame.columns]
     if missing:
         raise DataError(

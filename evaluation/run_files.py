@@ -13,6 +13,7 @@ import pandas as pd
 import yaml
 
 from dataset.errors import DataError
+from dataset.tables import read_csv
 from dataset.split import load_split
 
 CONFIG_FILENAME = "config.yaml"
@@ -86,11 +87,7 @@ def _read_mapping(path, parse, parse_error):
 
 
 def _read_history(path):
-    try:
-        history = pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        first_line = str(error).strip().splitlines()[0]
-        raise DataError(f"{path}: not a readable CSV file ({first_line})") from None
+    history = read_csv(path, "history file not found", as_text=False)
     missing = [column for column in HISTORY_COLUMNS if column not in history.columns]
     if missing:
         raise DataError(

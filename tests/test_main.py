@@ -46,7 +46,7 @@ def test_model_all_writes_the_comparison(study):
         assert (comparisons[0] / name).stat().st_size > 0
 
 
-def test_interrupted_run_resumes_without_losing_or_repeating_an_epoch(toy_dir, tmp_path, monkeypatch):
+def test_interrupted_run_resumes_without_losing_or_repeating_an_epoch(toy_dir, tmp_path, monkeypatch, capsys):
     record_epoch = trainer.EpochRecorder.on_epoch_end
 
     def interrupt_after_first_epoch(self, epoch, logs=None):
@@ -57,6 +57,9 @@ def test_interrupted_run_resumes_without_losing_or_repeating_an_epoch(toy_dir, t
     monkeypatch.setattr(trainer.EpochRecorder, "on_epoch_end", interrupt_after_first_epoch)
     arguments = ["--model", "cnn", "--config", TINY_CONFIG, "--epochs", 3, "--data-dir", toy_dir, "--output-dir", tmp_path]
     assert run_main(*arguments) == 130
+    progress = capsys.readouterr().out
+    assert "steps per epoch, up to 3 epochs" in progress
+    assert "Epoch 1 took" in progress and "this stage has at most 2 more (about" in progress
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert len(pd.read_csv(run_dir / "history.csv")) == 1
     assert (run_dir / "checkpoint" / "state.json").is_file() and not (run_dir / "metrics.json").exists()

@@ -48,6 +48,7 @@ def test_optional_columns_may_be_absent(tmp_path):
         ([HEADER, "L1,I1,nv,histo,thirty,male,back"], "line 2: age 'thirty' is not a number"),
         ([HEADER, ",I1,nv,histo,30,male,back"], "line 2: empty lesion_id"),
         ([HEADER], "has a header but no rows"),
+        ([], "not a readable CSV file (No columns to parse from file)"),
     ],
 )
 def test_malformed_file_gets_one_line_error_naming_file_and_line(tmp_path, lines, message):

@@ -239,10 +239,15 @@ class EpochRecorder(keras.callbacks.Callback):
         self.config = config
         self.stage = None
         self._started = None
+        self._first_step_seconds = None
         self._estimated = False
 
     def on_epoch_begin(self, epoch, logs=None):
         self._started = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch == 0 and self._first_step_seconds is None:
+            self._first_step_seconds = time.perf_counter() - self._started
 
     def on_epoch_end(self, epoch, logs=None):
         seconds = time.perf_counter() - self._started
@@ -287,9 +292,14 @@ class EpochRecorder(keras.callbacks.Callback):
         if not self._estimated:
             self._estimated = True
             remaining = self.params["epochs"] - (epoch + 1)
+            # The first step also traces and compiles the model: count it as an average step.
+            steps = self.params.get("steps") or 1
+            typical = seconds if steps < 2 else (seconds - self._first_step_seconds) * steps / (steps - 1)
+            seconds_left = remaining * typical
+            estimate = f"{seconds_left:.0f} s" if seconds_left < 90 else f"{seconds_left / 60:.0f} min"
             print(
                 f"\nEpoch {epoch + 1} took {seconds:.0f} s; this stage has at most {remaining} more "
-                f"(about {remaining * seconds / 60:.0f} min; early stopping may end it sooner)"
+                f"(about {estimate}; early stopping may end it sooner)"
             )
 
 

@@ -1,0 +1,28 @@
+"""Reading the project's CSV files, with one-line errors that name the file."""
+
+from pathlib import Path
+
+import pandas as pd
+
+from dataset.errors import DataError
+
+
+def read_csv(path, not_found, *, as_text=True):
+    """Reads a CSV file into a DataFrame, or raises a one-line DataError naming the file.
+
+    Args:
+        path: the file.
+        not_found: what to say after "<path>: " when the file does not exist, e.g.
+            "metadata file not found".
+        as_text: read every column as strings and keep empty cells as "", so that callers can
+            validate row by row and report line numbers; False lets pandas infer the types.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: {not_found}")
+    options = {"dtype": str, "keep_default_na": False} if as_text else {}
+    try:
+        return pd.read_csv(path, **options)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        first_line = str(error).strip().splitlines()[0]
+        raise DataError(f"{path}: not a readable CSV file ({first_line})") from None
