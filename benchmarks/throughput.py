@@ -91,14 +91,15 @@ def measure(name, size, data, batch_size, steps, repeats):
     images, labels = zip(*(train[index] for index in range(steps)))
     in_memory = np.concatenate(images), np.concatenate(labels)
 
-    def compute_ceiling():
-        return timed_fit(model, in_memory, steps * batch_size, batch_size=batch_size, class_weight=weights)
+    def compute_ceiling(steps=steps):
+        batches = tuple(array[: steps * batch_size] for array in in_memory)
+        return timed_fit(model, batches, steps * batch_size, batch_size=batch_size, class_weight=weights)
 
-    def fit_on_sequence():
+    def fit_on_sequence(steps=steps):
         return timed_fit(model, train, steps * batch_size, steps_per_epoch=steps, class_weight=weights)
 
     for warm_up in (compute_ceiling, fit_on_sequence):
-        warm_up()  # graph tracing, thread start-up and first-touch page faults are not timed
+        warm_up(steps=1)  # graph tracing and thread start-up are not timed
     # Interleaved repetitions, so that a slow spell of the machine hits (b) and (c) alike.
     samples = {"sequence": [], "ceiling": [], "fit": []}
     for _ in range(repeats):
@@ -138,7 +139,7 @@ def time_cache_build(size, data_dir):
 
 def run_memory_probe(size, images, arguments):
     """A training run in a fresh process, so that its peak memory is its own."""
-    command = [sys.executable, __file__, "--memory-probe", str(size), str(images or 0), "--batch-size", str(arguments.batch_size), "--steps", str(arguments.steps)]
+    command = [sys.executable, __file__, "--memory-probe", str(size), str(images or 0), "--batch-size", str(arguments.batch_size), "--steps", "2"]
     if arguments.data_dir:
         command += ["--data-dir", arguments.data_dir]
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
@@ -146,7 +147,8 @@ def run_memory_probe(size, images, arguments):
 
 
 def memory_probe(size, images, batch_size, steps, data_dir):
-    """Trains the cnn for a full epoch over `images` images (0: all) and reports peak memory.
+    """Peak memory of a few cnn training steps on `images` images (0: all), then every
+    training image read once through the sequence.
 
     Private (anonymous) memory is what the process itself holds; the cache's pages are file
     pages the kernel can drop and re-read, counted apart.
