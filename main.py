@@ -93,7 +93,7 @@ def build_parser():
         description="Without --data-dir: recompute a run's metrics, plots and report from its predictions. "
         "With --data-dir: predict an external image set and write predictions, metrics, plots and a report for it.",
     )
-    evaluate.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    evaluate.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a trained run folder (with model.keras)")
     evaluate.add_argument("--data-dir", type=Path, help="folder of the external images (flat, or HAM10000's part_1/part_2)")
     evaluate.add_argument("--labels", type=Path, metavar="CSV", help="HAM10000-format metadata or ISIC ground truth (default: DATA_DIR/HAM10000_metadata.csv)")
     evaluate.add_argument("--output", type=Path, metavar="DIR", help="where to write (default: RUN_DIR/external/<data folder name>)")
@@ -102,7 +102,7 @@ def build_parser():
     evaluate.set_defaults(handler=run_evaluate)
 
     compare = commands.add_parser("compare", help="compare runs evaluated on the same test images")
-    compare.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR")
+    compare.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR", help="two or more run folders with predictions.csv, trained on one split")
     compare.add_argument("--output", type=Path, metavar="DIR", help="default: results/comparisons/<timestamp>")
     compare.set_defaults(handler=run_compare)
     return parser
