@@ -25,6 +25,7 @@ import keras  # noqa: E402
 
 import evaluation  # noqa: E402
 from dataset import BALANCE_MODES, DataError  # noqa: E402
+from dataset.atomic import new_folder  # noqa: E402
 from networks import get_model_entry, list_models  # noqa: E402
 from training import STUDY, ConfigError, load_config, resume_run, train_run  # noqa: E402
 from training.config import LOSSES  # noqa: E402
@@ -139,7 +140,7 @@ def train_study(config_file, overrides):
         shared_split = shared_split or run.run_dir / "split.csv"
         data_by_size[config.image_size] = run.data
         run_dirs.append(run.run_dir)
-    output = Path(configs[0].output_dir) / "comparisons" / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    output = new_comparison_dir(configs[0].output_dir)
     evaluation.compare_runs(run_dirs, output)
     print(f"Comparison: {output / 'comparison.md'}")
 
@@ -172,9 +173,14 @@ def run_evaluate(arguments):
 
 
 def run_compare(arguments):
-    output = arguments.output or Path("results") / "comparisons" / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    output = arguments.output or new_comparison_dir("results")
     evaluation.compare_runs(arguments.run_dirs, output)
     print(f"Comparison written to {output}")
+
+
+def new_comparison_dir(output_dir):
+    """`<output_dir>/comparisons/<timestamp>`, never an earlier comparison's folder."""
+    return new_folder(Path(output_dir) / "comparisons" / datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
 
 
 if __name__ == "__main__":

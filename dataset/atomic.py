@@ -28,6 +28,20 @@ def atomic_path(path):
         temporary.unlink(missing_ok=True)
 
 
+def new_folder(path):
+    """Creates `path`, or if it exists `path-2`, `path-3`, ...: an earlier folder is never reused."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    attempt = 1
+    while True:
+        candidate = path if attempt == 1 else path.with_name(f"{path.name}-{attempt}")
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            attempt += 1
+
+
 def write_text(path, text):
     with atomic_path(path) as temporary:
         temporary.write_text(text, encoding="utf-8")

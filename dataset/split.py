@@ -11,8 +11,8 @@ import pandas as pd
 
 from dataset import atomic
 from dataset.errors import DataError
-from dataset.tables import read_csv
 from dataset.metadata import CLASS_NAMES
+from dataset.tables import read_csv
 
 SUBSETS = ("train", "val", "test")
 SPLIT_COLUMNS = ("image_id", "lesion_id", "dx", "subset")

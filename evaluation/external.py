@@ -14,6 +14,7 @@ from pathlib import Path
 import keras
 
 import networks  # noqa: F401  (registers the custom layers that saved models refer to)
+from dataset.atomic import new_folder
 from dataset.cache import load_images
 from dataset.errors import DataError
 from dataset.features import MetadataEncoder
@@ -147,15 +148,3 @@ def encode_metadata(run_dir, rows, features):
     if encoder.size != features:
         raise DataError(f"{encoder_path} encodes {encoder.size} metadata features, but the model takes {features}")
     return encoder.transform(rows)
-
-
-def new_folder(path):
-    """Creates `path`, or if it exists `path-2`, `path-3`, ...; an earlier evaluation is never overwritten."""
-    attempt = 1
-    while True:
-        candidate = path if attempt == 1 else path.with_name(f"{path.name}-{attempt}")
-        try:
-            candidate.mkdir(parents=True)
-            return candidate
-        except FileExistsError:
-            attempt += 1

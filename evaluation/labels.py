@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 
 from dataset.errors import DataError
-from dataset.tables import read_csv
 from dataset.metadata import CLINICAL_COLUMNS, validate_metadata
+from dataset.tables import read_csv
 
 # ISIC 2018 ground-truth column -> class name.
 ISIC_COLUMNS = {"MEL": "mel", "NV": "nv", "BCC": "bcc", "AKIEC": "akiec", "BKL": "bkl", "DF": "df", "VASC": "vasc"}

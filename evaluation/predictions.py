@@ -14,8 +14,8 @@ import pandas as pd
 
 from dataset import atomic
 from dataset.errors import DataError
-from dataset.tables import read_csv
 from dataset.metadata import CLASS_NAMES, class_indices
+from dataset.tables import read_csv
 
 PREDICTIONS_FILENAME = "predictions.csv"
 PROBABILITY_COLUMNS = tuple(f"prob_{name}" for name in CLASS_NAMES)

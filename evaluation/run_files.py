@@ -13,8 +13,8 @@ import pandas as pd
 import yaml
 
 from dataset.errors import DataError
-from dataset.tables import read_csv
 from dataset.split import load_split
+from dataset.tables import read_csv
 
 CONFIG_FILENAME = "config.yaml"
 TRAINING_FILENAME = "training.json"

@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from dataset.atomic import new_folder
 from dataset.errors import DataError
 from dataset.features import MetadataEncoder
 from dataset.images import read_image
 from evaluation import evaluate_external, read_labels
-from evaluation.external import new_folder
 
 IMAGE_IDS = [f"ISIC_{index:07d}" for index in range(8)]
 CLASSES = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc", "mel"]

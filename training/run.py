@@ -12,15 +12,16 @@ from typing import NamedTuple
 
 import yaml
 
-from dataset import prepare_data, save_split
+from dataset import PreparedData, prepare_data, save_split
 from training.config import TrainConfig, load_config
 from training.run_dir import create_run_dir, write_environment
 from training.trainer import fit
 
+
 class TrainedRun(NamedTuple):
     run_dir: Path
     config: TrainConfig
-    data: object  # dataset.PreparedData
+    data: PreparedData
 
 
 # Settings a resumed run may change: where things are on this machine, not what is trained.

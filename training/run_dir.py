@@ -16,7 +16,7 @@ from pathlib import Path
 
 import keras
 
-from dataset.atomic import write_json
+from dataset.atomic import new_folder, write_json
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RECORDED_PACKAGES = (
@@ -30,17 +30,8 @@ def create_run_dir(output_dir, name, now=None):
 
     Two runs started in the same second get the suffixes "-2", "-3", ...
     """
-    runs = Path(output_dir) / "runs"
-    runs.mkdir(parents=True, exist_ok=True)
     stamp = (now or datetime.datetime.now()).strftime("%Y%m%d-%H%M%S")
-    attempt = 1
-    while True:
-        run_dir = runs / (f"{stamp}-{name}" if attempt == 1 else f"{stamp}-{name}-{attempt}")
-        try:
-            run_dir.mkdir()
-            return run_dir
-        except FileExistsError:
-            attempt += 1
+    return new_folder(Path(output_dir) / "runs" / f"{stamp}-{name}")
 
 
 def environment():
