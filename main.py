@@ -21,8 +21,6 @@ from pathlib import Path
 # Before anything imports TensorFlow: keep its C++ start-up chatter out of the output.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
-
 import evaluation  # noqa: E402
 from dataset import BALANCE_MODES, DataError  # noqa: E402
 from dataset.atomic import new_folder  # noqa: E402
@@ -147,12 +145,9 @@ def train_study(config_file, overrides):
 
 def finish(run):
     """Predicts the run's test subset with the kept model, then writes metrics, plots and report."""
-    model = keras.saving.load_model(run.run_dir / "model.keras", compile=False)
-    test_rows, _, labels = run.data.subset("test")
-    test = run.data.sequence("test", batch_size=run.config.batch_size, with_metadata=run.config.metadata, workers=run.config.workers)
-    probabilities = evaluation.predict_probabilities(model, test)
-    frame = evaluation.predictions_frame(test_rows["image_id"].tolist(), labels, probabilities)
-    evaluation.write_predictions(run.run_dir / "predictions.csv", frame)
+    evaluation.predict_test_subset(
+        run.run_dir, run.data, with_metadata=run.config.metadata, batch_size=run.config.batch_size, workers=run.config.workers
+    )
     metrics = evaluation.evaluate_run(run.run_dir)
     print(
         f"{run.run_dir.name}: test balanced accuracy {metrics['balanced_accuracy']:.3f}, accuracy "

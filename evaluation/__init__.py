@@ -5,15 +5,21 @@
     compare_runs([run_a, run_b], "results/comparison")              # comparison.md/.json/.png
     evaluate_external(run_a, "data/isic2018-test", "data/isic2018-test/GroundTruth.csv")
 
-Everything but `evaluate_external` works from the files in the run folder (`predictions.csv`
-first of all), never from `training`; `evaluate_external` loads the run's model.
+Everything but `predict_test_subset` and `evaluate_external` works from the files in the run
+folder (`predictions.csv` first of all), never from `training`; those two load the run's model.
 """
 
 from evaluation.compare import compare_runs
 from evaluation.external import evaluate_external
 from evaluation.labels import read_labels
 from evaluation.metrics import compute_metrics, expected_calibration_error
-from evaluation.predictions import predict_probabilities, predictions_frame, read_predictions, write_predictions
+from evaluation.predictions import (
+    predict_probabilities,
+    predict_test_subset,
+    predictions_frame,
+    read_predictions,
+    write_predictions,
+)
 from evaluation.report import evaluate_run, write_evaluation
 
 __all__ = [
@@ -23,6 +29,7 @@ __all__ = [
     "evaluate_run",
     "expected_calibration_error",
     "predict_probabilities",
+    "predict_test_subset",
     "predictions_frame",
     "read_labels",
     "read_predictions",

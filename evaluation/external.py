@@ -11,9 +11,6 @@ its training subset. The results land in `<run>/external/<data folder name>/`.
 
 from pathlib import Path
 
-import keras
-
-import networks  # noqa: F401  (registers the custom layers that saved models refer to)
 from dataset.atomic import new_folder
 from dataset.cache import load_images
 from dataset.errors import DataError
@@ -24,7 +21,7 @@ from dataset.sequence import evaluation_sequence
 from evaluation.labels import read_labels
 from evaluation.predictions import PREDICTIONS_FILENAME, predict_probabilities, predictions_frame, write_predictions
 from evaluation.report import class_counts, write_evaluation
-from evaluation.run_files import ENCODER_FILENAME, MODEL_FILENAME, read_run_files
+from evaluation.run_files import ENCODER_FILENAME, MODEL_FILENAME, load_run_model, read_run_files
 
 EXTERNAL_DIR = "external"
 
@@ -112,13 +109,6 @@ def evaluate_external(
     if verbose:
         print(f"Wrote the evaluation on {data_dir.name} to {output_dir}")
     return metrics
-
-
-def load_run_model(run_dir):
-    model_path = Path(run_dir) / MODEL_FILENAME
-    if not model_path.is_file():
-        raise DataError(f"{model_path}: model file not found (is {Path(run_dir).name} a finished training run?)")
-    return keras.saving.load_model(model_path, compile=False)
 
 
 def model_inputs(model, source):

@@ -16,6 +16,7 @@ from dataset import atomic
 from dataset.errors import DataError
 from dataset.metadata import CLASS_NAMES, class_indices
 from dataset.tables import read_csv
+from evaluation.run_files import load_run_model
 
 PREDICTIONS_FILENAME = "predictions.csv"
 PROBABILITY_COLUMNS = tuple(f"prob_{name}" for name in CLASS_NAMES)
@@ -40,6 +41,26 @@ def predict_probabilities(model, sequence, verbose=0):
             "class probabilities"
         )
     return probabilities
+
+
+def predict_test_subset(run_dir, data, *, with_metadata, batch_size=32, workers=2):
+    """Predicts the test subset of a run's split with its kept model and writes `predictions.csv`.
+
+    Args:
+        run_dir: a trained run's folder, with `model.keras`.
+        data: the `dataset.PreparedData` the run trained on (its split and image size).
+        with_metadata: whether the model takes the metadata input.
+        batch_size, workers: of the prediction batches.
+
+    Returns:
+        The table written to `predictions.csv`.
+    """
+    rows, _, labels = data.subset("test")
+    test = data.sequence("test", batch_size=batch_size, with_metadata=with_metadata, workers=workers)
+    probabilities = predict_probabilities(load_run_model(run_dir), test)
+    frame = predictions_frame(rows["image_id"].tolist(), labels, probabilities)
+    write_predictions(Path(run_dir) / PREDICTIONS_FILENAME, frame)
+    return frame
 
 
 def predictions_frame(image_ids, true_labels, probabilities):

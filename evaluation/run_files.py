@@ -9,8 +9,11 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import keras
 import pandas as pd
 import yaml
+
+import networks  # noqa: F401  (registers the custom layers that saved models refer to)
 
 from dataset.errors import DataError
 from dataset.split import load_split
@@ -94,3 +97,11 @@ def _read_history(path):
             f"{path}: missing column {', '.join(map(repr, missing))} (expected {', '.join(HISTORY_COLUMNS)}, ...)"
         )
     return history
+
+
+def load_run_model(run_dir):
+    """The run's kept model (`model.keras`), uncompiled: for prediction only."""
+    model_path = Path(run_dir) / MODEL_FILENAME
+    if not model_path.is_file():
+        raise DataError(f"{model_path}: model file not found (is {Path(run_dir).name} a finished training run?)")
+    return keras.saving.load_model(model_path, compile=False)
