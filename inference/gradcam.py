@@ -1,0 +1,151 @@
+"""Grad-CAM: where in the image the evidence for a class lies.
+
+Selvaraju et al., "Grad-CAM: Visual Explanations from Deep Networks via Gradient-based
+Localization", ICCV 2017. The feature map A of the last convolutional stage is weighted, channel
+by channel, by the spatial mean of d score / dA, summed, clipped at zero and upsampled to the
+image: a heat map of the regions that raise the class's score.
+
+    cam = GradCAM(model)
+    heatmaps = cam.heatmaps(images, class_indices)              # (n, size, size) in [0, 1]
+    overlay = overlay_heatmap(images[0], heatmaps[0])           # (size, size, 3) uint8
+
+The feature map is found in the model, not named: every classifier from `networks` is an image
+input, one nested backbone model, then the head (`networks/heads.py`); the map is the backbone's
+last 4-D output with more than one position (at 32 px VGG16's final map is 1x1, which cannot
+localise anything, so an earlier one is taken). A model without a nested backbone is searched the
+same way at its top level. Metadata models are explained with their metadata input held fixed.
+
+Gradients need the backend's own differentiation: TensorFlow's GradientTape, `jax.grad`, or
+torch's autograd; `_gradients` is the one place that knows which.
+"""
+
+import io
+
+import keras
+import numpy as np
+from matplotlib import colormaps
+from PIL import Image
+
+
+class GradCAM:
+    """Grad-CAM heat maps of a classifier.
+
+    Args:
+        model: a `keras.Model` with one (batch, size, size, 3) image input, optionally further
+            inputs (the metadata vector), and a softmax output.
+
+    Raises:
+        ValueError: the model has no 4-D feature map with more than one position.
+    """
+
+    def __init__(self, model):
+        images = [tensor for tensor in model.inputs if len(tensor.shape) == 4]
+        if len(images) != 1:
+            raise ValueError(f"Grad-CAM needs a model with one image input; {model.name} has {len(images)}")
+        self.image_input = images[0]
+        self.other_inputs = [tensor for tensor in model.inputs if tensor is not self.image_input]
+        nested = [layer for layer in model.layers if isinstance(layer, keras.Model)]
+        searched = nested[0] if len(nested) == 1 else model
+        feature_layer = last_feature_map_layer(searched)
+        self.layer_name = feature_layer.name
+        feature_map = feature_layer.output
+        # image -> A, then A -> backbone output (if A is inside the backbone) -> probabilities.
+        self.to_features = keras.Model(searched.inputs[0] if searched is not model else self.image_input, feature_map)
+        if searched is model:
+            self.to_backbone_output = None
+            self.head = keras.Model([feature_map, *self.other_inputs], model.output)
+        else:
+            self.to_backbone_output = None if feature_map is searched.output else keras.Model(feature_map, searched.output)
+            # The head starts at the last 4-D tensor the top level passes on: the backbone's output.
+            head_start = [
+                tensor for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)
+                for tensor in keras.tree.flatten(layer.input) if len(tensor.shape) == 4
+            ][-1]
+            self.head = keras.Model([head_start, *self.other_inputs], model.output)
+
+    def _probabilities(self, features, others):
+        if self.to_backbone_output is not None:
+            features = self.to_backbone_output(features)
+        return self.head([features, *others])
+
+    def heatmaps(self, images, class_indices, others=()):
+        """Heat maps of the given classes.
+
+        Args:
+            images: (n, size, size, 3) images as the model takes them.
+            class_indices: the class explained for each image (e.g. the predicted one).
+            others: the model's other inputs (the metadata vectors), in its input order.
+
+        Returns:
+            An (n, size, size) float32 array in [0, 1], 1 at each map's strongest evidence; all
+            zero where nothing in the image raises the class's score.
+        """
+        images = keras.ops.convert_to_tensor(np.asarray(images, dtype="float32"))
+        others = [keras.ops.convert_to_tensor(np.asarray(value, dtype="float32")) for value in others]
+        features = self.to_features(images)
+        one_hot = keras.ops.one_hot(keras.ops.convert_to_tensor(np.asarray(class_indices)), self.head.output.shape[-1])
+
+        def score(features):
+            # The log-probability rather than the probability: its gradient does not vanish
+            # when the softmax saturates on a confident prediction.
+            probabilities = self._probabilities(features, others)
+            return keras.ops.sum(one_hot * keras.ops.log(probabilities + 1e-7))
+
+        gradients = _gradients(score, features)
+        weights = keras.ops.mean(gradients, axis=(1, 2), keepdims=True)
+        cam = keras.ops.relu(keras.ops.sum(weights * features, axis=-1, keepdims=True))
+        size = images.shape[1:3]
+        cam = keras.ops.convert_to_numpy(keras.ops.image.resize(cam, size, interpolation="bilinear"))[..., 0]
+        peak = cam.max(axis=(1, 2), keepdims=True)
+        return np.divide(cam, peak, out=np.zeros_like(cam), where=peak > 0).astype(np.float32)
+
+
+def last_feature_map_layer(model):
+    """The last layer of a model's graph whose output is 4-D with more than one spatial position."""
+    maps = [
+        layer for layer in model.layers
+        if not isinstance(layer, keras.layers.InputLayer)
+        and len(layer.output.shape) == 4 and (layer.output.shape[1] or 2) * (layer.output.shape[2] or 2) > 1
+    ]
+    if not maps:
+        raise ValueError(f"{model.name} has no convolutional feature map with more than one position for Grad-CAM")
+    return maps[-1]
+
+
+def _gradients(score, features):
+    """d score(features) / d features with the backend's differentiation."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            tape.watch(features)
+            value = score(features)
+        return tape.gradient(value, features)
+    if backend == "jax":
+        import jax
+
+        return jax.grad(score)(features)
+    if backend == "torch":
+        features = features.detach().requires_grad_(True)
+        score(features).backward()
+        return features.grad
+    raise ValueError(f"Grad-CAM supports the tensorflow, jax and torch backends, not {backend}")
+
+
+def overlay_heatmap(image, heatmap, alpha=0.45):
+    """The image with the heat map blended over it in the "jet" colours; (h, w, 3) uint8.
+
+    The heat map is resized to the image, so the overlay can be drawn on the full-size original.
+    """
+    image = np.asarray(image, dtype=np.uint8)
+    heat = Image.fromarray(np.uint8(np.clip(heatmap, 0, 1) * 255)).resize(image.shape[1::-1], Image.Resampling.BILINEAR)
+    colours = colormaps["jet"](np.asarray(heat) / 255.0)[..., :3] * 255
+    return np.uint8(np.clip((1 - alpha) * image + alpha * colours, 0, 255))
+
+
+def png_bytes(image):
+    """An (h, w, 3) uint8 array encoded as PNG."""
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
