@@ -202,15 +202,16 @@ def run_compare(arguments):
 
 
 def run_predict(arguments):
-    # Warnings (metadata missing, files skipped) as one line each, without the source line.
-    warnings.formatwarning = lambda message, category, *_: f"warning: {message}\n"
     if arguments.output is not None:
         inference.check_output_path(arguments.output)
-    predictor = inference.Predictor.load(arguments.run_dir)
-    table = inference.predict_files(
-        predictor, arguments.images, metadata_path=arguments.metadata, tta=arguments.tta,
-        skip_unreadable=arguments.skip_unreadable, explain_dir=arguments.explain,
-    )
+    with warnings.catch_warnings():
+        # Warnings (metadata missing, files skipped) as one line each, without the source line.
+        warnings.showwarning = lambda message, *_: print(f"warning: {message}", file=sys.stderr)
+        predictor = inference.Predictor.load(arguments.run_dir)
+        table = inference.predict_files(
+            predictor, arguments.images, metadata_path=arguments.metadata, tta=arguments.tta,
+            skip_unreadable=arguments.skip_unreadable, explain_dir=arguments.explain,
+        )
     if arguments.output is None:
         print(table.to_csv(index=False, float_format="%.4f"), end="")
     else:
