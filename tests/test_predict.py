@@ -8,13 +8,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import run_main
+from conftest import run_main, study_run
 from dataset.augment import DIHEDRAL_TRANSFORMS
 from evaluation.predictions import PROBABILITY_COLUMNS
-
-
-def study_run(study, suffix):
-    return next(run for run in (study / "runs").iterdir() if run.name.split("-", 2)[2] == suffix)
 
 
 def test_images_are_predicted_exactly_as_in_evaluation_in_the_order_given(study, toy_dir, tmp_path, capsys):
