@@ -1,9 +1,14 @@
 """Grad-CAM: heat maps of every registered architecture, and on a toy task they find the evidence."""
 
+import os
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import pytest
 
+from conftest import REPO_ROOT
 from inference.gradcam import GradCAM, overlay_heatmap
 from networks import list_models
 from networks.heads import HeadOptions
@@ -87,3 +92,37 @@ def test_overlay_has_the_image_size_even_when_larger_than_the_heatmap():
     assert overlay.shape == (50, 70, 3) and overlay.dtype == np.uint8
     # Hot (red) in the top-left quarter, cold (blue) in the bottom-right.
     assert overlay[5, 5, 0] > overlay[5, 5, 2] and overlay[45, 65, 2] > overlay[45, 65, 0]
+
+
+JAX_HEATMAPS = """
+import sys
+import keras
+import numpy as np
+from inference.gradcam import GradCAM
+model = keras.saving.load_model(sys.argv[1], compile=False)
+inputs = np.load(sys.argv[2])
+heatmaps = GradCAM(model).heatmaps(inputs["images"], inputs["classes"], [inputs["metadata"]])
+np.save(sys.argv[3], heatmaps)
+"""
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="compares the TensorFlow path with the JAX path")
+def test_jax_backend_gives_the_same_heatmaps(tmp_path):
+    pytest.importorskip("jax", reason="JAX is not installed")
+    model = tiny_model("cnn", metadata_features=5)
+    model.save(tmp_path / "model.keras")
+    rng = np.random.default_rng(0)
+    inputs = {
+        "images": rng.uniform(0, 255, (7, SIZE, SIZE, 3)).astype("float32"),
+        "classes": np.arange(7),
+        "metadata": rng.uniform(0, 1, (7, 5)).astype("float32"),
+    }
+    np.savez(tmp_path / "inputs.npz", **inputs)
+    expected = GradCAM(model).heatmaps(inputs["images"], inputs["classes"], [inputs["metadata"]])
+    environment = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": str(REPO_ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    subprocess.run(
+        [sys.executable, "-c", JAX_HEATMAPS, tmp_path / "model.keras", tmp_path / "inputs.npz", tmp_path / "jax.npy"],
+        env=environment, check=True, capture_output=True,
+    )
+    assert expected.max() > 0
+    np.testing.assert_allclose(np.load(tmp_path / "jax.npy"), expected, atol=1e-4)
