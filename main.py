@@ -172,10 +172,11 @@ def train_study(config_file, overrides):
 
 
 def finish(run):
-    """Predicts the run's test subset with the kept model, then writes metrics, plots and report."""
+    """Predicts the run's test subset with the kept model, then writes the gallery, metrics, plots and report."""
     evaluation.predict_test_subset(
         run.run_dir, run.data, with_metadata=run.config.metadata, batch_size=run.config.batch_size, workers=run.config.workers
     )
+    inference.write_gallery(run.run_dir, run.data)
     metrics = evaluation.evaluate_run(run.run_dir)
     print(
         f"{run.run_dir.name}: test balanced accuracy {metrics['balanced_accuracy']:.3f}, accuracy "

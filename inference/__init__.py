@@ -8,6 +8,7 @@ It reads run folders through `evaluation` and decodes images through `dataset`; 
 it but `main.py`. The HTTP service (`inference.app`) needs the `serve` extra (FastAPI, uvicorn).
 """
 
+from inference.gallery import write_gallery
 from inference.gradcam import GradCAM, overlay_heatmap
 from inference.predict import Predictor, check_output_path, predict_files, write_predictions_table
 
@@ -17,5 +18,6 @@ __all__ = [
     "check_output_path",
     "overlay_heatmap",
     "predict_files",
+    "write_gallery",
     "write_predictions_table",
 ]

@@ -139,3 +139,21 @@ def empty_folder(path):
 def image_file(path):
     Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(path)
     return path
+
+
+def test_each_run_has_a_gallery_of_confident_predictions_in_its_report(study):
+    for run in (study / "runs").iterdir():
+        entries = json.loads((run / "gallery" / "gallery.json").read_text())
+        predictions = pd.read_csv(run / "predictions.csv").set_index("image_id")
+        assert entries, run.name
+        report = (run / "report.md").read_text()
+        assert "## Gallery" in report
+        for entry in entries:
+            assert (run / entry["file"]).is_file() and f"]({entry['file']})" in report
+            row = predictions.loc[entry["image_id"]]
+            assert row["dx"] == entry["class"] and row["pred"] == entry["pred"]
+            assert (entry["kind"] == "correct") == (row["dx"] == row["pred"])
+            # The most confident of its kind: no image of the class, rightly or wrongly
+            # predicted alike, has a higher top probability.
+            alike = predictions[(predictions["dx"] == row["dx"]) & ((predictions["dx"] == predictions["pred"]) == (entry["kind"] == "correct"))]
+            assert alike[list(PROBABILITY_COLUMNS)].max(axis=1).max() <= row[list(PROBABILITY_COLUMNS)].max() + 1e-9
