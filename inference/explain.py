@@ -39,7 +39,7 @@ def explain_images(predictor, images, files, probabilities, metadata, output_dir
 
 
 def write_figure(path, image, heatmap, probabilities, title):
-    figure, axes = plt.subplots(1, 4, figsize=(11, 2.9), gridspec_kw={"width_ratios": [1, 1, 1, 1.2]})
+    figure, axes = plt.subplots(1, 4, figsize=(12, 3.2), layout="constrained", gridspec_kw={"width_ratios": [1, 1, 1, 1.5]})
     axes[0].imshow(image)
     axes[0].set_title(title, fontsize=9)
     axes[1].imshow(heatmap, cmap="jet", vmin=0, vmax=1, interpolation="bilinear")
@@ -56,7 +56,6 @@ def write_figure(path, image, heatmap, probabilities, title):
     axes[3].set_title("top-3 probabilities", fontsize=9)
     for rank, index in enumerate(top):
         axes[3].text(min(probabilities[index] + 0.02, 0.8), 2 - rank, f"{probabilities[index]:.2f}", va="center", fontsize=8)
-    figure.tight_layout()
     with atomic_path(path) as temporary:
         figure.savefig(temporary, dpi=100)
     plt.close(figure)

@@ -11,9 +11,10 @@ image: a heat map of the regions that raise the class's score.
 
 The feature map is found in the model, not named: every classifier from `networks` is an image
 input, one nested backbone model, then the head (`networks/heads.py`); the map is the backbone's
-last 4-D output with more than one position (at 32 px VGG16's final map is 1x1, which cannot
-localise anything, so an earlier one is taken). A model without a nested backbone is searched the
-same way at its top level. Metadata models are explained with their metadata input held fixed.
+last 4-D output at least `MIN_SIDE` (4) positions wide: the final map at 224 px (7x7), an earlier
+one in small models, whose final maps (2x2 at 64 px, 1x1 for VGG16 at 32 px) cannot localise
+anything. A model without a nested backbone is searched the same way at its top level. Metadata
+models are explained with their metadata input held fixed.
 
 Gradients need the backend's own differentiation: TensorFlow's GradientTape, `jax.grad`, or
 torch's autograd; `_gradients` is the one place that knows which.
@@ -25,6 +26,10 @@ import keras
 import numpy as np
 from matplotlib import colormaps
 from PIL import Image
+
+# A heat map is as coarse as its feature map. The final maps of 224 px models are 7x7; at the CPU
+# preset's 64 px they are 2x2, too coarse to point at anything, so a map at least this wide is taken.
+MIN_SIDE = 4
 
 
 class GradCAM:
@@ -101,15 +106,19 @@ class GradCAM:
 
 
 def last_feature_map_layer(model):
-    """The last layer of a model's graph whose output is 4-D with more than one spatial position."""
+    """The layer of the map to explain: the last 4-D output at least `MIN_SIDE` positions wide.
+
+    Without one (a very small input), the last 4-D output with more than one position.
+    """
     maps = [
         layer for layer in model.layers
-        if not isinstance(layer, keras.layers.InputLayer)
-        and len(layer.output.shape) == 4 and (layer.output.shape[1] or 2) * (layer.output.shape[2] or 2) > 1
+        if not isinstance(layer, keras.layers.InputLayer) and len(layer.output.shape) == 4
     ]
-    if not maps:
-        raise ValueError(f"{model.name} has no convolutional feature map with more than one position for Grad-CAM")
-    return maps[-1]
+    for smallest in (MIN_SIDE, 2):
+        wide_enough = [layer for layer in maps if min(layer.output.shape[1] or smallest, layer.output.shape[2] or smallest) >= smallest]
+        if wide_enough:
+            return wide_enough[-1]
+    raise ValueError(f"{model.name} has no convolutional feature map with more than one position for Grad-CAM")
 
 
 def _gradients(score, features):
