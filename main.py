@@ -8,6 +8,8 @@ Examples:
     python main.py --resume results/studies/20261123-101500          # continue an interrupted --model all
     python main.py evaluate results/runs/RUN --data-dir DIR --labels LABELS.csv   # an external test set
     python main.py compare results/runs/RUN_A results/runs/RUN_B    # side-by-side, with paired tests
+    python main.py predict results/runs/RUN photo.jpg FOLDER/ --output predictions.csv --explain gradcam/
+    python main.py serve results/runs/RUN --port 8000               # HTTP API and a page to try it (needs .[serve])
 
 Each run leaves results/runs/<timestamp>-<model>[-meta]/ with its config, split, history, model,
 test predictions, metrics, plots and report.md; --model all also leaves
@@ -21,6 +23,7 @@ import errno
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 
 VERBOSE_FLAG = "--verbose"
@@ -58,6 +61,7 @@ with native_stderr_silenced(QUIET):
         backend = os.environ.get("KERAS_BACKEND", "tensorflow")
         sys.exit(f"error: Keras cannot load its backend {backend!r} ({error}): install it, or set KERAS_BACKEND to an installed one (tensorflow, jax)")
     import evaluation  # noqa: E402
+    import inference  # noqa: E402
     from dataset import BALANCE_MODES, DataError, UserError  # noqa: E402
     from dataset.atomic import new_folder, write_json  # noqa: E402
     from networks import get_model_entry, list_models  # noqa: E402
@@ -66,7 +70,7 @@ with native_stderr_silenced(QUIET):
     from training.run import check_resume_overrides  # noqa: E402
     from training.trainer import check_weights  # noqa: E402
 
-COMMANDS = ("train", "evaluate", "compare")
+COMMANDS = ("train", "evaluate", "compare", "predict", "serve")
 STUDY_FILENAME = "study.json"
 # Errors of the machine, not of the code: reported in one line, like bad input.
 DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES)
@@ -160,6 +164,30 @@ def build_parser():
     compare.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR", help="two or more run folders with predictions.csv, trained on one split")
     compare.add_argument("--output", type=Path, metavar="DIR", help="default: results/comparisons/<timestamp>; an existing folder gets -2, -3, ...")
     compare.set_defaults(handler=run_compare)
+
+    predict = commands.add_parser(
+        "predict", help="predict new images with a trained run, optionally with Grad-CAM explanations",
+        description="One row per image, in the order given (a folder's images sorted by name): the predicted "
+        "class, its name and the seven probabilities. Printed as CSV, or written to --output.",
+    )
+    predict.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a trained run folder (with model.keras)")
+    predict.add_argument("images", type=Path, nargs="+", metavar="IMAGE_OR_FOLDER", help="JPEG or PNG files, or folders of them")
+    predict.add_argument("--metadata", type=Path, metavar="CSV", help="image_id (file name without suffix), age, sex, localization; for metadata models")
+    predict.add_argument("--tta", action="store_true", help="average over the eight rotations and reflections of each image")
+    predict.add_argument("--output", type=Path, metavar="FILE", help="write a .csv or .json file instead of printing (never overwrites)")
+    predict.add_argument("--explain", type=Path, metavar="DIR", help="write a Grad-CAM figure per image into DIR")
+    predict.add_argument("--skip-unreadable", action="store_true", help="leave out files that are not readable images instead of failing")
+    predict.set_defaults(handler=run_predict)
+
+    serve = commands.add_parser(
+        "serve", help="serve a trained run over HTTP: a JSON API and a page to try it (needs `pip install -e .[serve]`)",
+        description="POST /predict, GET /health, GET /model, OpenAPI docs at /docs, and a page at /.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    serve.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a trained run folder (with model.keras)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 exposes it to the network")
+    serve.add_argument("--port", type=int, default=8000, help="0 picks a free port")
+    serve.set_defaults(handler=run_serve)
     return parser
 
 
@@ -244,10 +272,11 @@ def continue_study(study_dir, overrides=None, data=None):
 
 
 def finish(run):
-    """Predicts the run's test subset with the kept model, then writes metrics, plots and report."""
+    """Predicts the run's test subset with the kept model, then writes the gallery, metrics, plots and report."""
     evaluation.predict_test_subset(
         run.run_dir, run.data, with_metadata=run.config.metadata, batch_size=run.config.batch_size, workers=run.config.workers
     )
+    inference.write_gallery(run.run_dir, run.data)
     metrics = evaluation.evaluate_run(run.run_dir)
     # A metric is None where the test subset cannot define it (melanoma sensitivity without melanomas).
     shown = {key: "n/a" if metrics[key] is None else f"{metrics[key]:.3f}" for key in ("balanced_accuracy", "accuracy", "melanoma_sensitivity")}
@@ -272,6 +301,32 @@ def run_compare(arguments):
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     # compare_runs checks the runs before it creates the folder, and never reuses an existing one.
     evaluation.compare_runs(arguments.run_dirs, arguments.output or Path("results") / "comparisons" / stamp)
+
+
+def run_predict(arguments):
+    if arguments.output is not None:
+        inference.check_output_path(arguments.output)
+    with warnings.catch_warnings():
+        # Warnings (metadata missing, files skipped) as one line each, without the source line.
+        warnings.showwarning = lambda message, *_: print(f"warning: {message}", file=sys.stderr)
+        predictor = inference.Predictor.load(arguments.run_dir)
+        table = inference.predict_files(
+            predictor, arguments.images, metadata_path=arguments.metadata, tta=arguments.tta,
+            skip_unreadable=arguments.skip_unreadable, explain_dir=arguments.explain,
+        )
+    if arguments.output is None:
+        print(table.to_csv(index=False, float_format="%.4f"), end="")
+    else:
+        inference.write_predictions_table(arguments.output, table)
+        print(f"Wrote predictions of {len(table)} images to {arguments.output}")
+
+
+def run_serve(arguments):
+    try:
+        from inference.app import serve
+    except ModuleNotFoundError as error:
+        raise UserError(f"serving needs FastAPI and uvicorn ({error}): pip install -e '.[serve]'") from None
+    serve(arguments.run_dir, host=arguments.host, port=arguments.port)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,19 @@ them: exact, and fast enough that augmentation never makes the model wait for da
 import numpy as np
 
 
+def _dihedral(quarter_turns, flip):
+    def transform(images):
+        rotated = np.rot90(images, k=quarter_turns, axes=(1, 2))
+        return rotated[:, :, ::-1] if flip else rotated
+
+    return transform
+
+
+# The eight rotations and reflections of a batch of square images, (batch, size, size, channels);
+# the identity first. Test-time augmentation averages a model's predictions over them.
+DIHEDRAL_TRANSFORMS = tuple(_dihedral(turns, flip) for flip in (False, True) for turns in range(4))
+
+
 def random_dihedral(images, rng):
     """Applies a random element of the square's symmetry group to each image of a batch.
 
@@ -26,6 +39,5 @@ def random_dihedral(images, rng):
             chosen = (quarter_turns == turns) & (flips == flip)
             if not chosen.any():
                 continue
-            transformed = np.rot90(images[chosen], k=turns, axes=(1, 2))
-            augmented[chosen] = transformed[:, :, ::-1] if flip else transformed
+            augmented[chosen] = DIHEDRAL_TRANSFORMS[4 * flip + turns](images[chosen])
     return augmented

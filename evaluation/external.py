@@ -131,10 +131,15 @@ def model_inputs(model, source):
 
 def encode_metadata(run_dir, rows, features):
     """The metadata vectors of `rows`, encoded as in training by the run's saved encoder."""
+    return load_encoder(run_dir, features).transform(rows)
+
+
+def load_encoder(run_dir, features):
+    """The run's saved `MetadataEncoder`, checked against the model's metadata input length."""
     encoder_path = Path(run_dir) / ENCODER_FILENAME
     if not encoder_path.is_file():
         raise DataError(f"{encoder_path}: not found; the model takes metadata, and training saves its encoder there")
     encoder = MetadataEncoder.load(encoder_path)
     if encoder.size != features:
         raise DataError(f"{encoder_path} encodes {encoder.size} metadata features, but the model takes {features}")
-    return encoder.transform(rows)
+    return encoder

@@ -4,9 +4,12 @@
     metrics = evaluate_run("results/runs/20250101-120000-densenet")
 
 `report.md` reads on GitHub as it is: the configuration in brief, the headline metrics with
-their bootstrap intervals, a per-class table, the plots, and the images per class and subset.
+their bootstrap intervals, a per-class table, the plots, the gallery of confident predictions with
+their Grad-CAM overlays (when `inference.gallery` has written one), and the images per class and
+subset.
 """
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -21,6 +24,8 @@ from evaluation.run_files import CONFIG_FILENAME, read_run_files
 
 METRICS_FILENAME = "metrics.json"
 REPORT_FILENAME = "report.md"
+# Written by `inference.gallery` into a run folder: thumbnails of confident test predictions.
+GALLERY_FILE = "gallery/gallery.json"
 # The rows of the headline table, in order: metrics.json key and the name a reader sees.
 HEADLINE_METRICS = (
     ("balanced_accuracy", "Balanced accuracy (mean recall over classes)"),
@@ -121,10 +126,31 @@ def render_report(metrics, *, title, test_set, run, plots, data, output_dir):
     sections += ["## Metrics", headline_table(metrics), metric_notes(metrics)]
     sections += ["## Per class", per_class_table(metrics)]
     sections += ["## Plots"] + [f"### {caption}\n\n![{caption}]({path.name})" for caption, path in plots.items()]
+    if (output_dir / GALLERY_FILE).is_file():
+        sections += ["## Gallery", gallery_table(json.loads((output_dir / GALLERY_FILE).read_text()))]
     if data is not None:
         caption, table = data
         sections += ["## Data", caption, frame_table(table)]
     return "\n\n".join(section for section in sections if section) + "\n"
+
+
+def gallery_table(entries):
+    """For each class, its most confidently correct and wrong test image, with Grad-CAM overlays."""
+    cells = {(entry["class"], entry["kind"]): entry for entry in entries}
+
+    def cell(name, kind):
+        entry = cells.get((name, kind))
+        if entry is None:
+            return MISSING
+        return f"![{entry['image_id']}]({entry['file']})<br>{entry['image_id']}: {entry['pred']} {entry['probability']:.2f}"
+
+    rows = [(name, cell(name, "correct"), cell(name, "wrong")) for name in CLASS_NAMES]
+    note = (
+        "For each class, the test image predicted as it with the highest probability, and the image of "
+        "it predicted as another class with the highest probability; the overlay is the Grad-CAM of "
+        "the predicted class (red: where its evidence lies)."
+    )
+    return note + "\n\n" + markdown_table(("class", "most confident correct", "most confident wrong"), rows, align="lll")
 
 
 def configuration_rows(config, training):

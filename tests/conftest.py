@@ -60,6 +60,11 @@ def study(toy_dir, tmp_path_factory):
     return output
 
 
+def study_run(study, name):
+    """The folder of one of the study's runs: "cnn", "densenet", "vgg16" or "vgg16-meta"."""
+    return next(run for run in (study / "runs").iterdir() if run.name.split("-", 2)[2] == name)
+
+
 def run_main(*arguments):
     return main.main([str(argument) for argument in arguments])
 

@@ -1,0 +1,149 @@
+"""The HTTP service: a trained run behind a JSON API, with a page to try it in a browser.
+
+    python main.py serve results/runs/20261123-101500-densenet --port 8000
+    curl -F image=@photo.jpg -F age=55 -F sex=male -F site=back http://127.0.0.1:8000/predict
+
+Endpoints: `POST /predict` (an image upload, optional age, sex, site and explain), `GET /health`,
+`GET /model`, OpenAPI docs at `/docs`, and the page at `/`. The model is loaded once, when the
+application is created. Predictions are serialized by a lock: a Keras model is not guaranteed to
+be thread-safe, and FastAPI runs these handlers on a pool of threads.
+
+Needs the `serve` extra: `pip install -e ".[serve]"` (FastAPI, uvicorn, python-multipart).
+"""
+
+import base64
+import io
+import math
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import pandas as pd
+from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi.responses import HTMLResponse, JSONResponse
+
+from dataset.errors import DataError
+from dataset.images import read_image
+from dataset.metadata import CLASS_DESCRIPTIONS, CLASS_NAMES, UNKNOWN
+from inference.gradcam import GradCAM, overlay_heatmap, png_bytes
+from inference.predict import Predictor
+
+MAX_UPLOAD_BYTES = 10 * 1024 * 1024
+# The multipart framing and the form fields around the image, on top of the image itself.
+FORM_OVERHEAD_BYTES = 64 * 1024
+PAGE = Path(__file__).with_name("static") / "index.html"
+# The page shows the overlay larger than small models see the image.
+OVERLAY_SIZE = 256
+
+
+def create_app(run_dir, *, max_upload_bytes=MAX_UPLOAD_BYTES):
+    """The FastAPI application serving a run's model.
+
+    Raises:
+        DataError: the run folder, its model or its metadata encoder is missing or malformed.
+    """
+    predictor = Predictor.load(run_dir)
+    cam = GradCAM(predictor.model)
+    description = predictor.describe()
+    lock = threading.Lock()
+    app = FastAPI(
+        title=f"HAM10000 classifier: {description['run']}",
+        description=f"{description['architecture']} at {predictor.image_size} px"
+        + (", with age, sex and site" if predictor.takes_metadata else "")
+        + ". A research model, not a medical device.",
+    )
+
+    @app.middleware("http")
+    async def refuse_large_bodies(request: Request, call_next):
+        # Refused before the body is read, when the client declares its size; a body without a
+        # declared size is checked after reading, in `predict`.
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > max_upload_bytes + FORM_OVERHEAD_BYTES:
+            return JSONResponse({"detail": too_large(max_upload_bytes)}, status_code=413)
+        return await call_next(request)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def page():
+        return PAGE.read_text(encoding="utf-8")
+
+    @app.get("/health")
+    def health():
+        return {"status": "ok"}
+
+    @app.get("/model")
+    def model():
+        """The run: name, architecture, image size, classes, metadata categories and test metrics."""
+        return description
+
+    @app.post("/predict")
+    def predict(
+        image: Annotated[UploadFile, File(description="a JPEG or PNG image of the lesion, any size")],
+        age: Annotated[float | None, Form(ge=0, le=120, description="years")] = None,
+        sex: Annotated[str | None, Form(description="male, female or unknown")] = None,
+        site: Annotated[str | None, Form(description="anatomical site, one of GET /model's sites")] = None,
+        explain: Annotated[bool, Form(description="also return a Grad-CAM overlay (PNG data URL)")] = False,
+    ):
+        """The class probabilities of one image; age, sex and site are used by metadata models."""
+        data = image.file.read(max_upload_bytes + 1)
+        if len(data) > max_upload_bytes:
+            raise HTTPException(413, too_large(max_upload_bytes))
+        try:
+            decoded = read_image(io.BytesIO(data), predictor.image_size)
+        except DataError:
+            raise HTTPException(415, f"{image.filename or 'the upload'} is not a readable JPEG or PNG image") from None
+        metadata, notes = request_metadata(predictor, age, sex, site)
+        with lock:
+            probabilities = predictor.predict(decoded[None], metadata)[0]
+            predicted = int(probabilities.argmax())
+            if explain:
+                others = [predictor.encode(metadata, 1)] if predictor.takes_metadata else []
+                heatmap = cam.heatmaps(decoded[None], [predicted], others)[0]
+        answer = {
+            "run": description["run"],
+            "predicted": {
+                "code": CLASS_NAMES[predicted],
+                "name": CLASS_DESCRIPTIONS[CLASS_NAMES[predicted]],
+                "probability": float(probabilities[predicted]),
+            },
+            "probabilities": {name: float(value) for name, value in zip(CLASS_NAMES, probabilities)},
+            "warnings": notes,
+        }
+        if explain:
+            overlay = overlay_heatmap(read_image(io.BytesIO(data), OVERLAY_SIZE), heatmap)
+            answer["gradcam_png"] = "data:image/png;base64," + base64.b64encode(png_bytes(overlay)).decode("ascii")
+        return answer
+
+    return app
+
+
+def request_metadata(predictor, age, sex, site):
+    """The metadata row of a request (None for an image-only model) and notes for the answer.
+
+    Raises:
+        HTTPException: 422 for a sex or site the model's encoder does not know.
+    """
+    given = [name for name, value in (("age", age), ("sex", sex), ("site", site)) if value not in (None, "")]
+    if not predictor.takes_metadata:
+        notes = [f"this model uses only the image: {', '.join(given)} ignored"] if given else []
+        return None, notes
+    sex = (sex or UNKNOWN).strip().lower()
+    site = (site or UNKNOWN).strip().lower()
+    for field, value, known in (("sex", sex, predictor.encoder.sexes), ("site", site, predictor.encoder.sites)):
+        if value not in known:
+            raise HTTPException(422, f"unknown {field} {value!r}: expected one of {', '.join(known)}")
+    missing = [name for name in ("age", "sex", "site") if name not in given]
+    notes = [f"no {', '.join(missing)} given: encoded as unknown"] if missing else []
+    row = pd.DataFrame({"age": [math.nan if age is None else age], "sex": [sex], "localization": [site]})
+    return row, notes
+
+
+def too_large(limit):
+    return f"the upload is larger than {limit / 2**20:g} MB; send a smaller JPEG or PNG"
+
+
+def serve(run_dir, *, host="127.0.0.1", port=8000):
+    """Loads the run (failing fast on a bad folder), then serves it with uvicorn until interrupted."""
+    import uvicorn
+
+    app = create_app(run_dir)
+    uvicorn.run(app, host=host, port=port)

@@ -1,0 +1,75 @@
+"""The report's gallery: for each class, the most confident correct and wrong test images, with Grad-CAM.
+
+Written into the run folder as `gallery/<class>-<correct|wrong>.png` thumbnails and
+`gallery/gallery.json` (`evaluation.report.GALLERY_FILE`), which the report shows as its
+"Gallery" section.
+"""
+
+from pathlib import Path
+
+import numpy as np
+
+from dataset import atomic
+from dataset.images import locate_images, read_image
+from dataset.metadata import CLASS_NAMES
+from evaluation.predictions import PREDICTIONS_FILENAME, read_predictions
+from evaluation.report import GALLERY_FILE
+from inference.gradcam import GradCAM, overlay_heatmap, png_bytes
+from inference.predict import Predictor
+
+THUMBNAIL_SIZE = 128
+
+
+def write_gallery(run_dir, data):
+    """Writes the gallery of a run whose test subset has been predicted (`predictions.csv`).
+
+    Args:
+        run_dir: the run folder.
+        data: the `dataset.PreparedData` the run trained on: its decoded images and metadata.
+
+    Returns:
+        The gallery entries: one dict per thumbnail with `class, kind ("correct" or "wrong"),
+        image_id, pred, probability` (of the predicted class) and `file` (relative to the run).
+    """
+    run_dir = Path(run_dir)
+    frame, _, probabilities = read_predictions(run_dir / PREDICTIONS_FILENAME)
+    chosen = gallery_rows(frame, probabilities)
+    if not chosen:
+        return []
+    predictor = Predictor.load(run_dir)
+    image_ids = [frame["image_id"][row] for _, _, row in chosen]
+    rows = data.metadata.set_index("image_id").loc[image_ids].reset_index()
+    images = data.cache.images[data.cache.rows(image_ids)]
+    predicted = probabilities[[row for _, _, row in chosen]].argmax(axis=1)
+    others = [predictor.encoder.transform(rows)] if predictor.takes_metadata else []
+    heatmaps = GradCAM(predictor.model).heatmaps(images, predicted, others)
+    paths = locate_images(image_ids, data.data_dir, drop_missing=True)
+
+    entries = []
+    for (name, kind, row), image_id, heatmap, pred in zip(chosen, image_ids, heatmaps, predicted):
+        thumbnail = read_image(paths[image_id], THUMBNAIL_SIZE) if image_id in paths else images[image_ids.index(image_id)]
+        file = str(Path(GALLERY_FILE).parent / f"{name}-{kind}.png")
+        atomic.write_bytes(run_dir / file, png_bytes(overlay_heatmap(thumbnail, heatmap)))
+        entries.append({
+            "class": name, "kind": kind, "image_id": image_id, "pred": CLASS_NAMES[pred],
+            "probability": round(float(probabilities[row, pred]), 4), "file": file,
+        })
+    atomic.write_json(run_dir / GALLERY_FILE, entries)
+    return entries
+
+
+def gallery_rows(frame, probabilities):
+    """(class, "correct" or "wrong", row) for each class's most confident correct and wrong prediction.
+
+    Correct: an image of the class predicted as it, with the highest probability for it. Wrong:
+    an image of the class predicted as another, with the highest probability for that other.
+    """
+    confidence = probabilities.max(axis=1)
+    chosen = []
+    for name in CLASS_NAMES:
+        of_class = (frame["dx"] == name).to_numpy()
+        correct = of_class & (frame["pred"] == name).to_numpy()
+        for kind, mask in (("correct", correct), ("wrong", of_class & ~correct)):
+            if mask.any():
+                chosen.append((name, kind, int(np.flatnonzero(mask)[confidence[mask].argmax()])))
+    return chosen

@@ -1,0 +1,280 @@
+"""Predicting new images with a trained run: any JPEG or PNG, with or without metadata.
+
+    from inference import Predictor, predict_files
+    predictor = Predictor.load("results/runs/20261123-101500-densenet")
+    table = predict_files(predictor, ["photo.jpg", "clinic_images/"], tta=True)
+
+Images go through `dataset.read_image`, the decoder and resize every training image went
+through, so an image of any size, aspect or mode reaches the model as HAM10000's did. A
+metadata model encodes age, sex and site with the encoder saved in its run folder (fitted on its
+training subset); an image without metadata gets the encoder's "unknown".
+"""
+
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from dataset import atomic
+from dataset.augment import DIHEDRAL_TRANSFORMS
+from dataset.errors import DataError
+from dataset.features import MetadataEncoder
+from dataset.images import IMAGE_SUFFIXES, first_few, read_image
+from dataset.metadata import CLASS_DESCRIPTIONS, CLASS_NAMES, UNKNOWN, validate_metadata
+from dataset.tables import read_csv
+from evaluation.external import load_encoder, model_inputs
+from evaluation.predictions import PROBABILITY_COLUMNS
+from evaluation.report import METRICS_FILENAME
+from evaluation.run_files import MODEL_FILENAME, load_run_model, read_run_files
+from inference.explain import explain_images
+
+OUTPUT_SUFFIXES = (".csv", ".json")
+BATCH_SIZE = 32
+METADATA_COLUMNS = ("age", "sex", "localization")
+
+
+@dataclass(frozen=True)
+class Predictor:
+    """A trained run's model, loaded once, with what it needs to predict new images.
+
+    Attributes:
+        model: the run's `model.keras`.
+        run_dir: the run folder.
+        image_size: side of the square images the model takes.
+        encoder: the run's `MetadataEncoder`, or None for an image-only model.
+    """
+
+    model: object
+    run_dir: Path
+    image_size: int
+    encoder: MetadataEncoder | None
+
+    @classmethod
+    def load(cls, run_dir):
+        """Loads a run's model (and metadata encoder).
+
+        Raises:
+            DataError: the folder, its `model.keras`, or the encoder a metadata model needs is
+                missing or malformed.
+        """
+        run_dir = Path(run_dir)
+        read_run_files(run_dir)  # checks that the folder exists and its files are readable
+        model = load_run_model(run_dir)
+        image_size, metadata_features = model_inputs(model, run_dir / MODEL_FILENAME)
+        encoder = load_encoder(run_dir, metadata_features) if metadata_features else None
+        return cls(model, run_dir, image_size, encoder)
+
+    @property
+    def takes_metadata(self):
+        return self.encoder is not None
+
+    def describe(self):
+        """The run's name, architecture, input, classes and test metrics, for people and the API."""
+        run = read_run_files(self.run_dir)
+        metrics_path = self.run_dir / METRICS_FILENAME
+        metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+        headline = ("balanced_accuracy", "accuracy", "macro_auc", "melanoma_sensitivity", "n_images")
+        return {
+            "run": run.name,
+            "architecture": run.config.get("model", self.model.name),
+            "metadata": self.takes_metadata,
+            "image_size": self.image_size,
+            "classes": [{"code": name, "name": CLASS_DESCRIPTIONS[name]} for name in CLASS_NAMES],
+            "sexes": list(self.encoder.sexes) if self.encoder else [],
+            "sites": list(self.encoder.sites) if self.encoder else [],
+            "test_metrics": {key: metrics[key] for key in headline if key in metrics},
+        }
+
+    def encode(self, metadata, count):
+        """The model's metadata input for `count` images: `metadata` rows, or all unknown."""
+        if metadata is None:
+            metadata = pd.DataFrame({"age": np.full(count, np.nan), "sex": UNKNOWN, "localization": UNKNOWN})
+        return self.encoder.transform(metadata)
+
+    def predict(self, images, metadata=None, *, tta=False):
+        """Class probabilities of decoded images.
+
+        Args:
+            images: (n, size, size, 3) uint8 RGB, as `read_image` returns them.
+            metadata: for a metadata model, a table with `age, sex, localization` (one row per
+                image; NaN / "unknown" where missing), or None for all unknown. Ignored by an
+                image-only model.
+            tta: average over the eight rotations and reflections of each image, the
+                transforms training augments with.
+
+        Returns:
+            An (n, 7) float array, columns in `CLASS_NAMES` order.
+        """
+        inputs = {"image": images}
+        if self.takes_metadata:
+            inputs["metadata"] = self.encode(metadata, len(images))
+        transforms = DIHEDRAL_TRANSFORMS if tta else DIHEDRAL_TRANSFORMS[:1]
+        probabilities = np.zeros((len(images), len(CLASS_NAMES)))
+        for transform in transforms:
+            for start in range(0, len(images), BATCH_SIZE):
+                batch = {name: value[start : start + BATCH_SIZE] for name, value in inputs.items()}
+                batch["image"] = np.ascontiguousarray(transform(batch["image"]))
+                # predict_on_batch, not predict: no per-call data pipeline, so one image (a
+                # served request) takes milliseconds, not tens of them.
+                output = self.model.predict_on_batch(batch if self.takes_metadata else batch["image"])
+                probabilities[start : start + BATCH_SIZE] += np.asarray(output)
+        return probabilities / len(transforms)
+
+
+def collect_images(paths):
+    """The image files named by the arguments, in the order given; a folder's images sorted by name.
+
+    Raises:
+        DataError: a path does not exist, or a folder holds no JPEG or PNG file.
+    """
+    files = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found = sorted(entry for entry in path.iterdir() if entry.is_file() and entry.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise DataError(f"{path}: no images in this folder (looked for {', '.join(IMAGE_SUFFIXES)} files)")
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise DataError(f"{path}: no such file or folder")
+    return files
+
+
+def decode_images(files, size, *, skip_unreadable=False):
+    """Decodes files to a (n, size, size, 3) uint8 array; returns (images, files decoded).
+
+    Raises:
+        DataError: files cannot be decoded (all of them are named), unless `skip_unreadable`,
+            which leaves them out with a warning; or none is left.
+    """
+    images, decoded, unreadable = [], [], []
+    for path in files:
+        try:
+            images.append(read_image(path, size))
+            decoded.append(path)
+        except DataError:
+            unreadable.append(path)
+    if unreadable:
+        summary = f"{len(unreadable)} of {len(files)} files are not readable JPEG or PNG images: {first_few(unreadable)}"
+        if not skip_unreadable:
+            raise DataError(f"{summary} (pass --skip-unreadable to leave them out)")
+        warnings.warn(f"{summary}; leaving them out", stacklevel=2)
+    if not images:
+        raise DataError("no readable images to predict")
+    return np.stack(images), decoded
+
+
+def read_image_metadata(path):
+    """Reads an `image_id, age, sex, localization` table (HAM10000's metadata columns).
+
+    Returns:
+        A DataFrame indexed by `image_id` with `age` (NaN where missing), `sex` and
+        `localization` ("unknown" where missing).
+
+    Raises:
+        DataError: the file is unreadable, has no `image_id` column, or a row has an empty or
+            repeated id or a non-numeric age; the message names the file and line.
+    """
+    frame = read_csv(path, "metadata file not found").rename(columns=str.strip)
+    if "image_id" not in frame.columns:
+        raise DataError(f"{path}: missing column 'image_id' (expected image_id and any of age, sex, localization)")
+    # The training metadata's checks, which also require a lesion and a diagnosis: new images
+    # have neither, so each image stands for its own lesion and the diagnosis is a placeholder.
+    frame = frame.assign(lesion_id=frame["image_id"], dx=CLASS_NAMES[0])
+    return validate_metadata(frame, source=path).set_index("image_id").loc[:, list(METADATA_COLUMNS)]
+
+
+def metadata_for(files, table):
+    """The metadata rows of the files (matched by file name without suffix), unknown where absent.
+
+    Warns once, in one line, when some files have no row.
+    """
+    ids = [path.stem for path in files]
+    rows = table.reindex(ids)
+    absent = [image_id for image_id in ids if image_id not in table.index]
+    if absent:
+        warnings.warn(
+            f"{len(absent)} of {len(ids)} images have no metadata row ({first_few(absent)}): "
+            "their age, sex and site are encoded as unknown",
+            stacklevel=2,
+        )
+    rows["sex"] = rows["sex"].fillna(UNKNOWN)
+    rows["localization"] = rows["localization"].fillna(UNKNOWN)
+    return rows.reset_index(drop=True)
+
+
+def predict_files(predictor, paths, *, metadata_path=None, tta=False, skip_unreadable=False, explain_dir=None):
+    """Predicts image files and folders with a loaded run.
+
+    Args:
+        predictor: a `Predictor`.
+        paths: image files and folders of images, in the order the rows should have.
+        metadata_path: a CSV with `image_id` (the file name without suffix) and any of `age, sex,
+            localization`; images it does not list, or all images without it, get "unknown".
+        tta: average over the eight rotations and reflections (see `Predictor.predict`).
+        skip_unreadable: leave out files that are not readable images, with a warning.
+        explain_dir: if given, a Grad-CAM figure per image is written there (see
+            `inference.explain`); an existing folder is never written into.
+
+    Returns:
+        A DataFrame, one row per image: `image` (the path), `pred` (the class code), `pred_name`,
+        then `prob_<class>` for the seven classes.
+    """
+    files = collect_images(paths)
+    # The metadata file is checked before the images are decoded, so a bad one fails fast.
+    table = read_image_metadata(metadata_path) if metadata_path is not None else None
+    if table is not None and not predictor.takes_metadata:
+        warnings.warn(f"{predictor.run_dir.name} is an image-only model: the metadata in {metadata_path} is not used", stacklevel=2)
+    images, files = decode_images(files, predictor.image_size, skip_unreadable=skip_unreadable)
+    metadata = None
+    if predictor.takes_metadata:
+        if table is None:
+            warnings.warn(
+                f"{predictor.run_dir.name} takes metadata and none was given (--metadata CSV): "
+                "age, sex and site are encoded as unknown",
+                stacklevel=2,
+            )
+        else:
+            metadata = metadata_for(files, table)
+    probabilities = predictor.predict(images, metadata, tta=tta)
+    if explain_dir is not None:
+        explain_images(predictor, images, files, probabilities, metadata, explain_dir)
+    return predictions_table(files, probabilities)
+
+
+def predictions_table(files, probabilities):
+    predicted = np.array(CLASS_NAMES)[probabilities.argmax(axis=1)]
+    frame = pd.DataFrame({
+        "image": [str(path) for path in files],
+        "pred": predicted,
+        "pred_name": [CLASS_DESCRIPTIONS[name] for name in predicted],
+    })
+    return pd.concat([frame, pd.DataFrame(probabilities, columns=list(PROBABILITY_COLUMNS))], axis=1)
+
+
+def check_output_path(path):
+    """Checks, before any work, that predictions can be written to `path`.
+
+    Raises:
+        DataError: the suffix is neither .csv nor .json, or the file exists (earlier results are
+            never overwritten).
+    """
+    path = Path(path)
+    if path.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise DataError(f"{path}: the output must be a .csv or .json file")
+    if path.exists():
+        raise DataError(f"{path}: already exists; choose another name (earlier predictions are never overwritten)")
+    return path
+
+
+def write_predictions_table(path, table):
+    """Writes the table as CSV, or as JSON records (one object per image), by the file's suffix."""
+    path = check_output_path(path)
+    if path.suffix.lower() == ".csv":
+        atomic.write_csv(path, table)
+    else:
+        atomic.write_json(path, table.to_dict(orient="records"))

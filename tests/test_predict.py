@@ -1,0 +1,159 @@
+"""`main.py predict`: new images through the training resize, metadata, TTA, output files, explanations, bad input."""
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from conftest import run_main, study_run
+from dataset.augment import DIHEDRAL_TRANSFORMS
+from evaluation.predictions import PROBABILITY_COLUMNS
+
+
+def test_images_are_predicted_exactly_as_in_evaluation_in_the_order_given(study, toy_dir, tmp_path, capsys):
+    run = study_run(study, "cnn")
+    expected = pd.read_csv(run / "predictions.csv").set_index("image_id")
+    test_ids = list(expected.index[:4])
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    for image_id in test_ids[1:]:
+        shutil.copy(toy_dir / "images" / f"{image_id}.jpg", folder)
+    (folder / "notes.txt").write_text("not an image, and not an image suffix: ignored")
+    capsys.readouterr()
+    assert run_main("predict", run, toy_dir / "images" / f"{test_ids[0]}.jpg", folder) == 0
+    lines = capsys.readouterr().out.splitlines()
+    table = pd.read_csv(pd.io.common.StringIO("\n".join(lines)))
+    assert list(table.columns) == ["image", "pred", "pred_name", *PROBABILITY_COLUMNS]
+    # The file named first, then the folder's images sorted by name.
+    assert [name.rsplit("/", 1)[1][:-4] for name in table["image"]] == [test_ids[0], *sorted(test_ids[1:])]
+    # The same decoder and resize as training and evaluation: the run's own test predictions.
+    order = [name.rsplit("/", 1)[1][:-4] for name in table["image"]]
+    np.testing.assert_allclose(table[list(PROBABILITY_COLUMNS)], expected.loc[order, list(PROBABILITY_COLUMNS)], atol=2e-4)
+    assert (table["pred"] == table[list(PROBABILITY_COLUMNS)].idxmax(axis=1).str[5:]).all()
+    assert table["pred_name"].str.len().gt(3).all()
+
+
+def test_any_size_and_mode_is_accepted(study, tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (50, 90, 4), dtype=np.uint8)
+    Image.fromarray(pixels, "RGBA").save(tmp_path / "rgba.png")
+    Image.fromarray(pixels[..., 0], "L").save(tmp_path / "grey.png")
+    Image.fromarray(pixels[..., :3]).save(tmp_path / "wide.jpeg")
+    assert run_main("predict", study_run(study, "densenet"), tmp_path) == 0
+    table = pd.read_csv(pd.io.common.StringIO(capsys.readouterr().out))
+    assert len(table) == 3 and np.allclose(table[list(PROBABILITY_COLUMNS)].sum(axis=1), 1, atol=1e-3)
+
+
+def test_metadata_model_uses_the_given_metadata_and_warns_once_for_the_rest(study, toy_dir, tmp_path, capsys):
+    run = study_run(study, "vgg16-meta")
+    expected = pd.read_csv(run / "predictions.csv").set_index("image_id")
+    test_ids = list(expected.index[:3])
+    metadata = pd.read_csv(toy_dir / "HAM10000_metadata.csv").set_index("image_id")
+    # Only the first two images have a row; the third is encoded as unknown.
+    metadata.loc[test_ids[:2], ["age", "sex", "localization"]].reset_index().to_csv(tmp_path / "meta.csv", index=False)
+    images = [toy_dir / "images" / f"{image_id}.jpg" for image_id in test_ids]
+    capsys.readouterr()
+    assert run_main("predict", run, *images, "--metadata", tmp_path / "meta.csv", "--output", tmp_path / "out.json") == 0
+    table = pd.DataFrame(json.loads((tmp_path / "out.json").read_text()))
+    np.testing.assert_allclose(
+        table.loc[:1, list(PROBABILITY_COLUMNS)], expected.loc[test_ids[:2], list(PROBABILITY_COLUMNS)], atol=2e-4
+    )
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "1 of 3 images have no metadata row" in warnings[0] and test_ids[2] in warnings[0]
+
+    assert run_main("predict", run, images[0]) == 0
+    assert "takes metadata and none was given" in capsys.readouterr().err
+
+
+def test_tta_averages_over_the_eight_rotations_and_reflections(study, tmp_path, capsys):
+    """An image and any of its rotations or reflections get the same TTA prediction."""
+    image = np.random.default_rng(0).integers(0, 256, (1, 32, 32, 3), dtype=np.uint8)
+    for index, transform in enumerate(DIHEDRAL_TRANSFORMS):
+        Image.fromarray(transform(image)[0]).save(tmp_path / f"{index}.png")
+    run = study_run(study, "cnn")
+    assert run_main("predict", run, tmp_path, "--tta") == 0
+    tta = pd.read_csv(pd.io.common.StringIO(capsys.readouterr().out))[list(PROBABILITY_COLUMNS)].to_numpy()
+    np.testing.assert_allclose(tta, np.broadcast_to(tta[0], tta.shape), atol=1e-5)
+    assert run_main("predict", run, tmp_path) == 0
+    plain = pd.read_csv(pd.io.common.StringIO(capsys.readouterr().out))[list(PROBABILITY_COLUMNS)].to_numpy()
+    np.testing.assert_allclose(plain.mean(axis=0), tta[0], atol=1e-3)  # the printed values have 4 decimals
+
+
+def test_output_files_and_explanations(study, toy_dir, tmp_path):
+    run = study_run(study, "vgg16-meta")
+    images = sorted((toy_dir / "images").iterdir())[:2]
+    output = tmp_path / "predictions.csv"
+    assert run_main("predict", run, *images, "--output", output, "--explain", tmp_path / "gradcam") == 0
+    assert len(pd.read_csv(output)) == 2
+    figures = sorted(path.name for path in (tmp_path / "gradcam").iterdir())
+    assert figures == [f"{image.stem}.png" for image in images]
+    assert Image.open(tmp_path / "gradcam" / figures[0]).size[0] > 600
+    # Earlier predictions are never overwritten.
+    before = output.read_bytes()
+    assert run_main("predict", run, *images, "--output", output) == 2
+    assert output.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda tmp, run: [run, tmp / "missing.jpg"], "no such file or folder"),
+        (lambda tmp, run: [run, text_file(tmp / "fake.jpg")], "not readable JPEG or PNG images"),
+        (lambda tmp, run: [run, empty_folder(tmp / "empty")], "no images in this folder"),
+        (lambda tmp, run: [tmp, image_file(tmp / "a.png")], "model file not found"),
+        (lambda tmp, run: [run, image_file(tmp / "a.png"), "--output", tmp / "out.txt"], "must be a .csv or .json"),
+        (lambda tmp, run: [run, image_file(tmp / "a.png"), "--metadata", text_file(tmp / "m.csv")], "missing column 'image_id'"),
+    ],
+)
+def test_bad_input_is_a_one_line_error(study, tmp_path, capsys, make, message):
+    assert run_main("predict", *make(tmp_path, study_run(study, "cnn"))) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error: ") and message in error and "\n" not in error
+
+
+def test_unreadable_files_in_a_folder_are_skipped_only_when_asked(study, tmp_path, capsys):
+    image_file(tmp_path / "good.png")
+    text_file(tmp_path / "broken.jpg")
+    run = study_run(study, "cnn")
+    assert run_main("predict", run, tmp_path) == 2
+    assert "broken.jpg" in capsys.readouterr().err
+    assert run_main("predict", run, tmp_path, "--skip-unreadable") == 0
+    captured = capsys.readouterr()
+    assert len(pd.read_csv(pd.io.common.StringIO(captured.out))) == 1
+    assert "warning: 1 of 2 files are not readable" in captured.err and "broken.jpg" in captured.err
+
+
+def text_file(path):
+    path.write_text("hello")
+    return path
+
+
+def empty_folder(path):
+    path.mkdir()
+    return path
+
+
+def image_file(path):
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(path)
+    return path
+
+
+def test_each_run_has_a_gallery_of_confident_predictions_in_its_report(study):
+    for run in (study / "runs").iterdir():
+        entries = json.loads((run / "gallery" / "gallery.json").read_text())
+        predictions = pd.read_csv(run / "predictions.csv").set_index("image_id")
+        assert entries, run.name
+        report = (run / "report.md").read_text()
+        assert "## Gallery" in report
+        for entry in entries:
+            assert (run / entry["file"]).is_file() and f"]({entry['file']})" in report
+            row = predictions.loc[entry["image_id"]]
+            assert row["dx"] == entry["class"] and row["pred"] == entry["pred"]
+            assert (entry["kind"] == "correct") == (row["dx"] == row["pred"])
+            # The most confident of its kind: no image of the class, rightly or wrongly
+            # predicted alike, has a higher top probability.
+            alike = predictions[(predictions["dx"] == row["dx"]) & ((predictions["dx"] == predictions["pred"]) == (entry["kind"] == "correct"))]
+            assert alike[list(PROBABILITY_COLUMNS)].max(axis=1).max() <= row[list(PROBABILITY_COLUMNS)].max() + 1e-9

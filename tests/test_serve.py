@@ -1,0 +1,224 @@
+"""`main.py serve`: the API through FastAPI's TestClient, a real server on loopback, and the page in Chromium."""
+
+import base64
+import concurrent.futures
+import io
+import json
+import queue
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import urllib.request
+import uuid
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from conftest import REPO_ROOT, study_run
+from evaluation.predictions import PROBABILITY_COLUMNS
+
+pytest.importorskip("fastapi", reason="the serve extra is not installed: pip install -e '.[serve]'")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from inference.app import create_app  # noqa: E402
+
+CLASSES = [column.removeprefix("prob_") for column in PROBABILITY_COLUMNS]
+
+
+def jpeg_bytes(seed, size=(60, 45)):
+    pixels = np.random.default_rng(seed).integers(0, 256, (*size, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def client(study):
+    return TestClient(create_app(study_run(study, "cnn")))
+
+
+@pytest.fixture(scope="module")
+def metadata_client(study):
+    return TestClient(create_app(study_run(study, "vgg16-meta"), max_upload_bytes=100_000))
+
+
+# === The API, in process ===
+
+
+def test_health_model_and_docs(client, study):
+    assert client.get("/health").json() == {"status": "ok"}
+    model = client.get("/model").json()
+    run = study_run(study, "cnn")
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert model["run"] == run.name and model["architecture"] == "cnn" and model["image_size"] == 32
+    assert [entry["code"] for entry in model["classes"]] == CLASSES and model["metadata"] is False
+    assert model["test_metrics"]["balanced_accuracy"] == metrics["balanced_accuracy"]
+    assert client.get("/docs").status_code == 200
+    assert "/predict" in client.get("/openapi.json").json()["paths"]
+    assert "<form" in client.get("/").text
+
+
+def test_predict_answers_as_the_evaluation_did(client, study, toy_dir):
+    run = study_run(study, "cnn")
+    expected = pd.read_csv(run / "predictions.csv").iloc[0]
+    image = (toy_dir / "images" / f"{expected['image_id']}.jpg").read_bytes()
+    answer = client.post("/predict", files={"image": ("lesion.jpg", image, "image/jpeg")}).json()
+    np.testing.assert_allclose([answer["probabilities"][name] for name in CLASSES], expected[list(PROBABILITY_COLUMNS)].astype(float), atol=2e-4)
+    assert answer["predicted"]["code"] == expected["pred"] and answer["warnings"] == []
+    assert "gradcam_png" not in answer
+
+
+def test_explain_returns_an_overlay_png(client):
+    answer = client.post("/predict", files={"image": ("a.jpg", jpeg_bytes(0), "image/jpeg")}, data={"explain": "true"}).json()
+    prefix = "data:image/png;base64,"
+    assert answer["gradcam_png"].startswith(prefix)
+    overlay = Image.open(io.BytesIO(base64.b64decode(answer["gradcam_png"][len(prefix):])))
+    assert overlay.format == "PNG" and overlay.size == (256, 256)
+
+
+def test_metadata_model_takes_age_sex_and_site(metadata_client, client):
+    image = {"image": ("a.jpg", jpeg_bytes(1), "image/jpeg")}
+    model = metadata_client.get("/model").json()
+    assert model["metadata"] and "male" in model["sexes"] and "unknown" in model["sites"]
+    full = metadata_client.post("/predict", files=image, data={"age": "65", "sex": "male", "site": model["sites"][0]}).json()
+    assert full["warnings"] == []
+    bare = metadata_client.post("/predict", files=image).json()
+    assert bare["warnings"] == ["no age, sex, site given: encoded as unknown"]
+    assert bare["probabilities"] != full["probabilities"]
+    ignored = client.post("/predict", files=image, data={"age": "65"}).json()
+    assert ignored["warnings"] == ["this model uses only the image: age ignored"]
+
+
+@pytest.mark.parametrize(
+    ("files", "data", "status", "detail"),
+    [
+        ({"image": ("big.jpg", b"\xff" * 100_001, "image/jpeg")}, {}, 413, "larger than"),  # read, then refused
+        ({"image": ("big.jpg", b"\xff" * 300_000, "image/jpeg")}, {}, 413, "larger than"),  # refused by its declared size
+        ({"image": ("notes.txt", b"hello", "text/plain")}, {}, 415, "not a readable JPEG or PNG"),
+        ({"picture": ("a.jpg", jpeg_bytes(2), "image/jpeg")}, {}, 422, None),  # no `image` field
+        (None, {"image": "a.jpg"}, 422, None),  # a text field, not a file
+        ({"image": ("a.jpg", jpeg_bytes(2), "image/jpeg")}, {"age": "old"}, 422, None),
+        ({"image": ("a.jpg", jpeg_bytes(2), "image/jpeg")}, {"age": "-3"}, 422, None),
+        ({"image": ("a.jpg", jpeg_bytes(2), "image/jpeg")}, {"sex": "robot"}, 422, "unknown sex 'robot'"),
+        ({"image": ("a.jpg", jpeg_bytes(2), "image/jpeg")}, {"site": "moon"}, 422, "unknown site 'moon'"),
+    ],
+)
+def test_bad_requests_get_a_json_4xx(metadata_client, files, data, status, detail):
+    response = metadata_client.post("/predict", files=files, data=data)
+    assert response.status_code == status
+    body = response.json()
+    assert "detail" in body
+    if detail is not None:
+        assert detail in body["detail"]
+
+
+# === A real server on loopback ===
+
+
+@pytest.fixture(scope="module")
+def server(study):
+    """`main.py serve` in a subprocess on a free loopback port (port 0: the system picks one)."""
+    process = subprocess.Popen(
+        [sys.executable, "main.py", "serve", str(study_run(study, "vgg16-meta")), "--port", "0"],
+        cwd=REPO_ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+    )
+    lines = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in process.stderr], daemon=True).start()
+    try:
+        url = None
+        while url is None:
+            line = lines.get(timeout=120)
+            match = re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", line)
+            url = match.group(1) if match else None
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def post_image(url, image, fields=()):
+    """POST /predict with a multipart form built by hand: what a client without our stack sends."""
+    boundary = uuid.uuid4().hex
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode() for name, value in fields
+    ]
+    parts.append(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="a.jpg"\r\n'
+        "Content-Type: image/jpeg\r\n\r\n".encode() + image + b"\r\n"
+    )
+    body = b"".join(parts) + f"--{boundary}--\r\n".encode()
+    request = urllib.request.Request(
+        f"{url}/predict", data=body, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.loads(response.read())
+
+
+def test_real_server_answers_50_concurrent_requests_as_it_answers_them_one_by_one(server):
+    with urllib.request.urlopen(f"{server}/health", timeout=10) as response:
+        assert json.loads(response.read()) == {"status": "ok"}
+    requests = [(jpeg_bytes(seed), [("age", 20 + 5 * seed), ("sex", ("male", "female")[seed % 2])]) for seed in range(10)]
+    sequential = [post_image(server, image, fields)["probabilities"] for image, fields in requests]
+    assert len({json.dumps(answer) for answer in sequential}) == len(requests)  # the requests differ
+    with concurrent.futures.ThreadPoolExecutor(max_workers=50) as pool:
+        futures = [pool.submit(post_image, server, *requests[index % len(requests)]) for index in range(50)]
+        concurrent_answers = [future.result()["probabilities"] for future in futures]
+    for index, answer in enumerate(concurrent_answers):
+        assert answer == pytest.approx(sequential[index % len(requests)], abs=1e-6)
+
+
+# === The page in headless Chromium ===
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+
+
+@pytest.mark.skipif(
+    CHROMIUM is None or CHROMEDRIVER is None,
+    reason="no headless browser: install Debian's chromium and chromium-driver packages (CI's .ci/run does)",
+)
+def test_page_uploads_an_image_and_shows_its_probabilities_and_overlay(server, tmp_path):
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (the test extra has it)")
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (
+        "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}",
+    ):
+        options.add_argument(flag)
+    image_path = tmp_path / "lesion.jpg"
+    image_path.write_bytes(jpeg_bytes(7))
+    expected = post_image(server, image_path.read_bytes(), [("explain", "true"), ("age", "50"), ("sex", "female")])
+
+    browser = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
+    try:
+        browser.get(server + "/")
+        wait = WebDriverWait(browser, 60)
+        # The metadata fields fill from GET /model once the page has loaded.
+        wait.until(lambda driver: driver.find_elements(By.CSS_SELECTOR, "#sex option"))
+        browser.find_element(By.ID, "image").send_keys(str(image_path))
+        browser.find_element(By.ID, "age").send_keys("50")
+        browser.find_element(By.CSS_SELECTOR, "#sex option[value=female]").click()
+        browser.find_element(By.ID, "submit").click()
+        wait.until(lambda driver: driver.find_elements(By.CSS_SELECTOR, "#results .bar.top"))
+        assert browser.find_element(By.ID, "output").is_displayed()
+        bars = browser.find_elements(By.CSS_SELECTOR, "#results .bar")
+        shown = {bar.get_attribute("data-class"): float(bar.find_element(By.CLASS_NAME, "value").text) for bar in bars}
+        top = browser.find_element(By.CSS_SELECTOR, "#results .bar.top").get_attribute("data-class")
+        overlay = browser.find_element(By.ID, "overlay")
+        overlay_width = browser.execute_script("return arguments[0].naturalWidth", overlay)
+        error = browser.find_element(By.ID, "error").text
+    finally:
+        browser.quit()
+    assert error == ""
+    assert list(shown) == CLASSES
+    assert shown == pytest.approx(expected["probabilities"], abs=6e-4)  # shown with three decimals
+    assert top == expected["predicted"]["code"] and overlay_width == 256
