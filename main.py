@@ -5,30 +5,71 @@ Examples:
     python main.py --model vgg16 --metadata --weights none          # VGG16 with the metadata head, from scratch
     python main.py --model all --config configs/cpu.yaml            # the study's four runs, then their comparison
     python main.py --resume results/runs/20261123-101500-densenet   # continue an interrupted run
+    python main.py --resume results/studies/20261123-101500          # continue an interrupted --model all
     python main.py evaluate results/runs/RUN --data-dir DIR --labels LABELS.csv   # an external test set
     python main.py compare results/runs/RUN_A results/runs/RUN_B    # side-by-side, with paired tests
 
 Each run leaves results/runs/<timestamp>-<model>[-meta]/ with its config, split, history, model,
-test predictions, metrics, plots and report.md.
+test predictions, metrics, plots and report.md; --model all also leaves
+results/studies/<timestamp>/ with study.json (its runs) and comparison/.
 """
 
 import argparse
+import contextlib
 import datetime
+import errno
+import json
 import os
 import sys
 from pathlib import Path
 
-# Before anything imports TensorFlow: keep its C++ start-up chatter out of the output.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+VERBOSE_FLAG = "--verbose"
 
-import evaluation  # noqa: E402
-from dataset import BALANCE_MODES, DataError  # noqa: E402
-from dataset.atomic import new_folder  # noqa: E402
-from networks import get_model_entry, list_models  # noqa: E402
-from training import STUDY, ConfigError, load_config, resume_run, train_run  # noqa: E402
-from training.config import LOSSES  # noqa: E402
+
+@contextlib.contextmanager
+def native_stderr_silenced(silenced):
+    """Sends what C++ code writes to stderr to /dev/null meanwhile.
+
+    TensorFlow logs its start-up (oneDNN, CUDA, absl) before absl's logging is set up, where
+    TF_CPP_MIN_LOG_LEVEL does not reach. Python's own errors are raised after stderr is back.
+    """
+    if not silenced:
+        yield
+        return
+    sys.stderr.flush()
+    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+
+
+# Before anything imports TensorFlow: unless --verbose, the console shows only this project's lines.
+QUIET = VERBOSE_FLAG not in sys.argv[1:]
+if QUIET:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+with native_stderr_silenced(QUIET):
+    try:
+        import keras  # noqa: F401
+    except ImportError as error:  # e.g. KERAS_BACKEND=torch without torch
+        backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+        sys.exit(f"error: Keras cannot load its backend {backend!r} ({error}): install it, or set KERAS_BACKEND to an installed one (tensorflow, jax)")
+    import evaluation  # noqa: E402
+    from dataset import BALANCE_MODES, DataError, UserError  # noqa: E402
+    from dataset.atomic import new_folder, write_json  # noqa: E402
+    from networks import get_model_entry, list_models  # noqa: E402
+    from training import STUDY, ConfigError, TrainConfig, load_config, prepare_run_data, resume_run, train_run  # noqa: E402
+    from training.config import LOSSES  # noqa: E402
+    from training.run import check_resume_overrides  # noqa: E402
+    from training.trainer import check_weights  # noqa: E402
 
 COMMANDS = ("train", "evaluate", "compare")
+STUDY_FILENAME = "study.json"
+# Errors of the machine, not of the code: reported in one line, like bad input.
+DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES)
 
 
 def main(argv=None):
@@ -39,11 +80,18 @@ def main(argv=None):
     arguments = build_parser().parse_args(argv)
     try:
         arguments.handler(arguments)
-    except (ConfigError, DataError, ValueError, FileNotFoundError) as error:
+    except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:
+        if error.errno not in DISK_ERRORS:
+            raise
+        remedy = "free some space" if error.errno in (errno.ENOSPC, errno.EDQUOT) else "write elsewhere (--output-dir)"
+        print(f"error: {error.filename}: {error.strerror} ({remedy})", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
-        print("\ninterrupted: resume a run with `python main.py --resume RUN_DIR`", file=sys.stderr)
+        resume = " (resume with `python main.py --resume RUN_DIR`, or STUDY_DIR for --model all)"
+        print(f"\ninterrupted{resume if arguments.command == 'train' else ''}", file=sys.stderr)
         return 130
     return 0
 
@@ -57,17 +105,24 @@ def build_parser():
         epilog="`python main.py COMMAND --help` describes each command; train is the default.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    console = argparse.ArgumentParser(add_help=False)
+    console.add_argument(VERBOSE_FLAG, action="store_true", help="also show TensorFlow's and CUDA's own start-up log lines")
 
     train = commands.add_parser(
         "train", help="train one model, or the study's four (--model all), and evaluate on the test subset",
         description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        parents=[console],
     )
     what = train.add_argument_group("what to train")
     what.add_argument("--model", help=f"one of {', '.join(list_models())}, or all (default: the config's, else densenet)")
     what.add_argument("--metadata", action="store_true", default=None, help="add the metadata head (age, sex, site)")
     what.add_argument("--config", type=Path, help="YAML file of settings (configs/cpu.yaml, configs/gpu.yaml); flags win over it")
     what.add_argument("--weights", help="vgg16: imagenet, none, or a weights file")
-    what.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run from its last completed epoch")
+    what.add_argument(
+        "--resume", type=Path, metavar="DIR",
+        help="continue an interrupted run from its last completed epoch, or an interrupted study (--model all) "
+        "from results/studies/<timestamp>, keeping its finished runs; only --data-dir, --cache-dir and --workers may change",
+    )
     how = train.add_argument_group("how to train (default: the config file's, else training/config.py's)")
     how.add_argument("--epochs", type=int)
     how.add_argument("--batch-size", type=int)
@@ -91,18 +146,19 @@ def build_parser():
         "evaluate", help="score a trained run on its test subset again, or on an external labelled image set",
         description="Without --data-dir: recompute a run's metrics, plots and report from its predictions. "
         "With --data-dir: predict an external image set and write predictions, metrics, plots and a report for it.",
+        parents=[console],
     )
     evaluate.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a trained run folder (with model.keras)")
     evaluate.add_argument("--data-dir", type=Path, help="folder of the external images (flat, or HAM10000's part_1/part_2)")
     evaluate.add_argument("--labels", type=Path, metavar="CSV", help="HAM10000-format metadata or ISIC ground truth (default: DATA_DIR/HAM10000_metadata.csv)")
-    evaluate.add_argument("--output", type=Path, metavar="DIR", help="where to write (default: RUN_DIR/external/<data folder name>)")
+    evaluate.add_argument("--output", type=Path, metavar="DIR", help="where to write (default: RUN_DIR/external/<data folder name>; an existing folder gets -2, -3, ...)")
     evaluate.add_argument("--cache-dir", type=Path)
     evaluate.add_argument("--drop-missing-images", action="store_true")
     evaluate.set_defaults(handler=run_evaluate)
 
-    compare = commands.add_parser("compare", help="compare runs evaluated on the same test images")
+    compare = commands.add_parser("compare", help="compare runs evaluated on the same test images", parents=[console])
     compare.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR", help="two or more run folders with predictions.csv, trained on one split")
-    compare.add_argument("--output", type=Path, metavar="DIR", help="default: results/comparisons/<timestamp>")
+    compare.add_argument("--output", type=Path, metavar="DIR", help="default: results/comparisons/<timestamp>; an existing folder gets -2, -3, ...")
     compare.set_defaults(handler=run_compare)
     return parser
 
@@ -118,7 +174,17 @@ def run_train(arguments):
     }
     overrides = {key: str(value) if isinstance(value, Path) else value for key, value in overrides.items()}
     if arguments.resume:
-        finish(resume_run(arguments.resume, overrides))
+        if arguments.model or arguments.config:
+            raise ConfigError("--resume continues with the run's own config.yaml: drop --model and --config")
+        if (arguments.resume / STUDY_FILENAME).is_file():
+            continue_study(arguments.resume, overrides)
+        else:
+            if (arguments.resume / "metrics.json").is_file():
+                raise DataError(
+                    f"{arguments.resume}: finished (trained and evaluated), nothing to resume; "
+                    f"`python main.py evaluate {arguments.resume}` recomputes its evaluation"
+                )
+            finish(resume_run(arguments.resume, overrides))
     elif arguments.model == "all":
         train_study(arguments.config, overrides)
     else:
@@ -126,21 +192,55 @@ def run_train(arguments):
 
 
 def train_study(config_file, overrides):
-    """The study: four configurations on one split, then their comparison."""
+    """The study: four configurations on one split, then their comparison, in a new study folder.
+
+    `study.json` in the folder holds the resolved configurations and, as they finish, their run
+    folders: `--resume STUDY_DIR` trains only the configurations without a finished run.
+    """
     # Every config is checked before the first run starts.
     configs = [load_config(model, config_file, {**overrides, "metadata": metadata}) for model, metadata in STUDY]
-    run_dirs, shared_split, data_by_size = [], overrides.get("split"), {}
-    for config in configs:
-        if shared_split:
-            config.split = str(shared_split)
+    check_weights(configs)
+    data = prepare_run_data(configs[0])
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    study_dir = new_folder(Path(configs[0].output_dir) / "studies" / stamp)
+    write_json(study_dir / STUDY_FILENAME, {"configs": [config.to_dict() for config in configs], "runs": [None] * len(configs)})
+    print(f"Study folder: {study_dir} (continue it with `python main.py --resume {study_dir}` if it stops)")
+    continue_study(study_dir, data=data)
+
+
+def continue_study(study_dir, overrides=None, data=None):
+    """Trains the study's configurations that have no finished run yet, then compares all of them.
+
+    Args:
+        study_dir: the study's folder, with its `study.json`.
+        overrides: settings that may change (`RESUME_OVERRIDES`: where the data is, ...).
+        data: the first configuration's prepared data, if it is at hand.
+    """
+    study_file = Path(study_dir) / STUDY_FILENAME
+    try:
+        study = json.loads(study_file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise DataError(f"{study_file}: damaged, not JSON ({error})") from None
+    changes = check_resume_overrides(overrides)
+    try:
+        configs = [TrainConfig.from_dict({**values, **changes}, study_file) for values in study["configs"]]
+        run_dirs = list(study["runs"])
+    except (KeyError, TypeError):
+        raise DataError(f"{study_file}: not a study file (expected 'configs' and 'runs')") from None
+    check_weights(configs)
+    data_by_size = {configs[0].image_size: data} if data else {}
+    for index, config in enumerate(configs):
+        if run_dirs[index] is not None:
+            print(f"{config.run_name}: finished in {run_dirs[index]}, kept")
+            continue
+        # Every run after the first trains on the first run's split.
+        config.split = config.split or (str(Path(run_dirs[0]) / "split.csv") if run_dirs[0] else None)
         run = train_run(config, data=data_by_size.get(config.image_size))
         finish(run)
-        shared_split = shared_split or run.run_dir / "split.csv"
         data_by_size[config.image_size] = run.data
-        run_dirs.append(run.run_dir)
-    output = new_comparison_dir(configs[0].output_dir)
-    evaluation.compare_runs(run_dirs, output)
-    print(f"Comparison: {output / 'comparison.md'}")
+        run_dirs[index] = str(run.run_dir)
+        write_json(study_file, {**study, "runs": run_dirs})
+    evaluation.compare_runs(run_dirs, Path(study_dir) / "comparison")
 
 
 def finish(run):
@@ -149,10 +249,11 @@ def finish(run):
         run.run_dir, run.data, with_metadata=run.config.metadata, batch_size=run.config.batch_size, workers=run.config.workers
     )
     metrics = evaluation.evaluate_run(run.run_dir)
+    # A metric is None where the test subset cannot define it (melanoma sensitivity without melanomas).
+    shown = {key: "n/a" if metrics[key] is None else f"{metrics[key]:.3f}" for key in ("balanced_accuracy", "accuracy", "melanoma_sensitivity")}
     print(
-        f"{run.run_dir.name}: test balanced accuracy {metrics['balanced_accuracy']:.3f}, accuracy "
-        f"{metrics['accuracy']:.3f}, melanoma sensitivity {metrics['melanoma_sensitivity']:.3f}; "
-        f"report: {run.run_dir / 'report.md'}"
+        f"{run.run_dir.name}: test balanced accuracy {shown['balanced_accuracy']}, accuracy {shown['accuracy']}, "
+        f"melanoma sensitivity {shown['melanoma_sensitivity']}; report: {run.run_dir / 'report.md'}"
     )
 
 
@@ -168,14 +269,9 @@ def run_evaluate(arguments):
 
 
 def run_compare(arguments):
-    output = arguments.output or new_comparison_dir("results")
-    evaluation.compare_runs(arguments.run_dirs, output)
-    print(f"Comparison written to {output}")
-
-
-def new_comparison_dir(output_dir):
-    """`<output_dir>/comparisons/<timestamp>`, never an earlier comparison's folder."""
-    return new_folder(Path(output_dir) / "comparisons" / datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    # compare_runs checks the runs before it creates the folder, and never reuses an existing one.
+    evaluation.compare_runs(arguments.run_dirs, arguments.output or Path("results") / "comparisons" / stamp)
 
 
 if __name__ == "__main__":

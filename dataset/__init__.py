@@ -9,7 +9,7 @@ Each step is also usable on its own: `load_metadata`, `make_split`, `load_images
 """
 
 from dataset.cache import ImageCache, load_images
-from dataset.errors import DataError
+from dataset.errors import DataError, UserError
 from dataset.features import MetadataEncoder
 from dataset.images import find_data_dir, locate_images, read_image
 from dataset.metadata import CLASS_NAMES, class_indices, load_metadata
@@ -41,4 +41,5 @@ __all__ = [
     "save_split",
     "split_summary",
     "training_sequence",
+    "UserError",
 ]

@@ -8,7 +8,10 @@ so an interrupted run leaves either the old file or the new one, never half of o
 import contextlib
 import json
 import os
+import tempfile
 from pathlib import Path
+
+from dataset.errors import UserError
 
 
 @contextlib.contextmanager
@@ -28,18 +31,51 @@ def atomic_path(path):
         temporary.unlink(missing_ok=True)
 
 
+def process_alive(pid):
+    """Whether a process with this id runs on this machine (a lock or temporary file it left is stale if not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by another user
+        return True
+    return True
+
+
+def check_writable(folder):
+    """Raises UserError unless files can be written in `folder` (created if missing)."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{folder}: is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise UserError(f"{folder}: cannot write there ({error.strerror})") from None
+
+
 def new_folder(path):
-    """Creates `path`, or if it exists `path-2`, `path-3`, ...: an earlier folder is never reused."""
+    """Creates `path`, or if it exists `path-2`, `path-3`, ...: an earlier folder is never reused.
+
+    Raises:
+        UserError: `path`, or a folder above it, is a file; or the folder cannot be created
+            (read-only or full disk, no permission).
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    blocking = next((parent for parent in (path, *path.parents) if parent.exists() and not parent.is_dir()), None)
+    if blocking is not None:
+        raise UserError(f"{blocking}: is a file, not a folder (pass a folder that does not exist yet)")
     attempt = 1
     while True:
         candidate = path if attempt == 1 else path.with_name(f"{path.name}-{attempt}")
         try:
-            candidate.mkdir()
+            candidate.mkdir(parents=True)
             return candidate
         except FileExistsError:
             attempt += 1
+        except OSError as error:
+            raise UserError(f"{candidate}: cannot create the folder ({error.strerror})") from None
 
 
 def write_text(path, text):

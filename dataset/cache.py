@@ -13,6 +13,8 @@ import concurrent.futures
 import hashlib
 import json
 import os
+import re
+import shutil
 import sys
 import warnings
 from dataclasses import dataclass
@@ -75,15 +77,16 @@ def load_images(image_paths, size, cache_dir=None, drop_unreadable=False, verbos
     fingerprint = _fingerprint(paths)
 
     info = _read_info(info_path)
-    if not (array_path.is_file() and info.get("fingerprint") == fingerprint):
+    images = _open(array_path) if info.get("fingerprint") == fingerprint else None
+    if images is None:
         info = _build(paths, image_ids, size, array_path, fingerprint, drop_unreadable, verbose)
         atomic.write_json(info_path, info)
+        images = np.load(array_path, mmap_mode="r")
 
-    images = np.load(array_path, mmap_mode="r")
     unreadable = set(info["unreadable"])
     if not unreadable:
         return ImageCache(images, image_ids, array_path)
-    if not drop_unreadable:
+    if not drop_unreadable or len(unreadable) == len(image_ids):
         raise _unreadable_error(sorted(unreadable), len(image_ids))
     warnings.warn(f"{_unreadable_summary(sorted(unreadable), len(image_ids))}; leaving them out", stacklevel=2)
     keep = [row for row, image_id in enumerate(image_ids) if image_id not in unreadable]
@@ -91,8 +94,18 @@ def load_images(image_paths, size, cache_dir=None, drop_unreadable=False, verbos
     return ImageCache(images[keep], tuple(image_ids[row] for row in keep), array_path)
 
 
+def _open(array_path):
+    """The cache file memory-mapped, or None if it is missing or damaged (e.g. truncated by a full disk)."""
+    try:
+        return np.load(array_path, mmap_mode="r")
+    except (OSError, ValueError):
+        return None
+
+
 def _build(paths, image_ids, size, array_path, fingerprint, drop_unreadable, verbose):
     """Decodes every image into a new cache file; returns the info to store beside it."""
+    _remove_stale_temporaries(array_path.parent)
+    _check_free_space(array_path.parent, len(paths) * size * size * 3)
     if verbose:
         print(f"Building the {size}x{size} image cache of {len(paths)} images in {array_path.parent}")
     # On a terminal a live bar; in a log file one line at the end.
@@ -118,6 +131,25 @@ def _build(paths, image_ids, size, array_path, fingerprint, drop_unreadable, ver
     return {"fingerprint": fingerprint, "size": size, "decoder_version": DECODER_VERSION, "unreadable": unreadable}
 
 
+def _remove_stale_temporaries(cache_dir):
+    """Deletes the half-written cache files of builds whose process has died (killed, out of memory)."""
+    for temporary in Path(cache_dir).glob(".*.tmp.npy"):
+        owner = re.fullmatch(r"\..*\.(\d+)\.tmp\.npy", temporary.name)
+        if owner and not atomic.process_alive(int(owner.group(1))):
+            temporary.unlink(missing_ok=True)
+
+
+def _check_free_space(cache_dir, needed_bytes):
+    Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(cache_dir).free
+    # Some room to spare for the rest of the run (models, checkpoints).
+    if needed_bytes * 1.1 > free:
+        raise DataError(
+            f"{cache_dir}: the image cache needs {needed_bytes / 1e9:.1f} GB and the disk has {free / 1e9:.1f} GB free "
+            "(free some space, use a smaller --image-size, or pass --cache-dir on another disk)"
+        )
+
+
 def _read_or_none(path, size):
     try:
         return read_image(path, size)
@@ -130,6 +162,8 @@ def _unreadable_summary(image_ids, total):
 
 
 def _unreadable_error(image_ids, total):
+    if len(image_ids) == total:
+        return DataError(f"none of the {total} images can be decoded: {first_few(image_ids)} (are they image files?)")
     return DataError(
         f"{_unreadable_summary(image_ids, total)} (replace the files, or pass --drop-missing-images to leave them out)"
     )

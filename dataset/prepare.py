@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from dataset.cache import ImageCache, load_images
+from dataset.errors import DataError
 from dataset.features import MetadataEncoder
 from dataset.images import find_data_dir, locate_images
 from dataset.metadata import METADATA_FILENAME, class_indices, load_metadata, stratified_subset
@@ -100,11 +101,12 @@ def prepare_data(
     cache = load_images(paths, image_size, cache_dir=cache_dir, drop_unreadable=drop_missing_images, verbose=verbose)
     # Missing and unreadable images were left out with a warning (or raised an error) above.
     kept = metadata["image_id"].isin(cache.image_ids).to_numpy()
+    left_out = f" once the {(~kept).sum():,} missing or unreadable images are left out" if not kept.all() else ""
     if not kept.all():
         metadata, split = metadata[kept].reset_index(drop=True), split[kept].reset_index(drop=True)
     for name in ("train", "val", "test"):
         if not (split["subset"] == name).any():
-            raise ValueError(f"the {name} subset is empty: use more images (--limit) or other split fractions")
+            raise DataError(f"the {name} subset is empty{left_out}: use more images (--limit) or other split fractions")
 
     train_rows = metadata[(split["subset"] == "train").to_numpy()]
     return PreparedData(data_dir, metadata, split, cache, MetadataEncoder.fit(train_rows))

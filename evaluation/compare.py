@@ -10,13 +10,12 @@ image: a paired test sees a difference that two overlapping intervals would hide
 """
 
 import itertools
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from scipy.stats import binomtest
 
-from dataset.atomic import write_json, write_text
+from dataset.atomic import new_folder, write_json, write_text
 from dataset.errors import DataError
 from evaluation.metrics import (
     INTERVAL_LEVEL,
@@ -34,7 +33,7 @@ from evaluation.run_files import existing_run_dir, read_run_files
 COMPARISON_FILENAMES = ("comparison.md", "comparison.json", "comparison.png")
 
 
-def compare_runs(run_dirs, output_dir, *, bootstrap_draws=1000, seed=0):
+def compare_runs(run_dirs, output_dir, *, bootstrap_draws=1000, seed=0, verbose=True):
     """Compares evaluated runs and writes `comparison.md`, `comparison.json` and `comparison.png`.
 
     For every run: balanced accuracy, macro AUC and melanoma sensitivity with their intervals,
@@ -45,24 +44,25 @@ def compare_runs(run_dirs, output_dir, *, bootstrap_draws=1000, seed=0):
 
     Args:
         run_dirs: two or more run folders, each with a `predictions.csv`; labelled by folder name.
-        output_dir: where to write the three files (created if needed).
+        output_dir: the folder to create for the three files, once every input has been
+            checked. An existing folder is never written into: "-2", "-3", ... is appended instead.
         bootstrap_draws: resamples of the test images, shared by all runs.
         seed: fixes the resamples.
+        verbose: print where the comparison went.
 
     Returns:
         The comparison (the content of `comparison.json`).
 
     Raises:
-        ValueError: fewer than two runs, or two runs with the same folder name.
-        DataError: the runs were evaluated on different test images or labels, or a run's
+        DataError: fewer than two runs, two runs with the same folder name, the runs were evaluated on different test images or labels, or a run's
             files are missing or malformed.
     """
     run_dirs = [existing_run_dir(run_dir) for run_dir in run_dirs]
     if len(run_dirs) < 2:
-        raise ValueError(f"a comparison needs at least two runs; got {len(run_dirs)}")
+        raise DataError(f"a comparison needs at least two runs; got {len(run_dirs)}")
     labels = [run_dir.name for run_dir in run_dirs]
     if len(set(labels)) < len(labels):
-        raise ValueError(f"two of the runs have the same folder name, which labels them: {', '.join(labels)}")
+        raise DataError(f"two of the runs have the same folder name, which labels them: {', '.join(labels)}")
     predictions = {label: read_predictions(run_dir / PREDICTIONS_FILENAME) for label, run_dir in zip(labels, run_dirs)}
     y_true, probabilities = shared_test_set(predictions)
 
@@ -101,11 +101,13 @@ def compare_runs(run_dirs, output_dir, *, bootstrap_draws=1000, seed=0):
         "pairs": pairs,
     }
 
-    output_dir = Path(output_dir)
+    output_dir = new_folder(output_dir)
     markdown_path, json_path, figure_path = (output_dir / name for name in COMPARISON_FILENAMES)
     write_json(json_path, comparison)
     plot_comparison({label: metrics[label]["confusion_matrix"] for label in labels}, figure_path)
     write_text(markdown_path, render_comparison(comparison, figure_path.name))
+    if verbose:
+        print(f"Wrote the comparison of {len(runs)} runs to {output_dir}")
     return comparison
 
 

@@ -7,6 +7,7 @@ again, or compared with another, without loading its model.
     ISIC_0027419,bkl,bkl,0.01,0.02,0.81,0.0,0.09,0.07,0.0
 """
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -29,11 +30,14 @@ def predict_probabilities(model, sequence, verbose=0):
     Args:
         model: a classifier with a softmax output over the seven classes.
         sequence: an `evaluation_sequence` (each image once, in a fixed order).
-        verbose: Keras's progress output; off by default.
+        verbose: Keras's progress output; off by default. "auto": a bar on a terminal, one line
+            at the end elsewhere (Keras's own "auto" writes the bar's carriage returns into log files).
 
     Returns:
         An (images, 7) float array.
     """
+    if verbose == "auto":
+        verbose = 1 if sys.stdout.isatty() else 2
     probabilities = np.asarray(model.predict(sequence, verbose=verbose))
     if probabilities.ndim != 2 or probabilities.shape[1] != len(CLASS_NAMES):
         raise ValueError(

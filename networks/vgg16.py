@@ -13,6 +13,7 @@ from pathlib import Path
 import keras
 from keras import layers, ops
 
+from dataset.errors import UserError
 from networks.heads import build_classifier
 from networks.registry import register_model
 
@@ -62,11 +63,11 @@ def vgg16_backbone(image_size, weights):
             from this backbone).
 
     Raises:
-        ValueError: the weights file does not exist or does not fit, or "imagenet" was asked for
+        UserError: the weights file does not exist or does not fit, or "imagenet" was asked for
             and the download failed (offline); the message says how to go on.
     """
     if weights is not None and weights != "imagenet" and not Path(weights).is_file():
-        raise ValueError(f"VGG16 weights file not found: {weights} (pass 'imagenet', 'none' or an existing weights file)")
+        raise UserError(f"VGG16 weights file not found: {weights} (pass 'imagenet', 'none' or an existing weights file)")
     image = keras.Input((image_size, image_size, 3))
     preprocessed = VGGPreprocessing(standardize=weights is None, name="vgg_preprocessing")(image)
     try:
@@ -75,14 +76,14 @@ def vgg16_backbone(image_size, weights):
         vgg = keras.applications.VGG16(include_top=False, weights=weights, input_tensor=preprocessed)
     except Exception as error:
         if "URL fetch failure" in str(error):
-            raise ValueError(
+            raise UserError(
                 "could not download the ImageNet VGG16 weights (no internet?): download "
                 "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5 elsewhere and pass --weights "
                 "PATH, or pass --weights none to train from scratch"
             ) from None
         if weights not in (None, "imagenet"):
             first_line = str(error).strip().splitlines()[0]
-            raise ValueError(f"{weights}: not weights of VGG16 without its top ({first_line})") from None
+            raise UserError(f"{weights}: not weights of VGG16 without its top ({first_line})") from None
         raise
     if weights is None:
         _he_initialise(vgg)

@@ -39,11 +39,12 @@ def test_predictions_hold_each_test_image_exactly_once(study):
         assert probabilities.shape[1] == 7 and ((probabilities.sum(axis=1) - 1).abs() < 1e-4).all()
 
 
-def test_model_all_writes_the_comparison(study):
-    comparisons = list((study / "comparisons").iterdir())
-    assert len(comparisons) == 1
+def test_model_all_writes_the_study_and_its_comparison(study):
+    (study_dir,) = (study / "studies").iterdir()
+    runs = json.loads((study_dir / "study.json").read_text())["runs"]
+    assert sorted(runs) == sorted(str(run) for run in (study / "runs").iterdir())
     for name in ("comparison.md", "comparison.json", "comparison.png"):
-        assert (comparisons[0] / name).stat().st_size > 0
+        assert (study_dir / "comparison" / name).stat().st_size > 0
 
 
 def test_interrupted_run_resumes_without_losing_or_repeating_an_epoch(toy_dir, tmp_path, monkeypatch, capsys):

@@ -26,6 +26,7 @@ import yaml
 
 from dataset import BALANCE_MODES, CLASS_NAMES
 from dataset.atomic import write_text
+from dataset.errors import UserError
 from dataset.split import check_fractions
 from networks import AugmentationOptions, get_model_entry, list_models, model_options
 from networks.heads import HeadOptions
@@ -36,9 +37,12 @@ SCHEDULES = ("plateau", "cosine")
 AUTO = "auto"
 # The four configurations of the study, in the order `--model all` trains them.
 STUDY = (("cnn", False), ("densenet", False), ("vgg16", False), ("vgg16", True))
+# HAM10000's images are 600 x 450: a larger side only upsamples them, and the cache of 10,015
+# images at this size already takes 31 GB.
+MAX_IMAGE_SIZE = 1024
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A bad configuration value; the message names the setting and what it accepts."""
 
 
@@ -124,6 +128,10 @@ class TrainConfig:
 
     @property
     def head_options(self):
+        known = [option.name for option in dataclasses.fields(HeadOptions)]
+        unknown = sorted(set(self.head) - set(known))
+        if unknown:
+            raise ConfigError(f"unknown head option {', '.join(map(repr, unknown))} (expected {', '.join(known)})")
         return HeadOptions(**{k: tuple(v) if isinstance(v, list) else v for k, v in self.head.items()})
 
     def validate(self):
@@ -136,6 +144,10 @@ class TrainConfig:
         _require(
             self.image_size >= minimum,
             f"image_size {self.image_size} is too small for model {self.model!r} (it needs at least {minimum})",
+        )
+        _require(
+            self.image_size <= MAX_IMAGE_SIZE,
+            f"image_size {self.image_size} is too large: at most {MAX_IMAGE_SIZE} (HAM10000's images are 600 x 450 px)",
         )
         _require(self.limit is None or self.limit >= 10, f"limit must be at least 10 images; got {self.limit}")
         _require(self.lr > 0, f"lr must be positive; got {self.lr}")
@@ -173,6 +185,11 @@ class TrainConfig:
     def to_dict(self):
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_dict(cls, values, source="saved config"):
+        """The config `to_dict` gave `values`, None values included; ConfigError if they are not one."""
+        return _build(dict(values), source).validate()
+
     def save(self, path):
         values = self.to_dict()
         values["split_fractions"] = list(values["split_fractions"])
@@ -193,7 +210,7 @@ def load_config(model=None, config_file=None, overrides=None):
     """
     values = {}
     if config_file is not None:
-        values = _read_yaml(config_file)
+        values = read_yaml(config_file)
     per_model = values.pop("models", None) or {}
     if not isinstance(per_model, dict):
         raise ConfigError(f"{config_file}: 'models' must map model names to settings")
@@ -207,12 +224,15 @@ def load_config(model=None, config_file=None, overrides=None):
     return _build(values, source=config_file or "command line").validate()
 
 
-def _read_yaml(path):
+def read_yaml(path):
+    """The mapping of settings in a YAML file; ConfigError naming the file if there is none."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        values = yaml.safe_load(path.read_text()) or {}
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file in UTF-8 (is it the config file?)") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
     if not isinstance(values, dict):

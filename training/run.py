@@ -3,19 +3,19 @@
     config = load_config("densenet", "configs/cpu.yaml")
     run = train_run(config)
 
-Everything is checked (config, data folder, every image decodable) before the run folder is
-made, so a bad input leaves nothing behind.
+Everything is checked (config, data folder, every image decodable, the weights) before the run
+folder is made, so a bad input leaves nothing behind. While a process trains in a run folder, it
+holds the folder's lock: a second `resume_run` of it is refused.
 """
 
 from pathlib import Path
 from typing import NamedTuple
 
-import yaml
-
-from dataset import PreparedData, prepare_data, save_split
-from training.config import TrainConfig, load_config
-from training.run_dir import create_run_dir, write_environment
-from training.trainer import fit
+from dataset import DataError, PreparedData, prepare_data, save_split
+from dataset.atomic import check_writable
+from training.config import ConfigError, TrainConfig, load_config, read_yaml
+from training.run_dir import create_run_dir, run_lock, write_environment
+from training.trainer import build_model, fit
 
 
 class TrainedRun(NamedTuple):
@@ -54,20 +54,39 @@ def train_run(config, data=None, verbose="auto"):
     Returns:
         A `TrainedRun`: the run folder, the config, and the `PreparedData` it trained on.
     """
+    check_writable(config.output_dir)
     data = data or prepare_run_data(config)
+    # Building the model loads its weights, the last thing that can fail before training.
+    model = build_model(config, data.encoder.size if config.metadata else 0)
     run_dir = create_run_dir(config.output_dir, config.run_name)
     print(f"Run folder: {run_dir}")
-    config.save(run_dir / "config.yaml")
-    save_split(data.split, run_dir / "split.csv")
-    write_environment(run_dir)
-    if config.metadata:
-        data.encoder.save(run_dir / "metadata_encoder.json")
-    fit(config, data, run_dir, verbose=verbose)
+    with run_lock(run_dir):
+        config.save(run_dir / "config.yaml")
+        save_split(data.split, run_dir / "split.csv")
+        write_environment(run_dir)
+        if config.metadata:
+            data.encoder.save(run_dir / "metadata_encoder.json")
+        fit(config, data, run_dir, model=model, verbose=verbose)
     return TrainedRun(run_dir, config, data)
+
+
+def check_resume_overrides(overrides):
+    """The overrides a resumed run takes (`RESUME_OVERRIDES`, without None values); ConfigError for any other."""
+    changes = {key: value for key, value in (overrides or {}).items() if value is not None}
+    refused = sorted(set(changes) - set(RESUME_OVERRIDES))
+    if refused:
+        raise ConfigError(
+            f"a resumed run keeps the settings it started with: it can change {', '.join(RESUME_OVERRIDES)}, "
+            f"not {', '.join(refused)} (start a new run to change them)"
+        )
+    return changes
 
 
 def resume_run(run_dir, overrides=None, verbose="auto"):
     """Continues an interrupted run from its last completed epoch, with its own config and split.
+
+    A run whose training finished (it has `training.json`) is not trained further; its
+    `TrainedRun` is returned for the evaluation that may not have run.
 
     Args:
         run_dir: the interrupted run's folder.
@@ -75,17 +94,27 @@ def resume_run(run_dir, overrides=None, verbose="auto"):
 
     Returns:
         A `TrainedRun`, as `train_run` returns it.
+
+    Raises:
+        ConfigError: `overrides` sets anything else, or the folder's `config.yaml` is malformed.
+        DataError: the folder is not a run folder, or its checkpoint is damaged.
+        UserError: another process is training in the folder.
     """
     run_dir = Path(run_dir)
     config_file = run_dir / "config.yaml"
     if not config_file.is_file():
-        raise FileNotFoundError(f"{run_dir}: not a run folder (no config.yaml)")
-    saved = yaml.safe_load(config_file.read_text())
-    changes = {key: value for key, value in (overrides or {}).items() if key in RESUME_OVERRIDES and value is not None}
+        raise DataError(f"{run_dir}: not a run folder (no config.yaml)")
+    changes = check_resume_overrides(overrides)
+    saved = read_yaml(config_file)
+    if "model" not in saved:
+        raise ConfigError(f"{config_file}: has no 'model' setting (is it a run's config.yaml?)")
     config = load_config(saved["model"], config_file, {**changes, "split": str(run_dir / "split.csv")})
-    data = prepare_run_data(config)
-    if not (run_dir / "training.json").is_file():
-        fit(config, data, run_dir, resume=True, verbose=verbose)
+    with run_lock(run_dir):
+        data = prepare_run_data(config)
+        if (run_dir / "training.json").is_file():
+            print(f"{run_dir.name} has finished training; nothing to resume")
+        else:
+            fit(config, data, run_dir, resume=True, verbose=verbose)
     return TrainedRun(run_dir, config, data)
 
 

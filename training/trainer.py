@@ -18,6 +18,7 @@ import math
 import shutil
 import sys
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,7 @@ import pandas as pd
 
 from dataset import CLASS_NAMES, Balance, class_weights
 from dataset.atomic import atomic_path, write_csv, write_json
+from dataset.errors import DataError
 from networks import build_augmentation, create_model, freeze_backbone, unfreeze_top_blocks
 from training.losses import make_loss
 from training.metrics import BalancedAccuracy
@@ -82,8 +84,16 @@ class TrainingState:
     def load(cls, run_dir):
         path = Path(run_dir) / CHECKPOINT_DIR / STATE_FILE
         if not path.is_file():
-            raise FileNotFoundError(f"{run_dir}: no checkpoint to resume from ({CHECKPOINT_DIR}/{STATE_FILE} is missing)")
-        return cls(**json.loads(path.read_text()))
+            raise DataError(f"{run_dir}: no checkpoint to resume from ({CHECKPOINT_DIR}/{STATE_FILE} is missing)")
+        try:
+            values = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise DataError(f"{path}: damaged, not JSON ({error}); the run cannot be resumed, start it again") from None
+        known = [item.name for item in dataclasses.fields(cls)]
+        if not isinstance(values, dict) or set(values) - set(known):
+            unknown = sorted(set(values) - set(known)) if isinstance(values, dict) else values
+            raise DataError(f"{path}: not a training state (unexpected {unknown}; expected keys {', '.join(known)})")
+        return cls(**values)
 
     def save(self, run_dir):
         write_json(Path(run_dir) / CHECKPOINT_DIR / STATE_FILE, dataclasses.asdict(self))
@@ -104,6 +114,21 @@ def build_model(config, metadata_features):
         weights=config.weights if config.pretrained else None,
         augmentation=build_augmentation(config.augmentation_options, seed=config.seed),
     )
+
+
+def check_weights(configs):
+    """Loads the pretrained weights the configs ask for: a missing or wrong file, or an offline
+    download, fails now rather than after the runs before it have trained.
+
+    Raises:
+        UserError: weights that cannot be had (the message says how to go on).
+    """
+    checked = set()
+    for config in configs:
+        key = (config.model, config.weights, config.image_size)
+        if config.pretrained and key not in checked:
+            build_model(config, metadata_features=0)
+            checked.add(key)
 
 
 def compile_model(model, config, learning_rate, weights, *, stage_steps=None, warmup_steps=0):
@@ -134,7 +159,7 @@ def make_optimizer(config, learning_rate, stage_steps=None, warmup_steps=0):
     return keras.optimizers.Adam(learning_rate)
 
 
-def fit(config, data, run_dir, *, resume=False, verbose="auto"):
+def fit(config, data, run_dir, *, resume=False, model=None, verbose="auto"):
     """Trains the configured model on prepared data, recording everything in `run_dir`.
 
     Args:
@@ -142,6 +167,7 @@ def fit(config, data, run_dir, *, resume=False, verbose="auto"):
         data: `dataset.PreparedData` for the run's split.
         run_dir: the run folder (from `create_run_dir`, or an interrupted run's with `resume`).
         resume: continue from the folder's last completed epoch.
+        model: the model `build_model(config, ...)` made, to train from its start; None builds it.
         verbose: Keras's progress output ("auto": a bar on a terminal, a line per epoch in logs).
 
     Returns:
@@ -155,9 +181,10 @@ def fit(config, data, run_dir, *, resume=False, verbose="auto"):
     train = data.sequence(
         "train", batch_size=config.batch_size, with_metadata=config.metadata,
         balance=Balance(config.balance, config.balance_target, config.max_oversampling),
-        augment=config.augment, seed=config.seed, epoch=state.epochs_completed, workers=config.workers,
+        augment=config.augment, seed=config.seed, workers=config.workers,
     )
     val = data.sequence("val", batch_size=config.batch_size, with_metadata=config.metadata, workers=config.workers)
+    # From the first epoch's resampling, in a resumed run too.
     weights = (
         class_weights(train.epoch_labels, config.class_weight_boost)
         if config.class_weights
@@ -167,11 +194,11 @@ def fit(config, data, run_dir, *, resume=False, verbose="auto"):
     stages = plan_stages(config)
 
     if resume:
-        model = keras.saving.load_model(_checkpoint_path(run_dir, state.epochs_completed))
+        model = _load_checkpoint(_checkpoint_path(run_dir, state.epochs_completed))
         # The kept model may not have been copied out before the interruption.
         _copy_atomically(_checkpoint_path(run_dir, state.best_epoch), run_dir / "model.keras")
         print(f"Resuming {run_dir.name} after epoch {state.epochs_completed}")
-    else:
+    elif model is None:
         model = build_model(config, data.encoder.size if config.metadata else 0)
 
     print(
@@ -212,9 +239,33 @@ def fit(config, data, run_dir, *, resume=False, verbose="auto"):
         "class_weights": {CLASS_NAMES[i]: round(w, 4) for i, w in weights.items()} if weigh_samples else None,
         "stage_boundaries": _stage_boundaries(recorder.history),
     }
+    _keep_for_inference(run_dir / "model.keras")
     write_json(run_dir / "training.json", summary)
     shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)
     return summary
+
+
+def _load_checkpoint(path):
+    """A checkpoint's model, compiled with its optimizer state; DataError if the file is damaged."""
+    if not path.is_file():
+        raise DataError(f"{path}: checkpoint file not found; the run cannot be resumed, start it again")
+    try:
+        return keras.saving.load_model(path)
+    except (OSError, ValueError, zipfile.BadZipFile) as error:
+        if not zipfile.is_zipfile(path):
+            raise DataError(f"{path}: damaged checkpoint (not a .keras archive); the run cannot be resumed, start it again") from None
+        raise
+
+
+def _keep_for_inference(path):
+    """Rewrites the kept model without its optimizer and training metrics.
+
+    What is left (architecture and weights) loads with plain `keras.saving.load_model`, without
+    this project's training code: the metrics and losses only training registers are not in it.
+    """
+    model = keras.saving.load_model(path, compile=False)
+    with atomic_path(path) as temporary:
+        model.save(temporary)
 
 
 def _start_stage(model, stage, state, config, weights, run_dir, steps_per_epoch):
@@ -263,6 +314,7 @@ class EpochRecorder(keras.callbacks.Callback):
         self._estimated = False
 
     def on_epoch_begin(self, epoch, logs=None):
+        reseed(self.model, self.config.seed, epoch)
         self._started = time.perf_counter()
 
     def on_train_batch_end(self, batch, logs=None):
@@ -324,6 +376,20 @@ class EpochRecorder(keras.callbacks.Callback):
                 f"\nEpoch {epoch + 1} took {seconds:.0f} s; this stage has at most {remaining} more "
                 f"(about {estimate}; early stopping may end it sooner)"
             )
+
+
+def reseed(model, seed, epoch):
+    """Makes an epoch's random draws (dropout, Keras's global generator) a function of (seed, epoch) only.
+
+    Without this they would continue from wherever the previous epochs left the generators, which
+    a resumed run cannot recreate: a run resumed after epoch k would not be the uninterrupted run.
+    """
+    rng = np.random.default_rng([seed, epoch])
+    keras.utils.set_random_seed(int(rng.integers(2**31 - 1)))
+    # Every layer that draws random numbers (Dropout, ...) owns a SeedGenerator with this state.
+    for state in (variable for variable in model.variables if variable.name == "seed_generator_state"):
+        dtype = keras.backend.standardize_dtype(state.dtype)
+        state.assign(np.array([rng.integers(2**31 - 1), 0], dtype=dtype))
 
 
 def _checkpoint_path(run_dir, epoch):

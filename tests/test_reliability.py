@@ -1,0 +1,361 @@
+"""Interruptions, concurrent use, undefined metrics and failures: nothing lost, nothing half-made,
+resumed runs identical to uninterrupted ones, one-line errors for bad input and tracebacks for bugs."""
+
+import errno
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+import main
+from conftest import REPO_ROOT, TINY_CONFIG, copy_toy_dir, run_main
+from dataset import DataError, load_images, locate_images
+from dataset.errors import UserError
+from evaluation import compare_runs, predict_probabilities
+from test_evaluation_reports import toy_predictions, write_run
+from training import ConfigError, load_config, resume_run, trainer
+from training.run_dir import LOCK_FILENAME, run_lock
+
+
+def interrupt_after(patch, epochs_done):
+    """Makes training stop as if killed once `epochs_done` epochs (counted over all runs) were checkpointed."""
+    record_epoch = trainer.EpochRecorder.on_epoch_end
+    count = []
+
+    def record_then_interrupt(self, epoch, logs=None):
+        record_epoch(self, epoch, logs)
+        count.append(epoch)
+        if len(count) == epochs_done:
+            raise KeyboardInterrupt
+
+    patch.setattr(trainer.EpochRecorder, "on_epoch_end", record_then_interrupt)
+    return lambda: patch.setattr(trainer.EpochRecorder, "on_epoch_end", record_epoch)
+
+
+def only_line(capsys):
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1, error
+    return error
+
+
+@pytest.fixture(scope="module")
+def interrupted_run(toy_dir, tmp_path_factory):
+    """A cnn run of 3 epochs stopped after its first: to be copied, never changed."""
+    output = tmp_path_factory.mktemp("interrupted")
+    with pytest.MonkeyPatch.context() as patch:
+        interrupt_after(patch, 1)
+        arguments = ["--model", "cnn", "--config", TINY_CONFIG, "--epochs", 3, "--data-dir", toy_dir]
+        assert run_main(*arguments, "--output-dir", output) == 130
+    (run_dir,) = (output / "runs").iterdir()
+    return run_dir
+
+
+@pytest.fixture
+def damaged_run(interrupted_run, tmp_path):
+    return shutil.copytree(interrupted_run, tmp_path / interrupted_run.name)
+
+
+# === 1. A resumed run is the run it would have been ===
+
+
+def test_resumed_run_is_identical_to_an_uninterrupted_one(toy_dir, tmp_path, monkeypatch):
+    # The head's dropout, the resampling and the class weights all draw from the seed.
+    arguments = ["--model", "cnn", "--config", TINY_CONFIG, "--epochs", 4, "--data-dir", toy_dir]
+    assert run_main(*arguments, "--output-dir", tmp_path / "whole") == 0
+    restore = interrupt_after(monkeypatch, 2)
+    assert run_main(*arguments, "--output-dir", tmp_path / "resumed") == 130
+    restore()
+    (resumed,) = (tmp_path / "resumed" / "runs").iterdir()
+    assert run_main("--resume", resumed) == 0
+    (whole,) = (tmp_path / "whole" / "runs").iterdir()
+    for name in ("history.csv", "predictions.csv"):
+        expected, actual = pd.read_csv(whole / name), pd.read_csv(resumed / name)
+        if name == "history.csv":
+            expected, actual = expected.drop(columns="seconds"), actual.drop(columns="seconds")
+        # Exact on CPU; floating-point reductions on a GPU may differ in the last bits.
+        pd.testing.assert_frame_equal(actual, expected, check_exact=True)
+
+
+# === 2. Metrics the test subset cannot define ===
+
+
+def test_test_subset_without_melanoma_reports_it_as_undefined(toy_dir, tmp_path, capsys):
+    arguments = ["--model", "cnn", "--config", TINY_CONFIG, "--data-dir", toy_dir, "--limit", 10]
+    assert run_main(*arguments, "--output-dir", tmp_path) == 0
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["melanoma_sensitivity"] is None  # no melanoma among the test images
+    assert "melanoma sensitivity n/a" in capsys.readouterr().out
+    copy = shutil.copytree(run_dir, tmp_path / "copy")
+    comparison = compare_runs([run_dir, copy], tmp_path / "comparison", bootstrap_draws=10)
+    assert comparison["runs"][0]["metrics"]["melanoma_sensitivity"] is None
+    markdown = (tmp_path / "comparison" / "comparison.md").read_text()
+    assert "None" not in markdown and "nan" not in markdown
+
+
+# === 3, 4. Everything that can fail before training fails before any folder is made ===
+
+
+def offline(monkeypatch):
+    import keras.src.applications.vgg16 as keras_vgg16
+
+    def no_network(*args, **kwargs):
+        raise Exception("URL fetch failure on https://storage.googleapis.com/...: None -- [Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(keras_vgg16.file_utils, "get_file", no_network)
+
+
+def test_study_that_cannot_get_its_weights_fails_before_the_first_run(toy_dir, tmp_path, monkeypatch, capsys):
+    offline(monkeypatch)
+    arguments = ["--model", "all", "--config", TINY_CONFIG, "--weights", "imagenet", "--data-dir", toy_dir]
+    assert run_main(*arguments, "--output-dir", tmp_path) == 2
+    assert "could not download the ImageNet VGG16 weights" in only_line(capsys)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("weights", ["imagenet", "text file"])
+def test_weights_failure_leaves_no_run_folder(weights, toy_dir, tmp_path, monkeypatch, capsys):
+    offline(monkeypatch)
+    if weights == "text file":
+        weights = tmp_path / "weights.h5"
+        weights.write_text("not weights")
+    arguments = ["--model", "vgg16", "--config", TINY_CONFIG, "--weights", weights, "--data-dir", toy_dir]
+    assert run_main(*arguments, "--output-dir", tmp_path / "out") == 2
+    assert "VGG16" in only_line(capsys)
+    assert not (tmp_path / "out" / "runs").exists()
+
+
+def test_interrupted_study_continues_with_its_finished_runs(toy_dir, tmp_path, monkeypatch, capsys):
+    arguments = ["--model", "all", "--config", TINY_CONFIG, "--data-dir", toy_dir, "--limit", 40]
+    restore = interrupt_after(monkeypatch, 2)  # during the second run, densenet
+    assert run_main(*arguments, "--output-dir", tmp_path) == 130
+    restore()
+    (study_dir,) = (tmp_path / "studies").iterdir()
+    (cnn,) = (tmp_path / "runs").glob("*-cnn")
+    cnn_model = (cnn / "model.keras").stat().st_mtime_ns
+    capsys.readouterr()
+
+    assert run_main("--resume", study_dir) == 0
+    assert f"cnn: finished in {cnn}, kept" in capsys.readouterr().out
+    assert (cnn / "model.keras").stat().st_mtime_ns == cnn_model  # not retrained
+    study = json.loads((study_dir / "study.json").read_text())
+    assert [run.rsplit("-", 1)[-1] for run in study["runs"]] == ["cnn", "densenet", "vgg16", "meta"]
+    comparison = json.loads((study_dir / "comparison" / "comparison.json").read_text())
+    assert [run["run_dir"] for run in comparison["runs"]] == study["runs"]
+    splits = [pd.read_csv(f"{run}/split.csv") for run in study["runs"]]
+    assert all(split.equals(splits[0]) for split in splits)
+
+
+# === 5. compare checks first and never overwrites ===
+
+
+def test_refused_comparison_makes_no_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    run = write_run(tmp_path / "run", *toy_predictions(), complete=False)
+    assert run_main("compare", run) == 2
+    assert "at least two runs" in only_line(capsys)
+    assert not (tmp_path / "results").exists()
+
+
+def test_comparison_into_an_existing_folder_goes_beside_it(tmp_path, capsys):
+    runs = [write_run(tmp_path / name, *toy_predictions(), complete=False) for name in ("a", "b")]
+    earlier = tmp_path / "comparison"
+    earlier.mkdir()
+    (earlier / "comparison.md").write_text("an earlier comparison")
+    assert run_main("compare", *runs, "--output", earlier) == 0
+    assert (earlier / "comparison.md").read_text() == "an earlier comparison"
+    assert (tmp_path / "comparison-2" / "comparison.md").is_file()
+    assert "comparison-2" in capsys.readouterr().out
+
+
+# === 6. One process at a time in a run folder ===
+
+
+def test_second_resume_of_a_held_run_is_refused_naming_the_holder(damaged_run, capsys):
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        import socket
+
+        (damaged_run / LOCK_FILENAME).write_text(f"{holder.pid} {socket.gethostname()}\n")
+        assert run_main("--resume", damaged_run) == 2
+        assert f"process {holder.pid} on {socket.gethostname()} is training this run" in only_line(capsys)
+    finally:
+        holder.kill()
+        holder.wait()
+    # Once the holder is dead its lock is stale, and taken over.
+    with run_lock(damaged_run):
+        assert (damaged_run / LOCK_FILENAME).read_text().split()[0] == str(os.getpid())
+    assert not (damaged_run / LOCK_FILENAME).exists()
+
+
+# === 7. Image size and cache size ===
+
+
+def test_image_size_above_the_limit_is_refused():
+    with pytest.raises(ConfigError, match=r"image_size 100000 is too large: at most 1024"):
+        load_config("cnn", None, {"image_size": 100000})
+
+
+def test_cache_the_disk_cannot_hold_is_refused(toy_dir, tmp_path, monkeypatch):
+    paths = locate_images(sorted(path.stem for path in (toy_dir / "images").glob("*.jpg")), toy_dir)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**12, 10**12 - 1000, 1000))
+    with pytest.raises(DataError, match=r"the image cache needs 0.0 GB and the disk has 0.0 GB free"):
+        load_images(paths, 32, cache_dir=tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_stale_temporary_cache_files_are_removed_and_a_truncated_cache_rebuilt(toy_dir, tmp_path):
+    paths = locate_images(sorted(path.stem for path in (toy_dir / "images").glob("*.jpg")), toy_dir)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".0123456789abcdef-32px.{dead.stdout.strip()}.tmp.npy"
+    stale.write_bytes(b"half a cache")
+    cache = load_images(paths, 32, cache_dir=tmp_path, verbose=False)
+    assert not stale.exists()
+    expected = np.array(cache.images)
+    with open(cache.path, "r+b") as file:  # as a full disk or a kill leaves it
+        file.truncate(cache.path.stat().st_size // 2)
+    np.testing.assert_array_equal(load_images(paths, 32, cache_dir=tmp_path, verbose=False).images, expected)
+
+
+# === 8, 9. Bugs show tracebacks; the machine's and the user's problems one line ===
+
+
+def test_a_bug_is_not_reported_as_bad_input(monkeypatch):
+    def bug(*args, **kwargs):
+        raise ValueError("Input 0 of layer 'dense' is incompatible with the layer")
+
+    monkeypatch.setattr(main, "train_run", bug)
+    with pytest.raises(ValueError, match="incompatible"):
+        run_main("--model", "cnn", "--config", TINY_CONFIG)
+
+
+def test_full_disk_is_one_line(toy_dir, tmp_path, monkeypatch, capsys):
+    def full(run_dir):
+        raise OSError(errno.ENOSPC, "No space left on device", str(run_dir / "environment.json"))
+
+    monkeypatch.setattr("training.run.write_environment", full)
+    arguments = ["--model", "cnn", "--config", TINY_CONFIG, "--data-dir", toy_dir, "--output-dir", tmp_path]
+    assert run_main(*arguments) == 2
+    assert "environment.json: No space left on device" in only_line(capsys)
+
+
+def test_output_that_is_a_file_is_one_line(toy_dir, tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    arguments = ["--model", "cnn", "--config", TINY_CONFIG, "--data-dir", toy_dir, "--output-dir", tmp_path / "file"]
+    assert run_main(*arguments) == 2
+    assert "file: is a file, not a folder" in only_line(capsys)
+    runs = [write_run(tmp_path / name, *toy_predictions(), complete=False) for name in ("a", "b")]
+    assert run_main("compare", *runs, "--output", tmp_path / "file") == 2
+    assert "file: is a file, not a folder" in only_line(capsys)
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda run: (run / "config.yaml").write_text(""), "config.yaml: has no 'model' setting"),
+        (lambda run: (run / "config.yaml").write_text("model: [cnn\n"), "config.yaml: not valid YAML"),
+        (lambda run: (run / "config.yaml").write_bytes(b"model: cnn\nseed: \xff\xfe\n"), "config.yaml: not a text file in UTF-8"),
+        (lambda run: (run / "checkpoint" / "state.json").write_text('{"epochs_completed": 1, "colour": 2}'), "state.json: not a training state (unexpected ['colour']"),
+        (lambda run: (run / "checkpoint" / "state.json").write_text('{"epochs_completed": 1, "sta'), "state.json: damaged, not JSON"),
+        (lambda run: (run / "checkpoint" / "epoch-001.keras").write_bytes(b"PK\x03\x04 half a zip"), "epoch-001.keras: damaged checkpoint"),
+    ],
+    ids=["empty config", "malformed config", "config not UTF-8", "state unknown key", "state half-written", "corrupt checkpoint"],
+)
+def test_damaged_run_folder_is_one_line_naming_the_file(damage, message, damaged_run, capsys):
+    damage(damaged_run)
+    assert run_main("--resume", damaged_run) == 2
+    assert message in only_line(capsys)
+    assert not (damaged_run / LOCK_FILENAME).exists()
+
+
+def test_missing_keras_backend_is_one_line():
+    environment = {**os.environ, "KERAS_BACKEND": "torch"}
+    result = subprocess.run([sys.executable, "main.py", "--help"], cwd=REPO_ROOT, env=environment, capture_output=True, text=True)
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: Keras cannot load its backend 'torch' (No module named 'torch')")
+    assert result.stderr.count("\n") == 1
+
+
+# === 10. Messages that say what happened ===
+
+
+def test_unknown_head_option_names_it():
+    with pytest.raises(ConfigError, match=r"^unknown head option 'size' \(expected pooling, dense_units, dropout, metadata_units\)$"):
+        load_config("cnn", None, {"head": {"size": 3}})
+
+
+def test_every_image_unreadable_says_so(toy_dir, tmp_path, capsys):
+    data = copy_toy_dir(toy_dir, tmp_path / "data")
+    for image in (data / "images").glob("*.jpg"):
+        image.write_text("not an image")
+    arguments = ["--model", "cnn", "--config", TINY_CONFIG, "--data-dir", data, "--drop-missing-images"]
+    assert run_main(*arguments, "--output-dir", tmp_path, "--cache-dir", tmp_path / "cache") == 2
+    assert "none of the 80 images can be decoded" in only_line(capsys)
+
+
+def test_interrupted_evaluation_does_not_speak_of_resuming(monkeypatch, tmp_path, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(main.evaluation, "evaluate_run", interrupted)
+    assert run_main("evaluate", tmp_path) == 130
+    assert capsys.readouterr().err == "\ninterrupted\n"
+
+
+def test_resume_refuses_settings_it_cannot_change(damaged_run, capsys):
+    assert run_main("--resume", damaged_run, "--epochs", 10, "--lr", 0.1) == 2
+    assert "it can change data_dir, cache_dir, workers, not epochs, lr" in only_line(capsys)
+    assert run_main("--resume", damaged_run, "--model", "vgg16") == 2
+    assert "drop --model and --config" in only_line(capsys)
+    with pytest.raises(ConfigError, match="not epochs"):
+        resume_run(damaged_run, {"epochs": 10})
+
+
+def test_resume_of_a_finished_run_says_it_is_finished(study, capsys):
+    run_dir = next((study / "runs").glob("*-cnn"))
+    assert run_main("--resume", run_dir) == 2
+    assert "finished (trained and evaluated), nothing to resume" in only_line(capsys)
+
+
+# === 11, 12. The console: the project's own lines ===
+
+
+def test_console_shows_only_the_project_lines_unless_verbose(tmp_path):
+    def stderr(*flags):
+        command = [sys.executable, str(REPO_ROOT / "main.py"), "--model", "resnet", *flags]
+        return subprocess.run(command, cwd=tmp_path, capture_output=True, text=True).stderr
+
+    assert stderr() == "error: unknown model 'resnet' (available: cnn, densenet, vgg16)\n"
+    assert len(stderr("--verbose").splitlines()) > 1  # TensorFlow's start-up lines
+
+
+def test_prediction_progress_in_a_log_file_has_no_carriage_returns(study, toy_dir, capsys):
+    import keras
+
+    from dataset import prepare_data
+
+    run_dir = next((study / "runs").glob("*-cnn"))
+    data = prepare_data(toy_dir, image_size=32, split_file=run_dir / "split.csv", verbose=False)
+    sequence = data.sequence("test", batch_size=4)
+    capsys.readouterr()
+    predict_probabilities(keras.saving.load_model(run_dir / "model.keras"), sequence, verbose="auto")
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and "\r" not in out and "\b" not in out
+
+
+# === 13. The kept model loads with plain Keras ===
+
+
+def test_kept_model_loads_with_plain_keras_in_a_fresh_interpreter(study, tmp_path):
+    run_dir = next((study / "runs").glob("*-cnn"))
+    script = f"import keras; model = keras.saving.load_model({str(run_dir / 'model.keras')!r}); print(model.output.shape)"
+    # From an empty folder, so that nothing of this project can be imported.
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "(None, 7)" in result.stdout
