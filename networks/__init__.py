@@ -7,12 +7,15 @@ Importing the package registers every model; add a new one by writing a module w
 `@register_model` builder and importing it here.
 """
 
-from networks import cnn, densenet, vgg16  # noqa: F401  (registers the models)
+from networks import cnn, densenet, vgg16, vgg16_bn  # noqa: F401  (registers the models)
+from networks.augmentation import AugmentationOptions, build_augmentation
 from networks.finetune import freeze_backbone, unfreeze_top_blocks
 from networks.heads import HeadOptions
 from networks.registry import create_model, get_model_entry, list_models, model_options
 
 __all__ = [
+    "AugmentationOptions",
+    "build_augmentation",
     "HeadOptions",
     "create_model",
     "freeze_backbone",

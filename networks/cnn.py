@@ -43,7 +43,7 @@ def cnn_backbone(image_size, options):
 
 
 @register_model("cnn", options=CNNOptions, description="plain deep CNN (conv-BN-ReLU blocks), trained from scratch")
-def cnn(image_size, num_classes, metadata_features, head, options):
+def cnn(image_size, num_classes, metadata_features, head, options, augmentation=None):
     backbone = cnn_backbone(image_size, options)
     name = "cnn_meta" if metadata_features else "cnn"
-    return build_classifier(backbone, image_size=image_size, num_classes=num_classes, metadata_features=metadata_features, head=head, name=name)
+    return build_classifier(backbone, image_size=image_size, num_classes=num_classes, metadata_features=metadata_features, head=head, name=name, augmentation=augmentation)

@@ -85,7 +85,7 @@ def _transition(x, options, name):
 
 
 @register_model("densenet", options=DenseNetOptions, description="DenseNet-BC (Huang et al., 2017), trained from scratch")
-def densenet(image_size, num_classes, metadata_features, head, options):
+def densenet(image_size, num_classes, metadata_features, head, options, augmentation=None):
     backbone = densenet_backbone(image_size, options)
     name = "densenet_meta" if metadata_features else "densenet"
-    return build_classifier(backbone, image_size=image_size, num_classes=num_classes, metadata_features=metadata_features, head=head, name=name)
+    return build_classifier(backbone, image_size=image_size, num_classes=num_classes, metadata_features=metadata_features, head=head, name=name, augmentation=augmentation)

@@ -41,7 +41,7 @@ class HeadOptions:
             raise ValueError(f"head dropout must be in [0, 1); got {self.dropout}")
 
 
-def build_classifier(backbone, *, image_size, num_classes, metadata_features, head, name):
+def build_classifier(backbone, *, image_size, num_classes, metadata_features, head, name, augmentation=None):
     """Puts a head on a backbone and returns the whole classifier.
 
     Args:
@@ -52,6 +52,8 @@ def build_classifier(backbone, *, image_size, num_classes, metadata_features, he
         metadata_features: length of the metadata vector, or 0 for an image-only model.
         head: `HeadOptions`.
         name: the model's name (shown in summaries and saved files).
+        augmentation: optional training-only preprocessing layers (`networks.augmentation`)
+            applied to the image before the backbone; identity at inference.
 
     Returns:
         A `keras.Model` with input "image" (and "metadata" when `metadata_features > 0`) and a
@@ -59,7 +61,7 @@ def build_classifier(backbone, *, image_size, num_classes, metadata_features, he
         keeps the probabilities and the loss exact.
     """
     image = keras.Input((image_size, image_size, 3), name="image")
-    features = backbone(image)
+    features = backbone(augmentation(image) if augmentation is not None else image)
     pool = layers.GlobalMaxPooling2D if head.pooling == "max" else layers.GlobalAveragePooling2D
     x = pool(name="pool")(features)
     inputs = [image]

@@ -76,7 +76,9 @@ def model_options(name, overrides=None):
     return entry.options(**overrides)
 
 
-def create_model(name, image_size, *, num_classes=7, metadata_features=0, head=None, options=None, weights=None):
+def create_model(
+    name, image_size, *, num_classes=7, metadata_features=0, head=None, options=None, weights=None, augmentation=None
+):
     """Builds a registered model.
 
     Args:
@@ -88,6 +90,8 @@ def create_model(name, image_size, *, num_classes=7, metadata_features=0, head=N
         head: a `HeadOptions`; default `HeadOptions()`.
         options: a dict of overrides of the model's options dataclass, or an instance of it.
         weights: for pretrained models only: "imagenet", a weights file, or None.
+        augmentation: optional `keras.Sequential` of training-only preprocessing layers
+            (`networks.augmentation.build_augmentation`) put in front of the backbone.
 
     Raises:
         ValueError: unknown name or option, an image size the model cannot take, or weights for
@@ -100,7 +104,10 @@ def create_model(name, image_size, *, num_classes=7, metadata_features=0, head=N
         raise ValueError(f"model {name!r} is trained from scratch and takes no weights; got weights={weights!r}")
     if not isinstance(options, entry.options):
         options = model_options(name, options)
-    arguments = dict(image_size=image_size, num_classes=num_classes, metadata_features=metadata_features, head=head or HeadOptions(), options=options)
+    arguments = dict(
+        image_size=image_size, num_classes=num_classes, metadata_features=metadata_features,
+        head=head or HeadOptions(), options=options, augmentation=augmentation,
+    )
     if entry.pretrained:
         arguments["weights"] = weights
     return entry.build(**arguments)

@@ -109,7 +109,7 @@ def _he_initialise(vgg):
     description="VGG16 from keras.applications; ImageNet, local or no weights",
     pretrained=True,
 )
-def vgg16(image_size, num_classes, metadata_features, head, options, weights):
+def vgg16(image_size, num_classes, metadata_features, head, options, weights, augmentation=None):
     backbone = vgg16_backbone(image_size, weights)
     name = "vgg16_meta" if metadata_features else "vgg16"
-    return build_classifier(backbone, image_size=image_size, num_classes=num_classes, metadata_features=metadata_features, head=head, name=name)
+    return build_classifier(backbone, image_size=image_size, num_classes=num_classes, metadata_features=metadata_features, head=head, name=name, augmentation=augmentation)

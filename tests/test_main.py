@@ -76,7 +76,7 @@ def test_interrupted_run_resumes_without_losing_or_repeating_an_epoch(toy_dir, t
 @pytest.mark.parametrize(
     "arguments, message",
     [
-        (["--model", "resnet"], "error: unknown model 'resnet' (available: cnn, densenet, vgg16)"),
+        (["--model", "resnet"], "error: unknown model 'resnet' (available: cnn, densenet, vgg16, vgg16_bn)"),
         (["--model", "cnn", "--epochs", "-2"], "error: epochs must be a positive integer; got -2"),
         (["--model", "vgg16", "--image-size", "16"], "error: image_size 16 is too small for model 'vgg16'"),
         (["--model", "cnn", "--config", "nowhere.yaml"], "error: nowhere.yaml: config file not found"),

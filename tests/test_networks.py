@@ -12,11 +12,12 @@ TINY_OPTIONS = {
     "cnn": {"filters": [8, 16, 16, 32, 32]},
     "densenet": {"block_sizes": [2, 2, 2, 2], "growth_rate": 8, "stem_filters": 16},
     "vgg16": {},
+    "vgg16_bn": {"width": 0.125},
 }
 TINY_HEAD = networks.HeadOptions(dense_units=(16,), metadata_units=8)
 METADATA_FEATURES = 5
 # The parameter counts the README states for the default configurations (image-only models).
-TARGET_PARAMETERS = {"cnn": 6.0e6, "densenet": 6.0e6, "vgg16": 14.8e6}
+TARGET_PARAMETERS = {"cnn": 6.0e6, "densenet": 6.0e6, "vgg16": 14.8e6, "vgg16_bn": 14.9e6}
 
 
 def tiny_model(name, metadata_features=0):
@@ -33,11 +34,11 @@ def toy_batch(metadata_features, size=2, seed=0):
 
 
 def test_registry_lists_the_study_models():
-    assert list_models() == ["cnn", "densenet", "vgg16"]
+    assert list_models() == ["cnn", "densenet", "vgg16", "vgg16_bn"]
 
 
 def test_unknown_model_error_lists_valid_names():
-    with pytest.raises(ValueError, match=r"unknown model 'resnet' \(available: cnn, densenet, vgg16\)"):
+    with pytest.raises(ValueError, match=r"unknown model 'resnet' \(available: cnn, densenet, vgg16, vgg16_bn\)"):
         create_model("resnet", 32)
 
 
@@ -156,3 +157,50 @@ def test_output_stays_float32_under_mixed_precision():
         assert model.output.dtype == "float32"
     finally:
         keras.config.set_dtype_policy("float32")
+
+
+def test_vgg16_bn_keeps_the_vgg16_layout_at_any_width():
+    full = create_model("vgg16_bn", 32).get_layer("backbone")
+    stock = create_model("vgg16", 32).get_layer("backbone")
+    convs = lambda backbone: [(l.name, l.filters) for l in backbone.layers if isinstance(l, keras.layers.Conv2D)]
+    assert convs(full) == convs(stock)
+    quarter = create_model("vgg16_bn", 32, options={"width": 0.25}).get_layer("backbone")
+    assert [filters for _, filters in convs(quarter)] == [16, 16, 32, 32, 64, 64, 64, 128, 128, 128, 128, 128, 128]
+    assert sum(isinstance(l, keras.layers.BatchNormalization) for l in quarter.layers) == 13
+
+
+def augmentation_batch():
+    rng = np.random.default_rng(0)
+    # Smooth, skin-coloured images, so that colour statistics are meaningful.
+    base = np.array([180.0, 140.0, 150.0], dtype="float32")
+    ramp = np.linspace(-30, 30, 32, dtype="float32")[None, :, None, None]
+    return np.clip(base + ramp + rng.normal(0, 5, (8, 32, 32, 3)).astype("float32"), 0, 255)
+
+
+def test_augmentation_is_training_only_and_keeps_colours_on_average():
+    options = networks.AugmentationOptions(rotation=0.5, zoom=0.2, brightness=0.1, contrast=0.1, saturation=0.1, hue=0.02)
+    augmentation = networks.build_augmentation(options, seed=0)
+    images = augmentation_batch()
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(augmentation(images, training=False)), images)
+    augmented = keras.ops.convert_to_numpy(augmentation(images, training=True))
+    assert augmented.shape == images.shape and not np.allclose(augmented, images)
+    # Mild jitter: the mean colour moves by a few levels, never to grey or a new hue.
+    np.testing.assert_allclose(augmented.mean(axis=(0, 1, 2)), images.mean(axis=(0, 1, 2)), atol=12)
+
+
+def test_no_augmentation_when_every_strength_is_zero():
+    assert networks.build_augmentation(networks.AugmentationOptions()) is None
+    with pytest.raises(ValueError, match="augmentation saturation must be between 0 and 0.5; got 0.8"):
+        networks.AugmentationOptions(saturation=0.8)
+
+
+def test_model_with_augmentation_predicts_like_one_without():
+    keras.utils.set_random_seed(0)
+    plain = tiny_model("cnn")
+    augmented = create_model(
+        "cnn", 32, head=TINY_HEAD, options=TINY_OPTIONS["cnn"],
+        augmentation=networks.build_augmentation(networks.AugmentationOptions(rotation=0.5, zoom=0.2)),
+    )
+    augmented.set_weights(plain.get_weights())
+    images, _ = toy_batch(0)
+    np.testing.assert_allclose(augmented.predict(images, verbose=0), plain.predict(images, verbose=0), rtol=1e-6)

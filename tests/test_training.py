@@ -2,6 +2,7 @@
 
 import datetime
 import json
+import re
 
 import keras
 import numpy as np
@@ -11,6 +12,7 @@ from sklearn.metrics import balanced_accuracy_score
 from conftest import REPO_ROOT, TINY_CONFIG
 from training import ConfigError, load_config, plan_stages
 from training.losses import CostSensitiveCrossentropy, make_loss, melanoma_cost_matrix
+from training.trainer import make_optimizer
 from training.metrics import BalancedAccuracy
 from training.run_dir import create_run_dir, environment
 
@@ -64,7 +66,7 @@ def test_bad_values_raise_one_line_config_errors(overrides, message):
 
 
 def test_unknown_model_and_unknown_setting(tmp_path):
-    with pytest.raises(ConfigError, match=r"unknown model 'resnet' \(available: cnn, densenet, vgg16\)"):
+    with pytest.raises(ConfigError, match=r"unknown model 'resnet' \(available: cnn, densenet, vgg16, vgg16_bn\)"):
         load_config("resnet")
     with pytest.raises(ConfigError, match="unknown setting 'epoch'"):
         load_config("cnn", write_yaml(tmp_path, "epoch: 3\n"))
@@ -124,3 +126,28 @@ def test_environment_records_versions_backend_and_commit():
     assert info["packages"]["keras"] == keras.__version__
     assert len(info["git"]["commit"] or "") == 40
     json.dumps(info)
+
+
+def test_cosine_schedule_warms_up_then_decays_to_zero():
+    config = load_config("cnn", None, {"optimizer": "adamw", "weight_decay": 0.05, "schedule": "cosine", "warmup_epochs": 2, "epochs": 10})
+    optimizer = make_optimizer(config, 1e-3, stage_steps=100, warmup_steps=20)
+    assert isinstance(optimizer, keras.optimizers.AdamW) and optimizer.weight_decay == pytest.approx(0.05)
+    schedule = optimizer._learning_rate
+    rate = lambda step: float(keras.ops.convert_to_numpy(schedule(step)))
+    assert rate(0) == pytest.approx(0.0) and rate(10) == pytest.approx(5e-4) and rate(20) == pytest.approx(1e-3)
+    assert rate(60) == pytest.approx(5e-4, rel=1e-4) and rate(100) == pytest.approx(0.0, abs=1e-9)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"weight_decay": 0.1}, "weight_decay needs optimizer: adamw"),
+        ({"schedule": "step"}, "unknown schedule 'step'"),
+        ({"warmup_epochs": 5, "epochs": 5}, "warmup_epochs must be in [0, epochs); got 5"),
+        ({"label_smoothing": 1.0}, "label_smoothing must be in [0, 1); got 1.0"),
+        ({"augmentation": {"rotate": 0.5}}, "unknown augmentation option 'rotate' (expected rotation, zoom,"),
+    ],
+)
+def test_recipe_settings_are_validated(overrides, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config("cnn", None, overrides)

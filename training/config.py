@@ -28,10 +28,12 @@ from dataset import BALANCE_MODES, CLASS_NAMES
 from dataset.atomic import write_text
 from dataset.errors import UserError
 from dataset.split import check_fractions
-from networks import get_model_entry, list_models, model_options
+from networks import AugmentationOptions, get_model_entry, list_models, model_options
 from networks.heads import HeadOptions
 
 LOSSES = ("crossentropy", "focal", "cost")
+OPTIMIZERS = ("adam", "adamw")
+SCHEDULES = ("plateau", "cosine")
 AUTO = "auto"
 # The four configurations of the study, in the order `--model all` trains them.
 STUDY = (("cnn", False), ("densenet", False), ("vgg16", False), ("vgg16", True))
@@ -68,19 +70,26 @@ class TrainConfig:
     max_oversampling: float = 4.0  # "combined": a class is repeated at most this often
     class_weights: bool = True  # "balanced" weights on the resampled epoch
     class_weight_boost: dict = field(default_factory=lambda: {"mel": 1.5})
-    augment: bool = True
+    augment: bool = True  # the eight square symmetries (quarter turns and flips), in the data pipeline
+    augmentation: dict = field(default_factory=dict)  # AugmentationOptions fields, e.g. {rotation: 0.5, zoom: 0.2}
 
     # === Optimisation ===
     epochs: int = 60
     batch_size: int = 32
     lr: float = 1e-3
+    optimizer: str = "adam"  # adam | adamw (decoupled weight decay)
+    weight_decay: float = 0.0  # adamw only
+    schedule: str = "plateau"  # plateau: cut lr when validation stalls | cosine: warm-up, then cosine decay to 0
+    warmup_epochs: int = 0  # cosine: linear warm-up from 0 to lr over this many epochs
     loss: str = "crossentropy"  # crossentropy | focal | cost
+    label_smoothing: float = 0.0  # crossentropy and focal
     focal_gamma: float = 2.0
     melanoma_cost: float = 5.0  # "cost": cost of a melanoma called benign (other mistakes cost 1)
     lr_patience: int = 4  # epochs without a better validation balanced accuracy before lr is cut
     lr_factor: float = 0.5
     min_lr: float = 1e-6
     early_stopping_patience: int = 10
+    selection_window: int = 1  # the kept epoch has the best mean validation score over this many epochs ending at it
 
     # === Two-stage fine-tuning (pretrained backbones only) ===
     head_epochs: int = 5  # stage one: backbone frozen, only the head trains
@@ -108,6 +117,14 @@ class TrainConfig:
     def pretrained(self):
         """Whether the backbone starts from pretrained weights (and so trains in two stages)."""
         return get_model_entry(self.model).pretrained and self.weights is not None
+
+    @property
+    def augmentation_options(self):
+        known = [f.name for f in dataclasses.fields(AugmentationOptions)]
+        unknown = sorted(set(self.augmentation) - set(known))
+        if unknown:
+            raise ConfigError(f"unknown augmentation option {', '.join(map(repr, unknown))} (expected {', '.join(known)})")
+        return AugmentationOptions(**self.augmentation)
 
     @property
     def head_options(self):
@@ -141,6 +158,14 @@ class TrainConfig:
         _require(self.max_oversampling >= 1, f"max_oversampling must be at least 1; got {self.max_oversampling}")
         _require(self.balance in BALANCE_MODES, f"unknown balance {self.balance!r} (expected one of {', '.join(BALANCE_MODES)})")
         _require(self.loss in LOSSES, f"unknown loss {self.loss!r} (expected one of {', '.join(LOSSES)})")
+        _require(self.optimizer in OPTIMIZERS, f"unknown optimizer {self.optimizer!r} (expected one of {', '.join(OPTIMIZERS)})")
+        _require(self.schedule in SCHEDULES, f"unknown schedule {self.schedule!r} (expected one of {', '.join(SCHEDULES)})")
+        _require(self.weight_decay >= 0, f"weight_decay must be 0 or more; got {self.weight_decay}")
+        _require(self.weight_decay == 0 or self.optimizer == "adamw", "weight_decay needs optimizer: adamw")
+        _require(0 <= self.warmup_epochs < self.epochs, f"warmup_epochs must be in [0, epochs); got {self.warmup_epochs}")
+        _require(0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1); got {self.label_smoothing}")
+        _require(self.label_smoothing == 0 or self.loss != "cost", "label_smoothing works with the crossentropy and focal losses only")
+        _require(self.selection_window >= 1, f"selection_window must be at least 1; got {self.selection_window}")
         _require(self.melanoma_cost >= 1, f"melanoma_cost must be at least 1; got {self.melanoma_cost}")
         unknown = sorted(set(self.class_weight_boost) - set(CLASS_NAMES))
         _require(not unknown, f"unknown class {', '.join(unknown)} in class_weight_boost (expected {', '.join(CLASS_NAMES)})")
@@ -150,6 +175,7 @@ class TrainConfig:
             check_fractions(self.split_fractions)
             model_options(self.model, self.model_options)
             self.head_options
+            self.augmentation_options
         except (ValueError, TypeError) as error:
             raise ConfigError(str(error)) from None
         if self.weights not in (None, "imagenet"):

@@ -51,7 +51,7 @@ class CostSensitiveCrossentropy(keras.losses.Loss):
         return {**super().get_config(), "cost_matrix": self.cost_matrix.tolist()}
 
 
-def make_loss(name, class_weights, *, focal_gamma=2.0, melanoma_cost=5.0):
+def make_loss(name, class_weights, *, focal_gamma=2.0, melanoma_cost=5.0, label_smoothing=0.0):
     """Builds a loss by name, and says whether `fit` should also apply class weights.
 
     Args:
@@ -59,16 +59,18 @@ def make_loss(name, class_weights, *, focal_gamma=2.0, melanoma_cost=5.0):
         class_weights: {class index: weight}.
         focal_gamma: the focusing exponent of the focal loss.
         melanoma_cost: the cost-sensitive loss's cost of a melanoma called benign.
+        label_smoothing: mixes the one-hot targets with the uniform distribution (crossentropy
+            and focal): the model is not pushed to infinitely confident logits.
 
     Returns:
         (loss, use_class_weights). The focal loss takes the class weights as its per-class
         alpha, so `fit` must not weigh the samples a second time.
     """
     if name == "crossentropy":
-        return keras.losses.CategoricalCrossentropy(), True
+        return keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing), True
     if name == "focal":
         alpha = [class_weights[index] for index in range(len(CLASS_NAMES))]
-        return keras.losses.CategoricalFocalCrossentropy(alpha=alpha, gamma=focal_gamma), False
+        return keras.losses.CategoricalFocalCrossentropy(alpha=alpha, gamma=focal_gamma, label_smoothing=label_smoothing), False
     if name == "cost":
         return CostSensitiveCrossentropy(melanoma_cost_matrix(melanoma_cost)), True
     raise ValueError(f"unknown loss {name!r} (expected crossentropy, focal or cost)")

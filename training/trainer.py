@@ -29,7 +29,7 @@ import pandas as pd
 from dataset import CLASS_NAMES, Balance, class_weights
 from dataset.atomic import atomic_path, write_csv, write_json
 from dataset.errors import DataError
-from networks import create_model, freeze_backbone, unfreeze_top_blocks
+from networks import build_augmentation, create_model, freeze_backbone, unfreeze_top_blocks
 from training.losses import make_loss
 from training.metrics import BalancedAccuracy
 
@@ -112,6 +112,7 @@ def build_model(config, metadata_features):
         head=config.head_options,
         options=config.model_options,
         weights=config.weights if config.pretrained else None,
+        augmentation=build_augmentation(config.augmentation_options, seed=config.seed),
     )
 
 
@@ -130,14 +131,32 @@ def check_weights(configs):
             checked.add(key)
 
 
-def compile_model(model, config, learning_rate, weights):
-    loss, _ = make_loss(config.loss, weights, focal_gamma=config.focal_gamma, melanoma_cost=config.melanoma_cost)
+def compile_model(model, config, learning_rate, weights, *, stage_steps=None, warmup_steps=0):
+    """Compiles for one stage; `stage_steps` (the stage's optimizer steps) sizes a cosine schedule."""
+    loss, _ = make_loss(
+        config.loss, weights, focal_gamma=config.focal_gamma, melanoma_cost=config.melanoma_cost,
+        label_smoothing=config.label_smoothing,
+    )
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
+        optimizer=make_optimizer(config, learning_rate, stage_steps, warmup_steps),
         loss=loss,
         metrics=[keras.metrics.CategoricalAccuracy(name="accuracy"), BalancedAccuracy(len(CLASS_NAMES))],
         jit_compile=config.jit_compile,
     )
+
+
+def make_optimizer(config, learning_rate, stage_steps=None, warmup_steps=0):
+    """Adam or AdamW, at a constant rate (cut by the plateau rule) or on a cosine schedule."""
+    if config.schedule == "cosine":
+        learning_rate = keras.optimizers.schedules.CosineDecay(
+            0.0 if warmup_steps else learning_rate,
+            decay_steps=max(stage_steps - warmup_steps, 1),
+            warmup_target=learning_rate if warmup_steps else None,
+            warmup_steps=warmup_steps,
+        )
+    if config.optimizer == "adamw":
+        return keras.optimizers.AdamW(learning_rate, weight_decay=config.weight_decay)
+    return keras.optimizers.Adam(learning_rate)
 
 
 def fit(config, data, run_dir, *, resume=False, model=None, verbose="auto"):
@@ -193,7 +212,7 @@ def fit(config, data, run_dir, *, resume=False, model=None, verbose="auto"):
             continue
         if stage.number > state.stage:
             # A resumed run's model is already set up for the stage under way.
-            _start_stage(model, stage, state, config, weights, run_dir)
+            _start_stage(model, stage, state, config, weights, run_dir, steps_per_epoch=len(train))
         recorder.stage = stage
         train.set_epoch(state.epochs_completed)
         model.fit(
@@ -249,7 +268,7 @@ def _keep_for_inference(path):
         model.save(temporary)
 
 
-def _start_stage(model, stage, state, config, weights, run_dir):
+def _start_stage(model, stage, state, config, weights, run_dir, steps_per_epoch):
     """Sets up a stage: which layers train, at which rate, from which weights."""
     if state.stage > 0:
         # Fine-tuning starts from the best head, not from wherever stage one stopped.
@@ -258,7 +277,8 @@ def _start_stage(model, stage, state, config, weights, run_dir):
         freeze_backbone(model)
     elif stage.backbone == "top blocks":
         unfreeze_top_blocks(model, config.fine_tune_from_block)
-    compile_model(model, config, stage.lr, weights)
+    warmup_epochs = config.warmup_epochs if stage.number == 1 else 0
+    compile_model(model, config, stage.lr, weights, stage_steps=stage.epochs * steps_per_epoch, warmup_steps=warmup_epochs * steps_per_epoch)
     print(f"Stage {stage.number}: training {_describe(stage, config)} at lr {stage.lr:g} for up to {stage.epochs} epochs")
     state.stage = stage.number
     state.stage_first_epoch = state.epochs_completed + 1
@@ -309,14 +329,17 @@ class EpochRecorder(keras.callbacks.Callback):
         row.update({name: float(logs[name]) for name in HISTORY_COLUMNS[4:]})
         self.history.append(row)
 
-        improved = logs[MONITOR] > state.best_value
+        # A kept epoch must be good with its predecessors too, not a lucky spike of a noisy score.
+        window = [r[MONITOR] for r in self.history[-config.selection_window:]]
+        score = float(np.mean(window))
+        improved = score > state.best_value
         if improved:
-            state.best_value, state.best_epoch = float(logs[MONITOR]), epoch + 1
+            state.best_value, state.best_epoch = score, epoch + 1
             state.epochs_without_improvement = state.epochs_since_lr_change = 0
         else:
             state.epochs_without_improvement += 1
             state.epochs_since_lr_change += 1
-            if state.epochs_since_lr_change >= config.lr_patience and lr > config.min_lr:
+            if config.schedule == "plateau" and state.epochs_since_lr_change >= config.lr_patience and lr > config.min_lr:
                 new_lr = max(lr * config.lr_factor, config.min_lr)
                 self.model.optimizer.learning_rate = new_lr
                 state.epochs_since_lr_change = 0

@@ -1,0 +1,84 @@
+"""Training-only image augmentation as Keras preprocessing layers, at the front of the model.
+
+Keras's random preprocessing layers transform their input only when the model is called with
+`training=True`; in `predict` and `evaluate` they pass images through unchanged. Placing them in
+the model rather than in the data pipeline keeps the input pipeline cheap (the model never waits
+for data) and, on a GPU, runs the augmentation on the device beside the network.
+
+What each one adds to the square symmetries that the training sequence already applies:
+- rotation: any angle, not only quarter turns (a dermoscopic image has no up or down);
+- zoom with independent height and width factors: scale and aspect jitter, so that the model sees
+  lesions at several sizes and both in HAM10000's squashed 4:3 frames and in square crops;
+- colour jitter: brightness, contrast, saturation and hue vary with the dermatoscope and camera.
+"""
+
+from dataclasses import dataclass
+
+import keras
+from keras import layers
+
+
+@dataclass(frozen=True)
+class AugmentationOptions:
+    """Strength of each random transform; 0 switches it off.
+
+    Attributes:
+        rotation: largest rotation, as a fraction of a full turn (0.5: any angle).
+        zoom: largest zoom in or out, as a fraction of the side; height and width are drawn
+            independently, which also jitters the aspect ratio.
+        brightness, contrast, hue: colour jitter factors of `keras.layers.RandomColorJitter`
+            (fractions of the value range).
+        saturation: largest change of saturation. Keras's saturation factor is 0.5 for the
+            image as it is (0: grey, 1: fully saturated), so it is drawn from
+            [0.5 - saturation, 0.5 + saturation].
+    """
+
+    rotation: float = 0.0
+    zoom: float = 0.0
+    brightness: float = 0.0
+    contrast: float = 0.0
+    saturation: float = 0.0
+    hue: float = 0.0
+
+    def __post_init__(self):
+        for name in ("rotation", "zoom", "brightness", "contrast", "saturation", "hue"):
+            value, limit = getattr(self, name), 0.5 if name == "saturation" else 1
+            if not 0 <= value <= limit:
+                raise ValueError(f"augmentation {name} must be between 0 and {limit}; got {value}")
+
+    @property
+    def active(self):
+        return any((self.rotation, self.zoom, self.brightness, self.contrast, self.saturation, self.hue))
+
+
+def build_augmentation(options, seed=None):
+    """A `keras.Sequential` of the active transforms, or None when every strength is 0.
+
+    Args:
+        options: `AugmentationOptions`.
+        seed: seeds the layers' random draws (the run's seed).
+    """
+    if not options.active:
+        return None
+    transforms = []
+    if options.rotation:
+        transforms.append(layers.RandomRotation(options.rotation, fill_mode="reflect", seed=seed, name="random_rotation"))
+    if options.zoom:
+        transforms.append(
+            layers.RandomZoom(
+                (-options.zoom, options.zoom), (-options.zoom, options.zoom), fill_mode="reflect", seed=seed, name="random_zoom"
+            )
+        )
+    if options.brightness or options.contrast or options.saturation or options.hue:
+        transforms.append(
+            layers.RandomColorJitter(
+                value_range=(0, 255),
+                brightness_factor=options.brightness or None,
+                contrast_factor=options.contrast or None,
+                saturation_factor=(0.5 - options.saturation, 0.5 + options.saturation) if options.saturation else None,
+                hue_factor=options.hue or None,
+                seed=seed,
+                name="random_colour_jitter",
+            )
+        )
+    return keras.Sequential(transforms, name="augmentation")
