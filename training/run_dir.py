@@ -17,6 +17,7 @@ from pathlib import Path
 import keras
 
 from dataset.atomic import new_folder, write_json
+from training.devices import compute_device
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RECORDED_PACKAGES = (
@@ -46,7 +47,7 @@ def environment():
         "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "backend": keras.backend.backend(),
-        "devices": keras.distribution.list_devices(),
+        "device": compute_device(),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
