@@ -19,7 +19,6 @@ Targets: (c)/(b) >= 0.9 for every model and size; (a) >= 10x the fastest model's
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -37,6 +36,7 @@ from dataset import Balance, class_weights, prepare_data  # noqa: E402
 from dataset.atomic import write_json  # noqa: E402
 from networks import list_models  # noqa: E402
 from training import load_config  # noqa: E402
+from training.devices import compute_device, cpu_name  # noqa: E402
 from training.trainer import build_model, compile_model  # noqa: E402
 
 
@@ -191,15 +191,11 @@ class MemorySampler:
 
 
 def machine():
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name"))
-    except (OSError, StopIteration):
-        cpu = platform.processor()
     return {
-        "cpu": cpu,
+        "cpu": cpu_name(),
         "cores": os.cpu_count(),
         "backend": keras.backend.backend(),
-        "devices": keras.distribution.list_devices(),
+        "device": compute_device(),
         "keras": keras.__version__,
     }
 
@@ -210,12 +206,16 @@ def print_row(kind, row):
 
 def print_summary(results):
     machine_ = results["machine"]
-    print(f"\n{machine_['cpu']}, {machine_['cores']} cores, Keras {machine_['keras']} on {machine_['backend']}, batch {results['batch_size']}\n")
-    print("| model | size | (a) sequence img/s | (b) compute img/s | (c) fit img/s | (c)/(b) |")
-    print("|---|---:|---:|---:|---:|---:|")
+    device = machine_["device"]
+    print(
+        f"\nKeras {machine_['keras']} on {machine_['backend']}, computing on {device['kind']} ({device['name']}); "
+        f"{machine_['cpu']}, {machine_['cores']} cores; batch {results['batch_size']}\n"
+    )
+    print("| backend | model | size | (a) sequence img/s | (b) compute img/s | (c) fit img/s | (c)/(b) |")
+    print("|---|---|---:|---:|---:|---:|---:|")
     for row in results["throughput"]:
         print(
-            f"| {row['model']} | {row['image_size']} | {row['sequence_images_per_s']:,.0f} | {row['compute_images_per_s']:,.1f} "
+            f"| {machine_['backend']} | {row['model']} | {row['image_size']} | {row['sequence_images_per_s']:,.0f} | {row['compute_images_per_s']:,.1f} "
             f"| {row['fit_images_per_s']:,.1f} | {row['fit_over_compute']:.2f} |"
         )
     for size in sorted({row["image_size"] for row in results["throughput"]}):

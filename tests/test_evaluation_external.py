@@ -112,6 +112,7 @@ def external_case(tmp_path):
     return run_dir, data_dir
 
 
+@pytest.mark.backend
 def test_evaluate_external_writes_predictions_and_reports(external_case, tmp_path):
     run_dir, data_dir = external_case
     metrics = evaluate_external(run_dir, data_dir, cache_dir=tmp_path / "cache", bootstrap_draws=50, verbose=False)
@@ -134,6 +135,7 @@ def test_evaluate_external_writes_predictions_and_reports(external_case, tmp_pat
     assert not (output_dir / "training_curves.png").exists()
 
 
+@pytest.mark.backend
 def test_evaluate_external_feeds_metadata_through_the_run_encoder(tmp_path):
     run_dir = tmp_path / "run-meta"
     run_dir.mkdir()

@@ -16,6 +16,7 @@ RUN_FILES = (
 )
 
 
+@pytest.mark.backend
 def test_model_all_writes_four_complete_runs_on_one_split(study):
     runs = sorted((study / "runs").iterdir())
     assert sorted(run.name.split("-", 2)[2] for run in runs) == ["cnn", "densenet", "vgg16", "vgg16-meta"]
@@ -28,6 +29,7 @@ def test_model_all_writes_four_complete_runs_on_one_split(study):
     assert all(split.equals(splits[0]) for split in splits)
 
 
+@pytest.mark.backend
 def test_predictions_hold_each_test_image_exactly_once(study):
     for run in (study / "runs").iterdir():
         predictions = pd.read_csv(run / "predictions.csv")
@@ -39,6 +41,7 @@ def test_predictions_hold_each_test_image_exactly_once(study):
         assert probabilities.shape[1] == 7 and ((probabilities.sum(axis=1) - 1).abs() < 1e-4).all()
 
 
+@pytest.mark.backend
 def test_model_all_writes_the_study_and_its_comparison(study):
     (study_dir,) = (study / "studies").iterdir()
     runs = json.loads((study_dir / "study.json").read_text())["runs"]
@@ -47,6 +50,7 @@ def test_model_all_writes_the_study_and_its_comparison(study):
         assert (study_dir / "comparison" / name).stat().st_size > 0
 
 
+@pytest.mark.backend
 def test_interrupted_run_resumes_without_losing_or_repeating_an_epoch(toy_dir, tmp_path, monkeypatch, capsys):
     record_epoch = trainer.EpochRecorder.on_epoch_end
 

@@ -7,6 +7,8 @@ import pytest
 import networks
 from networks import create_model, freeze_backbone, list_models, unfreeze_top_blocks
 
+pytestmark = pytest.mark.backend
+
 # Small versions of each architecture: the same code, built and trained in seconds.
 TINY_OPTIONS = {
     "cnn": {"filters": [8, 16, 16, 32, 32]},

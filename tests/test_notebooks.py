@@ -7,6 +7,7 @@ first cell that fails.
 """
 
 import papermill
+import pytest
 
 from conftest import REPO_ROOT
 from dataset import CLASS_NAMES
@@ -44,6 +45,7 @@ def test_data_exploration_runs_on_the_toy_data(toy_dir, tmp_path):
     assert shows_figure(tagged_cell(notebook, "example-images"))
 
 
+@pytest.mark.backend
 def test_model_comparison_runs_on_the_toy_study(study, tmp_path):
     run_dirs = sorted((study / "runs").iterdir())
     comparison_dir = tmp_path / "comparison"

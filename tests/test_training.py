@@ -102,6 +102,7 @@ def test_focal_loss_takes_class_weights_as_alpha_and_fit_skips_them():
 
 
 # Class 6 is predicted but never true: scikit-learn warns, and the metric must still agree with it.
+@pytest.mark.backend
 @pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true")
 def test_balanced_accuracy_metric_equals_scikit_learn_over_batches():
     rng = np.random.default_rng(0)
@@ -113,6 +114,19 @@ def test_balanced_accuracy_metric_equals_scikit_learn_over_batches():
     assert float(metric.result()) == pytest.approx(balanced_accuracy_score(true, predicted), rel=1e-6)
 
 
+@pytest.mark.backend
+def test_balanced_accuracy_metric_in_compiled_evaluation_starts_afresh_each_time():
+    # Compiled (jitted under JAX, a graph under TensorFlow), as fit and evaluate run it, and reset between calls.
+    model = keras.Sequential([keras.Input((7,)), keras.layers.Activation("softmax")])
+    model.compile(loss="categorical_crossentropy", metrics=[BalancedAccuracy(7)])
+    rng = np.random.default_rng(1)
+    for _ in range(2):
+        true, predicted = rng.integers(0, 7, 40), rng.integers(0, 7, 40)
+        logits = 10.0 * keras.utils.to_categorical(predicted, 7)
+        result = model.evaluate(logits, keras.utils.to_categorical(true, 7), batch_size=8, verbose=0, return_dict=True)
+        assert result["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(true, predicted), rel=1e-5)
+
+
 def test_run_folders_never_overwrite(tmp_path):
     now = datetime.datetime(2026, 11, 23, 10, 15, 0)
     first = create_run_dir(tmp_path, "cnn", now=now)
@@ -120,9 +134,11 @@ def test_run_folders_never_overwrite(tmp_path):
     assert first.name == "20261123-101500-cnn" and second.name == "20261123-101500-cnn-2"
 
 
-def test_environment_records_versions_backend_and_commit():
+@pytest.mark.backend
+def test_environment_records_versions_backend_device_and_commit():
     info = environment()
     assert info["backend"] == keras.backend.backend()
+    assert info["device"]["kind"] in ("cpu", "gpu", "tpu", "mps") and info["device"]["name"]
     assert info["packages"]["keras"] == keras.__version__
     assert len(info["git"]["commit"] or "") == 40
     json.dumps(info)

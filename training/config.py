@@ -98,7 +98,7 @@ class TrainConfig:
 
     # === Hardware ===
     mixed_precision: typing.Union[bool, str] = AUTO  # auto: on where there is a GPU
-    jit_compile: typing.Union[bool, str] = AUTO  # auto: Keras's choice (XLA on GPU and JAX)
+    jit_compile: typing.Union[bool, str] = AUTO  # auto: Keras's choice: always under JAX, on a GPU under TensorFlow, never under PyTorch
     workers: int = 2  # threads preparing batches
 
     # === Reproducibility and output ===

@@ -34,7 +34,8 @@ class BalancedAccuracy(keras.metrics.Metric):
         return ops.divide_no_nan(ops.sum(recall * present), ops.sum(present))
 
     def reset_state(self):
-        self.confusion.assign(ops.zeros_like(self.confusion))
+        # Not `zeros_like(self.confusion)`: JAX cannot read a Keras variable's dtype that way.
+        self.confusion.assign(ops.zeros(self.confusion.shape, dtype=self.confusion.dtype))
 
     def get_config(self):
         return {**super().get_config(), "num_classes": self.num_classes}

@@ -21,6 +21,7 @@ import keras
 
 from dataset.atomic import new_folder, process_alive, write_json
 from dataset.errors import UserError
+from training.devices import compute_device
 
 LOCK_FILENAME = "run.lock"
 
@@ -86,7 +87,7 @@ def environment():
         "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "backend": keras.backend.backend(),
-        "devices": keras.distribution.list_devices(),
+        "device": compute_device(),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
