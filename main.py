@@ -62,8 +62,10 @@ with native_stderr_silenced(QUIET):
         sys.exit(f"error: Keras cannot load its backend {backend!r} ({error}): install it, or set KERAS_BACKEND to an installed one (tensorflow, jax)")
     import evaluation  # noqa: E402
     import inference  # noqa: E402
-    from dataset import BALANCE_MODES, DataError, UserError  # noqa: E402
-    from dataset.atomic import new_folder, write_json  # noqa: E402
+    from common.errors import DataError, UserError  # noqa: E402
+    from common.files import new_folder, write_json  # noqa: E402
+    from common.run_folder import METRICS_FILENAME, REPORT_FILENAME, SPLIT_FILENAME  # noqa: E402
+    from dataset import BALANCE_MODES  # noqa: E402
     from networks import get_model_entry, list_models  # noqa: E402
     from training import STUDY, ConfigError, TrainConfig, load_config, prepare_run_data, resume_run, train_run  # noqa: E402
     from training.config import LOSSES  # noqa: E402
@@ -207,7 +209,7 @@ def run_train(arguments):
         if (arguments.resume / STUDY_FILENAME).is_file():
             continue_study(arguments.resume, overrides)
         else:
-            if (arguments.resume / "metrics.json").is_file():
+            if (arguments.resume / METRICS_FILENAME).is_file():
                 raise DataError(
                     f"{arguments.resume}: finished (trained and evaluated), nothing to resume; "
                     f"`python main.py evaluate {arguments.resume}` recomputes its evaluation"
@@ -262,7 +264,7 @@ def continue_study(study_dir, overrides=None, data=None):
             print(f"{config.run_name}: finished in {run_dirs[index]}, kept")
             continue
         # Every run after the first trains on the first run's split.
-        config.split = config.split or (str(Path(run_dirs[0]) / "split.csv") if run_dirs[0] else None)
+        config.split = config.split or (str(Path(run_dirs[0]) / SPLIT_FILENAME) if run_dirs[0] else None)
         run = train_run(config, data=data_by_size.get(config.image_size))
         finish(run)
         data_by_size[config.image_size] = run.data
@@ -282,7 +284,7 @@ def finish(run):
     shown = {key: "n/a" if metrics[key] is None else f"{metrics[key]:.3f}" for key in ("balanced_accuracy", "accuracy", "melanoma_sensitivity")}
     print(
         f"{run.run_dir.name}: test balanced accuracy {shown['balanced_accuracy']}, accuracy {shown['accuracy']}, "
-        f"melanoma sensitivity {shown['melanoma_sensitivity']}; report: {run.run_dir / 'report.md'}"
+        f"melanoma sensitivity {shown['melanoma_sensitivity']}; report: {run.run_dir / REPORT_FILENAME}"
     )
 
 

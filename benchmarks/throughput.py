@@ -32,8 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import keras  # noqa: E402
 
+from common.files import write_json  # noqa: E402
 from dataset import Balance, class_weights, prepare_data  # noqa: E402
-from dataset.atomic import write_json  # noqa: E402
 from networks import list_models  # noqa: E402
 from training import load_config  # noqa: E402
 from training.devices import compute_device, cpu_name  # noqa: E402

@@ -15,8 +15,9 @@ import numpy as np
 import pandas as pd
 from scipy.stats import binomtest
 
-from dataset.atomic import new_folder, write_json, write_text
-from dataset.errors import DataError
+from common.errors import DataError
+from common.files import new_folder, write_json, write_text
+from common.run_folder import PREDICTIONS_FILENAME, existing_run_dir
 from evaluation.metrics import (
     INTERVAL_LEVEL,
     bootstrap_interval,
@@ -26,9 +27,9 @@ from evaluation.metrics import (
     weighted_hits,
 )
 from evaluation.plots import plot_comparison
-from evaluation.predictions import PREDICTIONS_FILENAME, read_predictions
+from evaluation.predictions import read_predictions
 from evaluation.report import format_duration, format_interval, format_value, markdown_table
-from evaluation.run_files import existing_run_dir, read_run_files
+from evaluation.run_files import read_run_files
 
 COMPARISON_FILENAMES = ("comparison.md", "comparison.json", "comparison.png")
 

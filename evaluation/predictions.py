@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dataset import atomic
-from dataset.errors import DataError
+from common import files
+from common.errors import DataError
+from common.run_folder import PREDICTIONS_FILENAME
+from common.tables import line_number, read_csv, require_columns
 from dataset.metadata import CLASS_NAMES, class_indices
-from dataset.tables import read_csv
 from evaluation.run_files import load_run_model
 
-PREDICTIONS_FILENAME = "predictions.csv"
 PROBABILITY_COLUMNS = tuple(f"prob_{name}" for name in CLASS_NAMES)
 PREDICTION_COLUMNS = ("image_id", "dx", "pred") + PROBABILITY_COLUMNS
 
@@ -96,7 +96,7 @@ def predictions_frame(image_ids, true_labels, probabilities):
 
 
 def write_predictions(path, frame):
-    atomic.write_csv(path, frame.loc[:, list(PREDICTION_COLUMNS)])
+    files.write_csv(path, frame.loc[:, list(PREDICTION_COLUMNS)])
 
 
 def read_predictions(path):
@@ -113,12 +113,7 @@ def read_predictions(path):
     """
     path = Path(path)
     frame = read_csv(path, "predictions file not found (it is written when a run's model is evaluated)")
-    missing = [column for column in PREDICTION_COLUMNS if column not in frame.columns]
-    if missing:
-        raise DataError(
-            f"{path}: missing column {', '.join(map(repr, missing))} "
-            f"(expected {', '.join(PREDICTION_COLUMNS)})"
-        )
+    require_columns(frame, PREDICTION_COLUMNS, path)
     if frame.empty:
         raise DataError(f"{path}: has a header but no rows")
 
@@ -139,6 +134,5 @@ def read_predictions(path):
     for bad, describe in problems:
         if np.any(bad):
             row = int(np.flatnonzero(bad)[0])
-            # Line numbers as an editor shows them: the header is line 1.
-            raise DataError(f"{path}, line {row + 2}: {describe(row)}")
+            raise DataError(f"{path}, line {line_number(row)}: {describe(row)}")
     return frame, class_indices(frame["dx"]), probabilities

@@ -14,18 +14,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from dataset.atomic import write_json, write_text
+from common.files import write_json, write_text
+from common.run_folder import CONFIG_FILENAME, GALLERY_FILE, METRICS_FILENAME, PREDICTIONS_FILENAME, REPORT_FILENAME
 from dataset.metadata import CLASS_DESCRIPTIONS, CLASS_NAMES
 from dataset.split import split_summary
 from evaluation.metrics import CALIBRATION_BINS, INTERVAL_LEVEL, compute_metrics
 from evaluation.plots import plot_confusion_matrix, plot_per_class, plot_roc_curves, plot_training_curves
-from evaluation.predictions import PREDICTIONS_FILENAME, read_predictions
-from evaluation.run_files import CONFIG_FILENAME, read_run_files
+from evaluation.predictions import read_predictions
+from evaluation.run_files import read_run_files
 
-METRICS_FILENAME = "metrics.json"
-REPORT_FILENAME = "report.md"
-# Written by `inference.gallery` into a run folder: thumbnails of confident test predictions.
-GALLERY_FILE = "gallery/gallery.json"
 # The rows of the headline table, in order: metrics.json key and the name a reader sees.
 HEADLINE_METRICS = (
     ("balanced_accuracy", "Balanced accuracy (mean recall over classes)"),

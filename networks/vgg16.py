@@ -13,7 +13,7 @@ from pathlib import Path
 import keras
 from keras import layers, ops
 
-from dataset.errors import UserError
+from common.errors import UserError
 from networks.heads import build_classifier
 from networks.registry import register_model
 

@@ -10,11 +10,12 @@ import pytest
 from sklearn.metrics import balanced_accuracy_score
 
 from conftest import REPO_ROOT, TINY_CONFIG
+from common.run_folder import create_run_dir
 from training import ConfigError, load_config, plan_stages
+from training.environment import environment
 from training.losses import CostSensitiveCrossentropy, make_loss, melanoma_cost_matrix
-from training.trainer import make_optimizer
 from training.metrics import BalancedAccuracy
-from training.run_dir import create_run_dir, environment
+from training.trainer import make_optimizer
 
 
 def write_yaml(tmp_path, text):

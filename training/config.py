@@ -24,9 +24,9 @@ from pathlib import Path
 
 import yaml
 
+from common.errors import ConfigError
+from common.files import write_text
 from dataset import BALANCE_MODES, CLASS_NAMES
-from dataset.atomic import write_text
-from dataset.errors import UserError
 from dataset.split import check_fractions
 from networks import AugmentationOptions, get_model_entry, list_models, model_options
 from networks.heads import HeadOptions
@@ -40,10 +40,6 @@ STUDY = (("cnn", False), ("densenet", False), ("vgg16", False), ("vgg16", True))
 # HAM10000's images are 600 x 450: a larger side only upsamples them, and the cache of 10,015
 # images at this size already takes 31 GB.
 MAX_IMAGE_SIZE = 1024
-
-
-class ConfigError(UserError):
-    """A bad configuration value; the message names the setting and what it accepts."""
 
 
 @dataclass

@@ -24,23 +24,19 @@ from pathlib import Path
 
 import keras
 import numpy as np
-import pandas as pd
 
+from common.errors import DataError
+from common.files import atomic_path, write_json
+from common.run_folder import (
+    CHECKPOINT_DIR, METRIC_COLUMNS, MODEL_FILENAME, STATE_FILENAME, TRAINING_FILENAME, read_history, write_history,
+)
 from dataset import CLASS_NAMES, Balance, class_weights
-from dataset.atomic import atomic_path, write_csv, write_json
-from dataset.errors import DataError
 from networks import build_augmentation, create_model, freeze_backbone, unfreeze_top_blocks
 from training.devices import compute_device
 from training.losses import make_loss
 from training.metrics import BalancedAccuracy
 
 MONITOR = "val_balanced_accuracy"
-HISTORY_COLUMNS = (
-    "epoch", "stage", "lr", "seconds", "loss", "accuracy", "balanced_accuracy",
-    "val_loss", "val_accuracy", "val_balanced_accuracy",
-)
-CHECKPOINT_DIR = "checkpoint"
-STATE_FILE = "state.json"
 
 
 @dataclass(frozen=True)
@@ -83,9 +79,9 @@ class TrainingState:
 
     @classmethod
     def load(cls, run_dir):
-        path = Path(run_dir) / CHECKPOINT_DIR / STATE_FILE
+        path = Path(run_dir) / CHECKPOINT_DIR / STATE_FILENAME
         if not path.is_file():
-            raise DataError(f"{run_dir}: no checkpoint to resume from ({CHECKPOINT_DIR}/{STATE_FILE} is missing)")
+            raise DataError(f"{run_dir}: no checkpoint to resume from ({CHECKPOINT_DIR}/{STATE_FILENAME} is missing)")
         try:
             values = json.loads(path.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
@@ -97,7 +93,7 @@ class TrainingState:
         return cls(**values)
 
     def save(self, run_dir):
-        write_json(Path(run_dir) / CHECKPOINT_DIR / STATE_FILE, dataclasses.asdict(self))
+        write_json(Path(run_dir) / CHECKPOINT_DIR / STATE_FILENAME, dataclasses.asdict(self))
 
 
 def build_model(config, metadata_features):
@@ -197,7 +193,7 @@ def fit(config, data, run_dir, *, resume=False, model=None, verbose="auto"):
     if resume:
         model = _load_checkpoint(_checkpoint_path(run_dir, state.epochs_completed))
         # The kept model may not have been copied out before the interruption.
-        _copy_atomically(_checkpoint_path(run_dir, state.best_epoch), run_dir / "model.keras")
+        _copy_atomically(_checkpoint_path(run_dir, state.best_epoch), run_dir / MODEL_FILENAME)
         print(f"Resuming {run_dir.name} after epoch {state.epochs_completed}")
     elif model is None:
         model = build_model(config, data.encoder.size if config.metadata else 0)
@@ -243,8 +239,8 @@ def fit(config, data, run_dir, *, resume=False, model=None, verbose="auto"):
         "class_weights": {CLASS_NAMES[i]: round(w, 4) for i, w in weights.items()} if weigh_samples else None,
         "stage_boundaries": _stage_boundaries(recorder.history),
     }
-    _keep_for_inference(run_dir / "model.keras")
-    write_json(run_dir / "training.json", summary)
+    _keep_for_inference(run_dir / MODEL_FILENAME)
+    write_json(run_dir / TRAINING_FILENAME, summary)
     shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)
     return summary
 
@@ -276,7 +272,7 @@ def _start_stage(model, stage, state, config, weights, run_dir, steps_per_epoch)
     """Sets up a stage: which layers train, at which rate, from which weights."""
     if state.stage > 0:
         # Fine-tuning starts from the best head, not from wherever stage one stopped.
-        model.load_weights(run_dir / "model.keras")
+        model.load_weights(run_dir / MODEL_FILENAME)
     if stage.backbone == "frozen":
         freeze_backbone(model)
     elif stage.backbone == "top blocks":
@@ -330,7 +326,7 @@ class EpochRecorder(keras.callbacks.Callback):
         state, config = self.state, self.config
         lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
         row = {"epoch": epoch + 1, "stage": self.stage.number, "lr": lr, "seconds": round(seconds, 2)}
-        row.update({name: float(logs[name]) for name in HISTORY_COLUMNS[4:]})
+        row.update({name: float(logs[name]) for name in METRIC_COLUMNS})
         self.history.append(row)
 
         # A kept epoch must be good with its predecessors too, not a lucky spike of a noisy score.
@@ -360,10 +356,10 @@ class EpochRecorder(keras.callbacks.Callback):
         checkpoint = _checkpoint_path(self.run_dir, epoch + 1)
         with atomic_path(checkpoint) as temporary:
             self.model.save(temporary)
-        write_csv(self.run_dir / "history.csv", pd.DataFrame(self.history, columns=HISTORY_COLUMNS))
+        write_history(self.run_dir, self.history)
         state.save(self.run_dir)
         if improved:
-            _copy_atomically(checkpoint, self.run_dir / "model.keras")
+            _copy_atomically(checkpoint, self.run_dir / MODEL_FILENAME)
         for old in (self.run_dir / CHECKPOINT_DIR).glob("epoch-*.keras"):
             if old.name not in (checkpoint.name, _checkpoint_path(self.run_dir, state.best_epoch).name):
                 old.unlink()
@@ -407,10 +403,10 @@ def _copy_atomically(source, target):
 
 def _read_history(run_dir, epochs_completed):
     """The history of the completed epochs (a row written after the last checkpoint is dropped)."""
-    path = Path(run_dir) / "history.csv"
-    if epochs_completed == 0 or not path.is_file():
+    history = read_history(run_dir) if epochs_completed else None
+    if history is None:
         return []
-    return pd.read_csv(path).head(epochs_completed).to_dict("records")
+    return history.head(epochs_completed).to_dict("records")
 
 
 def _use_mixed_precision(config):
