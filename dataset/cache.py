@@ -111,7 +111,7 @@ def _build(paths, image_ids, size, array_path, fingerprint, drop_unreadable, ver
     # On a terminal a live bar; in a log file one line at the end.
     progress = keras.utils.Progbar(len(paths), unit_name="image", verbose=1 if sys.stdout.isatty() else 2) if verbose else None
     unreadable = []
-    with atomic.atomic_path(array_path) as temporary:
+    with files.atomic_path(array_path) as temporary:
         images = np.lib.format.open_memmap(temporary, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, 3))
         # Pillow releases the GIL while it decodes and resizes, so threads keep every core busy
         # without the start-up cost of processes.

@@ -16,11 +16,10 @@ import yaml
 import main
 from conftest import REPO_ROOT, TINY_CONFIG, copy_toy_dir, run_main
 from common.errors import DataError
-from common.errors import UserError
+from common.run_folder import LOCK_FILENAME, run_lock
 from dataset import load_images, locate_images
 from evaluation import compare_runs, predict_probabilities
 from test_evaluation_reports import toy_predictions, write_run
-from common.run_folder import LOCK_FILENAME, run_lock
 from training import ConfigError, load_config, resume_run, trainer
 
 
