@@ -73,6 +73,8 @@ with native_stderr_silenced(QUIET):
     from training.trainer import check_weights  # noqa: E402
 
 COMMANDS = ("train", "evaluate", "compare", "predict", "serve")
+# `--model` picks the config file's `models:` entry, and "all" is the study: it is passed on its own.
+NOT_OVERRIDES = ("model",)
 STUDY_FILENAME = "study.json"
 # Errors of the machine, not of the code: reported in one line, like bad input.
 DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES)
@@ -116,36 +118,37 @@ def build_parser():
 
     train = commands.add_parser(
         "train", help="train one model, or the study's four (--model all), and evaluate on the test subset",
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        parents=[console],
+        description=__doc__.split("\n\n")[0] + "\n\nA setting's default is training/config.py's; a --config file wins "
+        "over it, and a flag over both. Settings without a flag are set in the config file.",
+        formatter_class=argparse.RawDescriptionHelpFormatter, parents=[console],
     )
     what = train.add_argument_group("what to train")
-    what.add_argument("--model", help=f"one of {', '.join(list_models())}, or all (default: the config's, else densenet)")
-    what.add_argument("--metadata", action="store_true", default=None, help="add the metadata head (age, sex, site)")
+    what.add_argument("--model", help=f"one of {', '.join(list_models())}, or all (default: the config's, else {TrainConfig.model})")
+    add_setting(what, "metadata", action="store_true", help="add the metadata head (age, sex, site)")
     what.add_argument("--config", type=Path, help="YAML file of settings (configs/cpu.yaml, configs/gpu.yaml); flags win over it")
-    what.add_argument("--weights", help="vgg16: imagenet, none, or a weights file")
+    add_setting(what, "weights", help="vgg16: imagenet, none, or a weights file")
     what.add_argument(
         "--resume", type=Path, metavar="DIR",
         help="continue an interrupted run from its last completed epoch, or an interrupted study (--model all) "
         "from results/studies/<timestamp>, keeping its finished runs; only --data-dir, --cache-dir and --workers may change",
     )
-    how = train.add_argument_group("how to train (default: the config file's, else training/config.py's)")
-    how.add_argument("--epochs", type=int)
-    how.add_argument("--batch-size", type=int)
-    how.add_argument("--image-size", type=int)
-    how.add_argument("--lr", type=float, help="learning rate")
-    how.add_argument("--balance", choices=BALANCE_MODES, help="how the training subset is resampled each epoch")
-    how.add_argument("--class-weights", action=argparse.BooleanOptionalAction, default=None, help="weigh the loss by class")
-    how.add_argument("--loss", choices=LOSSES)
-    how.add_argument("--seed", type=int, help="fixes the split, sampling, augmentation and initial weights")
+    how = train.add_argument_group("how to train")
+    add_setting(how, "epochs", type=int)
+    add_setting(how, "batch_size", type=int)
+    add_setting(how, "image_size", type=int)
+    add_setting(how, "lr", type=float, help="learning rate")
+    add_setting(how, "balance", choices=BALANCE_MODES, help="how the training subset is resampled each epoch")
+    add_setting(how, "class_weights", action=argparse.BooleanOptionalAction, help="weigh the loss by class")
+    add_setting(how, "loss", choices=LOSSES)
+    add_setting(how, "seed", type=int, help="fixes the split, sampling, augmentation and initial weights")
     data = train.add_argument_group("data and output")
-    data.add_argument("--data-dir", type=Path, help="HAM10000 folder (default: $HAM10000_DIR, data/ham10000, ../shared/ham10000)")
-    data.add_argument("--cache-dir", type=Path, help="decoded-image cache (default: $HAM10000_CACHE or ~/.cache/ham10000-study)")
-    data.add_argument("--split", type=Path, metavar="FILE", help="reuse a split.csv (e.g. another run's) instead of making one")
-    data.add_argument("--limit", type=int, metavar="N", help="use a stratified subset of N images (smoke runs)")
-    data.add_argument("--drop-missing-images", action="store_true", default=None, help="leave out missing or unreadable images instead of failing")
-    data.add_argument("--output-dir", type=Path, help="where runs/ and comparisons/ go (default: results)")
-    data.add_argument("--workers", type=int, help="threads preparing batches")
+    add_setting(data, "data_dir", type=Path, help="HAM10000 folder (default: $HAM10000_DIR, data/ham10000, ../shared/ham10000)")
+    add_setting(data, "cache_dir", type=Path, help="decoded-image cache (default: $HAM10000_CACHE or ~/.cache/ham10000-study)")
+    add_setting(data, "split", type=Path, metavar="FILE", help="reuse a split.csv (e.g. another run's) instead of making one")
+    add_setting(data, "limit", type=int, metavar="N", help="use a stratified subset of N images (smoke runs)")
+    add_setting(data, "drop_missing_images", action="store_true", help="leave out missing or unreadable images instead of failing")
+    add_setting(data, "output_dir", type=Path, help="where runs/ and comparisons/ go")
+    add_setting(data, "workers", type=int, help="threads preparing batches")
     train.set_defaults(handler=run_train)
 
     evaluate = commands.add_parser(
@@ -193,16 +196,29 @@ def build_parser():
     return parser
 
 
-def run_train(arguments):
-    overrides = {
-        "metadata": arguments.metadata, "weights": arguments.weights, "epochs": arguments.epochs,
-        "batch_size": arguments.batch_size, "image_size": arguments.image_size, "lr": arguments.lr,
-        "balance": arguments.balance, "class_weights": arguments.class_weights, "loss": arguments.loss,
-        "seed": arguments.seed, "data_dir": arguments.data_dir, "cache_dir": arguments.cache_dir,
-        "split": arguments.split, "limit": arguments.limit, "drop_missing_images": arguments.drop_missing_images,
-        "output_dir": arguments.output_dir, "workers": arguments.workers,
+def add_setting(group, name, help=None, **options):
+    """Adds the flag of the `TrainConfig` field `name` (`--name-with-dashes`), its help showing the field's default.
+
+    The flag's own default is None, "not given", so that a config file's value is not overridden.
+    """
+    if "default" not in (help or ""):
+        default = TrainConfig.defaults()[name]
+        help = f"{help + ' ' if help else ''}(default: {'none' if default is None else default})"
+    group.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, help=help, **options)
+
+
+def setting_flags(arguments):
+    """The `TrainConfig` fields that train's flags set, as `load_config` overrides (None where not given)."""
+    given = vars(arguments)
+    return {
+        name: str(value) if isinstance(value, Path) else value
+        for name, value in given.items()
+        if name in TrainConfig.defaults() and name not in NOT_OVERRIDES
     }
-    overrides = {key: str(value) if isinstance(value, Path) else value for key, value in overrides.items()}
+
+
+def run_train(arguments):
+    overrides = setting_flags(arguments)
     if arguments.resume:
         if arguments.model or arguments.config:
             raise ConfigError("--resume continues with the run's own config.yaml: drop --model and --config")

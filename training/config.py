@@ -105,6 +105,14 @@ class TrainConfig:
         if isinstance(self.weights, str) and self.weights.lower() == "none":
             self.weights = None
 
+    @classmethod
+    def defaults(cls):
+        """{field name: default value} of every setting."""
+        return {
+            item.name: item.default_factory() if item.default_factory is not dataclasses.MISSING else item.default
+            for item in dataclasses.fields(cls)
+        }
+
     @property
     def run_name(self):
         return f"{self.model}-meta" if self.metadata else self.model
