@@ -5,15 +5,10 @@ training curves and the split to the report when they are there.
 """
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import keras
 import pandas as pd
 
-import networks  # noqa: F401  (registers the custom layers that saved models refer to)
-
-from common.errors import DataError
-from common.run_folder import MODEL_FILENAME, SPLIT_FILENAME, existing_run_dir, read_config, read_history, read_training_summary
+from common.run_folder import SPLIT_FILENAME, existing_run_dir, read_config, read_history, read_training_summary
 from dataset.split import load_split
 
 
@@ -51,11 +46,3 @@ def read_run_files(run_dir):
         history=read_history(run_dir),
         split=load_split(split_path) if split_path.is_file() else None,
     )
-
-
-def load_run_model(run_dir):
-    """The run's kept model (`model.keras`), uncompiled: for prediction only."""
-    model_path = Path(run_dir) / MODEL_FILENAME
-    if not model_path.is_file():
-        raise DataError(f"{model_path}: model file not found (is {Path(run_dir).name} a finished training run?)")
-    return keras.saving.load_model(model_path, compile=False)

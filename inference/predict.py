@@ -27,8 +27,9 @@ from dataset.features import MetadataEncoder
 from dataset.images import IMAGE_SUFFIXES, first_few, read_image
 from dataset.metadata import CLASS_DESCRIPTIONS, CLASS_NAMES, UNKNOWN, validate_metadata
 from evaluation.external import load_encoder, model_inputs
+from evaluation.inference import load_run_model
 from evaluation.predictions import PROBABILITY_COLUMNS
-from evaluation.run_files import load_run_model, read_run_files
+from evaluation.run_files import read_run_files
 from inference.explain import explain_images
 
 OUTPUT_SUFFIXES = (".csv", ".json")

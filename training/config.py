@@ -26,8 +26,8 @@ import yaml
 
 from common.errors import ConfigError
 from common.files import write_text
-from dataset import BALANCE_MODES, CLASS_NAMES
-from dataset.split import check_fractions
+from dataset import BALANCE_MODES, CLASS_NAMES, Balance
+from dataset.split import DEFAULT_FRACTIONS, check_fractions
 from networks import AugmentationOptions, get_model_entry, list_models, model_options
 from networks.heads import HeadOptions
 
@@ -56,14 +56,14 @@ class TrainConfig:
     data_dir: typing.Optional[str] = None
     cache_dir: typing.Optional[str] = None
     split: typing.Optional[str] = None  # a split.csv to reuse
-    split_fractions: tuple = (0.70, 0.15, 0.15)
+    split_fractions: tuple = DEFAULT_FRACTIONS
     limit: typing.Optional[int] = None  # a stratified subset of this many images (smoke runs)
     drop_missing_images: bool = False
 
     # === Class balance ===
     balance: str = "combined"  # none | down | up | combined (see dataset.sampling.Balance)
-    balance_target: int = 1000  # "combined": images per class per epoch
-    max_oversampling: float = 4.0  # "combined": a class is repeated at most this often
+    balance_target: int = Balance.target  # "combined": images per class per epoch
+    max_oversampling: float = Balance.max_oversampling  # "combined": a class is repeated at most this often
     class_weights: bool = True  # "balanced" weights on the resampled epoch
     class_weight_boost: dict = field(default_factory=lambda: {"mel": 1.5})
     augment: bool = True  # the eight square symmetries (quarter turns and flips), in the data pipeline
