@@ -335,13 +335,13 @@ def test_console_shows_only_the_project_lines_unless_verbose(tmp_path):
     assert len(stderr("--verbose").splitlines()) > 1  # TensorFlow's start-up lines
 
 
-def test_prediction_progress_in_a_log_file_has_no_carriage_returns(study, toy_dir, capsys):
+def test_prediction_progress_in_a_log_file_has_no_carriage_returns(study, real_toy_dir, capsys):
     import keras
 
     from dataset import prepare_data
 
     run_dir = next((study / "runs").glob("*-cnn"))
-    data = prepare_data(toy_dir, image_size=32, split_file=run_dir / "split.csv", verbose=False)
+    data = prepare_data(real_toy_dir, image_size=32, split_file=run_dir / "split.csv", verbose=False)
     sequence = data.sequence("test", batch_size=4)
     capsys.readouterr()
     predict_probabilities(keras.saving.load_model(run_dir / "model.keras"), sequence, verbose="auto")
