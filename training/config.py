@@ -124,19 +124,11 @@ class TrainConfig:
 
     @property
     def augmentation_options(self):
-        known = [f.name for f in dataclasses.fields(AugmentationOptions)]
-        unknown = sorted(set(self.augmentation) - set(known))
-        if unknown:
-            raise ConfigError(f"unknown augmentation option {', '.join(map(repr, unknown))} (expected {', '.join(known)})")
-        return AugmentationOptions(**self.augmentation)
+        return _options(AugmentationOptions, self.augmentation, "augmentation")
 
     @property
     def head_options(self):
-        known = [option.name for option in dataclasses.fields(HeadOptions)]
-        unknown = sorted(set(self.head) - set(known))
-        if unknown:
-            raise ConfigError(f"unknown head option {', '.join(map(repr, unknown))} (expected {', '.join(known)})")
-        return HeadOptions(**{k: tuple(v) if isinstance(v, list) else v for k, v in self.head.items()})
+        return _options(HeadOptions, self.head, "head")
 
     def validate(self):
         """Checks every value; raises ConfigError naming the first bad one."""
@@ -279,6 +271,15 @@ def _coerce(name, kind, value):
             return dict(value)
     expected = " or ".join("null" if t is type(None) else (t if isinstance(t, str) else t.__name__) for t in allowed)
     raise ConfigError(f"setting {name!r} must be {expected}; got {value!r}")
+
+
+def _options(kind, values, what):
+    """`kind(**values)` for an options dataclass, YAML's lists as tuples; ConfigError naming unknown keys."""
+    known = [item.name for item in dataclasses.fields(kind)]
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown {what} option {', '.join(map(repr, unknown))} (expected {', '.join(known)})")
+    return kind(**{key: tuple(value) if isinstance(value, list) else value for key, value in values.items()})
 
 
 def _require(condition, message):
