@@ -62,8 +62,10 @@ with native_stderr_silenced(QUIET):
         sys.exit(f"error: Keras cannot load its backend {backend!r} ({error}): install it, or set KERAS_BACKEND to an installed one (tensorflow, jax)")
     import evaluation  # noqa: E402
     import inference  # noqa: E402
-    from dataset import BALANCE_MODES, DataError, UserError  # noqa: E402
-    from dataset.atomic import new_folder, write_json  # noqa: E402
+    from common.errors import DataError, UserError  # noqa: E402
+    from common.files import new_folder, write_json  # noqa: E402
+    from common.run_folder import METRICS_FILENAME, REPORT_FILENAME, SPLIT_FILENAME  # noqa: E402
+    from dataset import BALANCE_MODES  # noqa: E402
     from networks import get_model_entry, list_models  # noqa: E402
     from training import STUDY, ConfigError, TrainConfig, load_config, prepare_run_data, resume_run, train_run  # noqa: E402
     from training.config import LOSSES  # noqa: E402
@@ -71,6 +73,8 @@ with native_stderr_silenced(QUIET):
     from training.trainer import check_weights  # noqa: E402
 
 COMMANDS = ("train", "evaluate", "compare", "predict", "serve")
+# `--model` picks the config file's `models:` entry, and "all" is the study: it is passed on its own.
+NOT_OVERRIDES = ("model",)
 STUDY_FILENAME = "study.json"
 # Errors of the machine, not of the code: reported in one line, like bad input.
 DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES)
@@ -114,36 +118,37 @@ def build_parser():
 
     train = commands.add_parser(
         "train", help="train one model, or the study's four (--model all), and evaluate on the test subset",
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        parents=[console],
+        description=__doc__.split("\n\n")[0] + "\n\nA setting's default is training/config.py's; a --config file wins "
+        "over it, and a flag over both. Settings without a flag are set in the config file.",
+        formatter_class=argparse.RawDescriptionHelpFormatter, parents=[console],
     )
     what = train.add_argument_group("what to train")
-    what.add_argument("--model", help=f"one of {', '.join(list_models())}, or all (default: the config's, else densenet)")
-    what.add_argument("--metadata", action="store_true", default=None, help="add the metadata head (age, sex, site)")
+    what.add_argument("--model", help=f"one of {', '.join(list_models())}, or all (default: the config's, else {TrainConfig.model})")
+    add_setting(what, "metadata", action="store_true", help="add the metadata head (age, sex, site)")
     what.add_argument("--config", type=Path, help="YAML file of settings (configs/cpu.yaml, configs/gpu.yaml); flags win over it")
-    what.add_argument("--weights", help="vgg16: imagenet, none, or a weights file")
+    add_setting(what, "weights", help="vgg16: imagenet, none, or a weights file")
     what.add_argument(
         "--resume", type=Path, metavar="DIR",
         help="continue an interrupted run from its last completed epoch, or an interrupted study (--model all) "
         "from results/studies/<timestamp>, keeping its finished runs; only --data-dir, --cache-dir and --workers may change",
     )
-    how = train.add_argument_group("how to train (default: the config file's, else training/config.py's)")
-    how.add_argument("--epochs", type=int)
-    how.add_argument("--batch-size", type=int)
-    how.add_argument("--image-size", type=int)
-    how.add_argument("--lr", type=float, help="learning rate")
-    how.add_argument("--balance", choices=BALANCE_MODES, help="how the training subset is resampled each epoch")
-    how.add_argument("--class-weights", action=argparse.BooleanOptionalAction, default=None, help="weigh the loss by class")
-    how.add_argument("--loss", choices=LOSSES)
-    how.add_argument("--seed", type=int, help="fixes the split, sampling, augmentation and initial weights")
+    how = train.add_argument_group("how to train")
+    add_setting(how, "epochs", type=int)
+    add_setting(how, "batch_size", type=int)
+    add_setting(how, "image_size", type=int)
+    add_setting(how, "lr", type=float, help="learning rate")
+    add_setting(how, "balance", choices=BALANCE_MODES, help="how the training subset is resampled each epoch")
+    add_setting(how, "class_weights", action=argparse.BooleanOptionalAction, help="weigh the loss by class")
+    add_setting(how, "loss", choices=LOSSES)
+    add_setting(how, "seed", type=int, help="fixes the split, sampling, augmentation and initial weights")
     data = train.add_argument_group("data and output")
-    data.add_argument("--data-dir", type=Path, help="HAM10000 folder (default: $HAM10000_DIR, data/ham10000, ../shared/ham10000)")
-    data.add_argument("--cache-dir", type=Path, help="decoded-image cache (default: $HAM10000_CACHE or ~/.cache/ham10000-study)")
-    data.add_argument("--split", type=Path, metavar="FILE", help="reuse a split.csv (e.g. another run's) instead of making one")
-    data.add_argument("--limit", type=int, metavar="N", help="use a stratified subset of N images (smoke runs)")
-    data.add_argument("--drop-missing-images", action="store_true", default=None, help="leave out missing or unreadable images instead of failing")
-    data.add_argument("--output-dir", type=Path, help="where runs/ and comparisons/ go (default: results)")
-    data.add_argument("--workers", type=int, help="threads preparing batches")
+    add_setting(data, "data_dir", type=Path, help="HAM10000 folder (default: $HAM10000_DIR, data/ham10000, ../shared/ham10000)")
+    add_setting(data, "cache_dir", type=Path, help="decoded-image cache (default: $HAM10000_CACHE or ~/.cache/ham10000-study)")
+    add_setting(data, "split", type=Path, metavar="FILE", help="reuse a split.csv (e.g. another run's) instead of making one")
+    add_setting(data, "limit", type=int, metavar="N", help="use a stratified subset of N images (smoke runs)")
+    add_setting(data, "drop_missing_images", action="store_true", help="leave out missing or unreadable images instead of failing")
+    add_setting(data, "output_dir", type=Path, help="where runs/ and comparisons/ go")
+    add_setting(data, "workers", type=int, help="threads preparing batches")
     train.set_defaults(handler=run_train)
 
     evaluate = commands.add_parser(
@@ -191,23 +196,36 @@ def build_parser():
     return parser
 
 
-def run_train(arguments):
-    overrides = {
-        "metadata": arguments.metadata, "weights": arguments.weights, "epochs": arguments.epochs,
-        "batch_size": arguments.batch_size, "image_size": arguments.image_size, "lr": arguments.lr,
-        "balance": arguments.balance, "class_weights": arguments.class_weights, "loss": arguments.loss,
-        "seed": arguments.seed, "data_dir": arguments.data_dir, "cache_dir": arguments.cache_dir,
-        "split": arguments.split, "limit": arguments.limit, "drop_missing_images": arguments.drop_missing_images,
-        "output_dir": arguments.output_dir, "workers": arguments.workers,
+def add_setting(group, name, help=None, **options):
+    """Adds the flag of the `TrainConfig` field `name` (`--name-with-dashes`), its help showing the field's default.
+
+    The flag's own default is None, "not given", so that a config file's value is not overridden.
+    """
+    if "default" not in (help or ""):
+        default = TrainConfig.defaults()[name]
+        help = f"{help + ' ' if help else ''}(default: {'none' if default is None else default})"
+    group.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, help=help, **options)
+
+
+def setting_flags(arguments):
+    """The `TrainConfig` fields that train's flags set, as `load_config` overrides (None where not given)."""
+    given = vars(arguments)
+    return {
+        name: str(value) if isinstance(value, Path) else value
+        for name, value in given.items()
+        if name in TrainConfig.defaults() and name not in NOT_OVERRIDES
     }
-    overrides = {key: str(value) if isinstance(value, Path) else value for key, value in overrides.items()}
+
+
+def run_train(arguments):
+    overrides = setting_flags(arguments)
     if arguments.resume:
         if arguments.model or arguments.config:
             raise ConfigError("--resume continues with the run's own config.yaml: drop --model and --config")
         if (arguments.resume / STUDY_FILENAME).is_file():
             continue_study(arguments.resume, overrides)
         else:
-            if (arguments.resume / "metrics.json").is_file():
+            if (arguments.resume / METRICS_FILENAME).is_file():
                 raise DataError(
                     f"{arguments.resume}: finished (trained and evaluated), nothing to resume; "
                     f"`python main.py evaluate {arguments.resume}` recomputes its evaluation"
@@ -262,7 +280,7 @@ def continue_study(study_dir, overrides=None, data=None):
             print(f"{config.run_name}: finished in {run_dirs[index]}, kept")
             continue
         # Every run after the first trains on the first run's split.
-        config.split = config.split or (str(Path(run_dirs[0]) / "split.csv") if run_dirs[0] else None)
+        config.split = config.split or (str(Path(run_dirs[0]) / SPLIT_FILENAME) if run_dirs[0] else None)
         run = train_run(config, data=data_by_size.get(config.image_size))
         finish(run)
         data_by_size[config.image_size] = run.data
@@ -282,7 +300,7 @@ def finish(run):
     shown = {key: "n/a" if metrics[key] is None else f"{metrics[key]:.3f}" for key in ("balanced_accuracy", "accuracy", "melanoma_sensitivity")}
     print(
         f"{run.run_dir.name}: test balanced accuracy {shown['balanced_accuracy']}, accuracy {shown['accuracy']}, "
-        f"melanoma sensitivity {shown['melanoma_sensitivity']}; report: {run.run_dir / 'report.md'}"
+        f"melanoma sensitivity {shown['melanoma_sensitivity']}; report: {run.run_dir / REPORT_FILENAME}"
     )
 
 

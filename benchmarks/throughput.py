@@ -32,8 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import keras  # noqa: E402
 
-from dataset import Balance, class_weights, prepare_data  # noqa: E402
-from dataset.atomic import write_json  # noqa: E402
+from common.files import write_json  # noqa: E402
+from dataset import CLASS_NAMES, Balance, class_weights, prepare_data  # noqa: E402
 from networks import list_models  # noqa: E402
 from training import load_config  # noqa: E402
 from training.devices import compute_device, cpu_name  # noqa: E402
@@ -151,7 +151,7 @@ def memory_probe(size, images, batch_size, steps, data_dir):
     data = prepare_data(data_dir, image_size=size, limit=images or None, verbose=False)
     config = load_config("cnn", None, {"image_size": size, "batch_size": batch_size})
     model = build_model(config, 0)
-    compile_model(model, config, config.lr, {index: 1.0 for index in range(7)})
+    compile_model(model, config, config.lr, {index: 1.0 for index in range(len(CLASS_NAMES))})
     # Every training image read once: the point where an in-memory copy would show.
     train = data.sequence("train", batch_size=batch_size, balance=Balance("none"), augment=True)
     model.fit(train, epochs=1, steps_per_epoch=steps, verbose=0)

@@ -6,23 +6,41 @@
 
 Each step is also usable on its own: `load_metadata`, `make_split`, `load_images`,
 `MetadataEncoder`, `LesionSequence`.
+
+The names whose modules need Keras (the image cache's progress bar, the sequences and what
+builds them) are imported on first use, so that reading metadata or a split does not start
+TensorFlow.
 """
 
-from dataset.cache import ImageCache, load_images
-from dataset.errors import DataError, UserError
+import importlib
+
 from dataset.features import MetadataEncoder
 from dataset.images import find_data_dir, locate_images, read_image
 from dataset.metadata import CLASS_NAMES, class_indices, load_metadata
-from dataset.prepare import PreparedData, prepare_data
 from dataset.sampling import BALANCE_MODES, Balance, class_weights
-from dataset.sequence import LesionSequence, evaluation_sequence, training_sequence
 from dataset.split import load_split, make_split, save_split, split_summary
+
+_NEEDS_KERAS = {
+    "ImageCache": "dataset.cache",
+    "load_images": "dataset.cache",
+    "PreparedData": "dataset.prepare",
+    "prepare_data": "dataset.prepare",
+    "LesionSequence": "dataset.sequence",
+    "evaluation_sequence": "dataset.sequence",
+    "training_sequence": "dataset.sequence",
+}
+
+
+def __getattr__(name):
+    if name in _NEEDS_KERAS:
+        return getattr(importlib.import_module(_NEEDS_KERAS[name]), name)
+    raise AttributeError(f"module 'dataset' has no attribute {name!r}")
+
 
 __all__ = [
     "BALANCE_MODES",
     "Balance",
     "CLASS_NAMES",
-    "DataError",
     "ImageCache",
     "LesionSequence",
     "MetadataEncoder",
@@ -41,5 +59,4 @@ __all__ = [
     "save_split",
     "split_summary",
     "training_sequence",
-    "UserError",
 ]

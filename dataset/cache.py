@@ -23,8 +23,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from dataset import atomic
-from dataset.errors import DataError
+from common import files
+from common.errors import DataError
 from dataset.images import first_few, read_image
 
 CACHE_DIR_VARIABLE = "HAM10000_CACHE"
@@ -80,7 +80,7 @@ def load_images(image_paths, size, cache_dir=None, drop_unreadable=False, verbos
     images = _open(array_path) if info.get("fingerprint") == fingerprint else None
     if images is None:
         info = _build(paths, image_ids, size, array_path, fingerprint, drop_unreadable, verbose)
-        atomic.write_json(info_path, info)
+        files.write_json(info_path, info)
         images = np.load(array_path, mmap_mode="r")
 
     unreadable = set(info["unreadable"])
@@ -111,7 +111,7 @@ def _build(paths, image_ids, size, array_path, fingerprint, drop_unreadable, ver
     # On a terminal a live bar; in a log file one line at the end.
     progress = keras.utils.Progbar(len(paths), unit_name="image", verbose=1 if sys.stdout.isatty() else 2) if verbose else None
     unreadable = []
-    with atomic.atomic_path(array_path) as temporary:
+    with files.atomic_path(array_path) as temporary:
         images = np.lib.format.open_memmap(temporary, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, 3))
         # Pillow releases the GIL while it decodes and resizes, so threads keep every core busy
         # without the start-up cost of processes.
@@ -135,7 +135,7 @@ def _remove_stale_temporaries(cache_dir):
     """Deletes the half-written cache files of builds whose process has died (killed, out of memory)."""
     for temporary in Path(cache_dir).glob(".*.tmp.npy"):
         owner = re.fullmatch(r"\..*\.(\d+)\.tmp\.npy", temporary.name)
-        if owner and not atomic.process_alive(int(owner.group(1))):
+        if owner and not files.process_alive(int(owner.group(1))):
             temporary.unlink(missing_ok=True)
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dataset import atomic
+from common import files
 from dataset.metadata import UNKNOWN
 
 
@@ -61,7 +61,7 @@ class MetadataEncoder:
         ).astype(np.float32)
 
     def save(self, path):
-        atomic.write_json(path, asdict(self))
+        files.write_json(path, asdict(self))
 
     @classmethod
     def load(cls, path):

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from dataset.errors import DataError
+from common.errors import DataError
 from dataset.metadata import METADATA_FILENAME
 
 DATA_DIR_VARIABLE = "HAM10000_DIR"

@@ -5,8 +5,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dataset.errors import DataError
-from dataset.tables import read_csv
+from common.errors import DataError
+from common.tables import line_number, read_csv, require_columns
 
 # Alphabetical, as in the metadata file; a label's index in this tuple is its class index
 # everywhere in the project (one-hot columns, confusion matrices, `prob_<class>` columns).
@@ -53,12 +53,10 @@ def load_metadata(path):
 def validate_metadata(frame, source="metadata"):
     """Validates and normalises a metadata table read with every column as a string."""
     frame = frame.rename(columns=str.strip)
-    missing = [column for column in REQUIRED_COLUMNS if column not in frame.columns]
-    if missing:
-        raise DataError(
-            f"{source}: missing column {', '.join(repr(c) for c in missing)} "
-            f"(a HAM10000 metadata file has columns {', '.join(REQUIRED_COLUMNS + CLINICAL_COLUMNS)})"
-        )
+    require_columns(
+        frame, REQUIRED_COLUMNS, source,
+        hint=f"a HAM10000 metadata file has columns {', '.join(REQUIRED_COLUMNS + CLINICAL_COLUMNS)}",
+    )
     if frame.empty:
         raise DataError(f"{source}: has a header but no rows")
 
@@ -66,8 +64,7 @@ def validate_metadata(frame, source="metadata"):
     for column in frame.columns:
         frame[column] = frame[column].astype(str).str.strip()
 
-    # Line numbers as an editor shows them: the header is line 1.
-    line = pd.Series(np.arange(len(frame)) + 2, index=frame.index)
+    line = pd.Series([line_number(row) for row in range(len(frame))], index=frame.index)
     for column in ("lesion_id", "image_id"):
         empty = frame[column] == ""
         if empty.any():

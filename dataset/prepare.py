@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from common.errors import DataError
 from dataset.cache import ImageCache, load_images
-from dataset.errors import DataError
 from dataset.features import MetadataEncoder
 from dataset.images import find_data_dir, locate_images
 from dataset.metadata import METADATA_FILENAME, class_indices, load_metadata, stratified_subset

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dataset import atomic
-from dataset.errors import DataError
+from common import files
+from common.errors import DataError
+from common.tables import line_number, read_csv, require_columns
 from dataset.metadata import CLASS_NAMES
-from dataset.tables import read_csv
 
 SUBSETS = ("train", "val", "test")
 SPLIT_COLUMNS = ("image_id", "lesion_id", "dx", "subset")
@@ -75,7 +75,7 @@ def check_fractions(fractions):
 
 
 def save_split(split, path):
-    atomic.write_csv(path, split.loc[:, list(SPLIT_COLUMNS)])
+    files.write_csv(path, split.loc[:, list(SPLIT_COLUMNS)])
 
 
 def load_split(path, metadata=None):
@@ -92,13 +92,11 @@ def load_split(path, metadata=None):
     """
     path = Path(path)
     split = read_csv(path, "split file not found")
-    missing = [column for column in SPLIT_COLUMNS if column not in split.columns]
-    if missing:
-        raise DataError(f"{path}: missing column {', '.join(map(repr, missing))} (expected {', '.join(SPLIT_COLUMNS)})")
+    require_columns(split, SPLIT_COLUMNS, path)
     bad_subset = ~split["subset"].isin(SUBSETS)
     if bad_subset.any():
         raise DataError(
-            f"{path}, line {np.flatnonzero(bad_subset)[0] + 2}: unknown subset "
+            f"{path}, line {line_number(np.flatnonzero(bad_subset)[0])}: unknown subset "
             f"{split['subset'][bad_subset].iloc[0]!r} (expected one of {', '.join(SUBSETS)})"
         )
     leaked = lesions_on_several_sides(split)

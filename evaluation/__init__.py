@@ -5,21 +5,17 @@
     compare_runs([run_a, run_b], "results/comparison")              # comparison.md/.json/.png
     evaluate_external(run_a, "data/isic2018-test", "data/isic2018-test/GroundTruth.csv")
 
-Everything but `predict_test_subset` and `evaluate_external` works from the files in the run
-folder (`predictions.csv` first of all), never from `training`; those two load the run's model.
+Everything but `evaluation.inference` (`predict_test_subset`) and `evaluate_external` works from
+the files in the run folder (`predictions.csv` first of all), never from `training`; those two
+load the run's model.
 """
 
 from evaluation.compare import compare_runs
 from evaluation.external import evaluate_external
+from evaluation.inference import predict_probabilities, predict_test_subset
 from evaluation.labels import read_labels
 from evaluation.metrics import compute_metrics, expected_calibration_error
-from evaluation.predictions import (
-    predict_probabilities,
-    predict_test_subset,
-    predictions_frame,
-    read_predictions,
-    write_predictions,
-)
+from evaluation.predictions import predictions_frame, read_predictions, write_predictions
 from evaluation.report import evaluate_run, write_evaluation
 
 __all__ = [

@@ -15,9 +15,12 @@ import numpy as np
 import pandas as pd
 from scipy.stats import binomtest
 
-from dataset.atomic import new_folder, write_json, write_text
-from dataset.errors import DataError
+from common.errors import DataError
+from common.files import new_folder, write_json, write_text
+from common.run_folder import PREDICTIONS_FILENAME, existing_run_dir
+from evaluation.markdown import format_duration, format_interval, format_value, markdown_table
 from evaluation.metrics import (
+    BOOTSTRAP_DRAWS,
     INTERVAL_LEVEL,
     bootstrap_interval,
     bootstrap_weights,
@@ -26,14 +29,13 @@ from evaluation.metrics import (
     weighted_hits,
 )
 from evaluation.plots import plot_comparison
-from evaluation.predictions import PREDICTIONS_FILENAME, read_predictions
-from evaluation.report import format_duration, format_interval, format_value, markdown_table
-from evaluation.run_files import existing_run_dir, read_run_files
+from evaluation.predictions import read_predictions
+from evaluation.run_files import read_run_files
 
 COMPARISON_FILENAMES = ("comparison.md", "comparison.json", "comparison.png")
 
 
-def compare_runs(run_dirs, output_dir, *, bootstrap_draws=1000, seed=0, verbose=True):
+def compare_runs(run_dirs, output_dir, *, bootstrap_draws=BOOTSTRAP_DRAWS, seed=0, verbose=True):
     """Compares evaluated runs and writes `comparison.md`, `comparison.json` and `comparison.png`.
 
     For every run: balanced accuracy, macro AUC and melanoma sensitivity with their intervals,

@@ -11,17 +11,20 @@ its training subset. The results land in `<run>/external/<data folder name>/`.
 
 from pathlib import Path
 
-from dataset.atomic import new_folder
+from common.errors import DataError
+from common.files import new_folder
+from common.run_folder import ENCODER_FILENAME, MODEL_FILENAME, PREDICTIONS_FILENAME
 from dataset.cache import load_images
-from dataset.errors import DataError
 from dataset.features import MetadataEncoder
 from dataset.images import locate_images
 from dataset.metadata import METADATA_FILENAME, class_indices
 from dataset.sequence import evaluation_sequence
+from evaluation.inference import load_run_model, predict_probabilities
 from evaluation.labels import read_labels
-from evaluation.predictions import PREDICTIONS_FILENAME, predict_probabilities, predictions_frame, write_predictions
+from evaluation.metrics import BOOTSTRAP_DRAWS
+from evaluation.predictions import predictions_frame, write_predictions
 from evaluation.report import class_counts, write_evaluation
-from evaluation.run_files import ENCODER_FILENAME, MODEL_FILENAME, load_run_model, read_run_files
+from evaluation.run_files import read_run_files
 
 EXTERNAL_DIR = "external"
 
@@ -35,7 +38,7 @@ def evaluate_external(
     batch_size=32,
     cache_dir=None,
     drop_missing=False,
-    bootstrap_draws=1000,
+    bootstrap_draws=BOOTSTRAP_DRAWS,
     seed=0,
     verbose=True,
 ):

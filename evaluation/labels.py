@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dataset.errors import DataError
+from common.errors import DataError
+from common.tables import line_number, read_csv
 from dataset.metadata import CLINICAL_COLUMNS, validate_metadata
-from dataset.tables import read_csv
 
 # ISIC 2018 ground-truth column -> class name.
 ISIC_COLUMNS = {"MEL": "mel", "NV": "nv", "BCC": "bcc", "AKIEC": "akiec", "BKL": "bkl", "DF": "df", "VASC": "vasc"}
@@ -59,9 +59,8 @@ def _from_isic(frame, path):
     if not valid.all():
         row = int(np.flatnonzero(~valid)[0])
         values = ", ".join(f"{column}={frame.at[row, column]}" for column in ISIC_COLUMNS)
-        # Line numbers as an editor shows them: the header is line 1.
         raise DataError(
-            f"{path}, line {row + 2}: expected exactly one 1 and otherwise 0 among the class columns; got {values}"
+            f"{path}, line {line_number(row)}: expected exactly one 1 and otherwise 0 among the class columns; got {values}"
         )
     return pd.DataFrame({
         "image_id": frame["image"],

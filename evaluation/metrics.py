@@ -20,11 +20,13 @@ NUM_CLASSES = len(CLASS_NAMES)
 MELANOMA = CLASS_NAMES.index("mel")
 CALIBRATION_BINS = 15
 INTERVAL_LEVEL = 0.95
+# Resamples of the test images behind each interval.
+BOOTSTRAP_DRAWS = 1000
 # The headline metrics reported with a bootstrap confidence interval.
 INTERVAL_METRICS = ("balanced_accuracy", "macro_auc", "melanoma_sensitivity")
 
 
-def compute_metrics(y_true, probabilities, *, bootstrap_draws=1000, seed=0):
+def compute_metrics(y_true, probabilities, *, bootstrap_draws=BOOTSTRAP_DRAWS, seed=0):
     """Every metric of `metrics.json`, with 95% bootstrap intervals for the headline ones.
 
     Args:

@@ -13,7 +13,7 @@ import seaborn as sns
 from matplotlib.figure import Figure
 from sklearn.metrics import auc, roc_curve
 
-from dataset.atomic import atomic_path
+from common.files import atomic_path
 from dataset.metadata import CLASS_NAMES
 
 DPI = 100

@@ -7,64 +7,18 @@ again, or compared with another, without loading its model.
     ISIC_0027419,bkl,bkl,0.01,0.02,0.81,0.0,0.09,0.07,0.0
 """
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from dataset import atomic
-from dataset.errors import DataError
+from common import files
+from common.errors import DataError
+from common.tables import line_number, read_csv, require_columns
 from dataset.metadata import CLASS_NAMES, class_indices
-from dataset.tables import read_csv
-from evaluation.run_files import load_run_model
 
-PREDICTIONS_FILENAME = "predictions.csv"
 PROBABILITY_COLUMNS = tuple(f"prob_{name}" for name in CLASS_NAMES)
 PREDICTION_COLUMNS = ("image_id", "dx", "pred") + PROBABILITY_COLUMNS
-
-
-def predict_probabilities(model, sequence, verbose=0):
-    """The model's class probabilities for every image of an evaluation sequence, in its order.
-
-    Args:
-        model: a classifier with a softmax output over the seven classes.
-        sequence: an `evaluation_sequence` (each image once, in a fixed order).
-        verbose: Keras's progress output; off by default. "auto": a bar on a terminal, one line
-            at the end elsewhere (Keras's own "auto" writes the bar's carriage returns into log files).
-
-    Returns:
-        An (images, 7) float array.
-    """
-    if verbose == "auto":
-        verbose = 1 if sys.stdout.isatty() else 2
-    probabilities = np.asarray(model.predict(sequence, verbose=verbose))
-    if probabilities.ndim != 2 or probabilities.shape[1] != len(CLASS_NAMES):
-        raise ValueError(
-            f"the model's output has shape {probabilities.shape}; expected (images, {len(CLASS_NAMES)}) "
-            "class probabilities"
-        )
-    return probabilities
-
-
-def predict_test_subset(run_dir, data, *, with_metadata, batch_size=32, workers=2):
-    """Predicts the test subset of a run's split with its kept model and writes `predictions.csv`.
-
-    Args:
-        run_dir: a trained run's folder, with `model.keras`.
-        data: the `dataset.PreparedData` the run trained on (its split and image size).
-        with_metadata: whether the model takes the metadata input.
-        batch_size, workers: of the prediction batches.
-
-    Returns:
-        The table written to `predictions.csv`.
-    """
-    rows, _, labels = data.subset("test")
-    test = data.sequence("test", batch_size=batch_size, with_metadata=with_metadata, workers=workers)
-    probabilities = predict_probabilities(load_run_model(run_dir), test)
-    frame = predictions_frame(rows["image_id"].tolist(), labels, probabilities)
-    write_predictions(Path(run_dir) / PREDICTIONS_FILENAME, frame)
-    return frame
 
 
 def predictions_frame(image_ids, true_labels, probabilities):
@@ -96,7 +50,7 @@ def predictions_frame(image_ids, true_labels, probabilities):
 
 
 def write_predictions(path, frame):
-    atomic.write_csv(path, frame.loc[:, list(PREDICTION_COLUMNS)])
+    files.write_csv(path, frame.loc[:, list(PREDICTION_COLUMNS)])
 
 
 def read_predictions(path):
@@ -113,12 +67,7 @@ def read_predictions(path):
     """
     path = Path(path)
     frame = read_csv(path, "predictions file not found (it is written when a run's model is evaluated)")
-    missing = [column for column in PREDICTION_COLUMNS if column not in frame.columns]
-    if missing:
-        raise DataError(
-            f"{path}: missing column {', '.join(map(repr, missing))} "
-            f"(expected {', '.join(PREDICTION_COLUMNS)})"
-        )
+    require_columns(frame, PREDICTION_COLUMNS, path)
     if frame.empty:
         raise DataError(f"{path}: has a header but no rows")
 
@@ -139,6 +88,5 @@ def read_predictions(path):
     for bad, describe in problems:
         if np.any(bad):
             row = int(np.flatnonzero(bad)[0])
-            # Line numbers as an editor shows them: the header is line 1.
-            raise DataError(f"{path}, line {row + 2}: {describe(row)}")
+            raise DataError(f"{path}, line {line_number(row)}: {describe(row)}")
     return frame, class_indices(frame["dx"]), probabilities

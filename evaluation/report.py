@@ -14,18 +14,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from dataset.atomic import write_json, write_text
+from common.files import write_json, write_text
+from common.run_folder import CONFIG_FILENAME, GALLERY_FILE, METRICS_FILENAME, PREDICTIONS_FILENAME, REPORT_FILENAME
 from dataset.metadata import CLASS_DESCRIPTIONS, CLASS_NAMES
 from dataset.split import split_summary
-from evaluation.metrics import CALIBRATION_BINS, INTERVAL_LEVEL, compute_metrics
+from evaluation.markdown import MISSING, format_duration, format_interval, format_value, markdown_table
+from evaluation.metrics import BOOTSTRAP_DRAWS, CALIBRATION_BINS, INTERVAL_LEVEL, compute_metrics
 from evaluation.plots import plot_confusion_matrix, plot_per_class, plot_roc_curves, plot_training_curves
-from evaluation.predictions import PREDICTIONS_FILENAME, read_predictions
-from evaluation.run_files import CONFIG_FILENAME, read_run_files
+from evaluation.predictions import read_predictions
+from evaluation.run_files import read_run_files
 
-METRICS_FILENAME = "metrics.json"
-REPORT_FILENAME = "report.md"
-# Written by `inference.gallery` into a run folder: thumbnails of confident test predictions.
-GALLERY_FILE = "gallery/gallery.json"
 # The rows of the headline table, in order: metrics.json key and the name a reader sees.
 HEADLINE_METRICS = (
     ("balanced_accuracy", "Balanced accuracy (mean recall over classes)"),
@@ -36,10 +34,9 @@ HEADLINE_METRICS = (
     ("melanoma_specificity", "Melanoma specificity"),
     ("expected_calibration_error", f"Expected calibration error ({CALIBRATION_BINS} bins; lower is better)"),
 )
-MISSING = "–"
 
 
-def evaluate_run(run_dir, *, bootstrap_draws=1000, seed=0):
+def evaluate_run(run_dir, *, bootstrap_draws=BOOTSTRAP_DRAWS, seed=0):
     """Evaluates a trained run from its `predictions.csv`, writing the results into its folder.
 
     Writes `metrics.json`, `confusion_matrix.png`, `per_class.png`, `roc_curves.png`,
@@ -72,7 +69,7 @@ def evaluate_run(run_dir, *, bootstrap_draws=1000, seed=0):
 
 
 def write_evaluation(
-    output_dir, y_true, probabilities, *, title, test_set, run, history=None, data=None, bootstrap_draws=1000, seed=0
+    output_dir, y_true, probabilities, *, title, test_set, run, history=None, data=None, bootstrap_draws=BOOTSTRAP_DRAWS, seed=0
 ):
     """Computes the metrics and writes `metrics.json`, the plots and `report.md` into a folder.
 
@@ -237,37 +234,3 @@ def class_counts(dx, column):
     table = counts.to_frame(column)
     table.loc["total"] = counts.sum()
     return table
-
-
-# === Formatting shared with the comparison ===
-
-
-def markdown_table(header, rows, align):
-    """A GitHub markdown table; `align` has one letter per column, "l" (left) or "r" (right)."""
-    rule = {"l": ":---", "r": "---:"}
-    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(rule[side] for side in align) + " |"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def format_value(value):
-    """Scores with 3 decimals, counts with thousands separators, undefined values as a dash."""
-    if value is None:
-        return MISSING
-    if isinstance(value, int):
-        return f"{value:,}"
-    return f"{value:.3f}"
-
-
-def format_interval(interval):
-    return MISSING if interval is None else f"[{interval['low']:.3f}, {interval['high']:.3f}]"
-
-
-def format_duration(seconds):
-    if seconds is None:
-        return None
-    minutes, seconds = divmod(round(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    if hours:
-        return f"{hours} h {minutes:02d} min"
-    return f"{minutes} min {seconds:02d} s" if minutes else f"{seconds} s"

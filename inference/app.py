@@ -22,7 +22,7 @@ import pandas as pd
 from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse
 
-from dataset.errors import DataError
+from common.errors import DataError
 from dataset.images import read_image
 from dataset.metadata import CLASS_DESCRIPTIONS, CLASS_NAMES, UNKNOWN
 from inference.gradcam import GradCAM, overlay_heatmap, png_bytes

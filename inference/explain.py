@@ -8,7 +8,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from dataset.atomic import atomic_path, new_folder  # noqa: E402
+from common.files import atomic_path, new_folder  # noqa: E402
 from dataset.images import read_image  # noqa: E402
 from dataset.metadata import CLASS_DESCRIPTIONS, CLASS_NAMES  # noqa: E402
 from inference.gradcam import GradCAM, overlay_heatmap  # noqa: E402

@@ -1,7 +1,7 @@
 """The report's gallery: for each class, the most confident correct and wrong test images, with Grad-CAM.
 
 Written into the run folder as `gallery/<class>-<correct|wrong>.png` thumbnails and
-`gallery/gallery.json` (`evaluation.report.GALLERY_FILE`), which the report shows as its
+`gallery/gallery.json` (`common.run_folder.GALLERY_FILE`), which the report shows as its
 "Gallery" section.
 """
 
@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
-from dataset import atomic
+from common import files
+from common.run_folder import GALLERY_FILE, PREDICTIONS_FILENAME
 from dataset.images import locate_images, read_image
 from dataset.metadata import CLASS_NAMES
-from evaluation.predictions import PREDICTIONS_FILENAME, read_predictions
-from evaluation.report import GALLERY_FILE
+from evaluation.predictions import read_predictions
 from inference.gradcam import GradCAM, overlay_heatmap, png_bytes
 from inference.predict import Predictor
 
@@ -49,12 +49,12 @@ def write_gallery(run_dir, data):
     for (name, kind, row), image_id, heatmap, pred in zip(chosen, image_ids, heatmaps, predicted):
         thumbnail = read_image(paths[image_id], THUMBNAIL_SIZE) if image_id in paths else images[image_ids.index(image_id)]
         file = str(Path(GALLERY_FILE).parent / f"{name}-{kind}.png")
-        atomic.write_bytes(run_dir / file, png_bytes(overlay_heatmap(thumbnail, heatmap)))
+        files.write_bytes(run_dir / file, png_bytes(overlay_heatmap(thumbnail, heatmap)))
         entries.append({
             "class": name, "kind": kind, "image_id": image_id, "pred": CLASS_NAMES[pred],
             "probability": round(float(probabilities[row, pred]), 4), "file": file,
         })
-    atomic.write_json(run_dir / GALLERY_FILE, entries)
+    files.write_json(run_dir / GALLERY_FILE, entries)
     return entries
 
 

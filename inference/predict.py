@@ -18,17 +18,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dataset import atomic
+from common.errors import DataError
+from common.files import write_csv, write_json
+from common.run_folder import METRICS_FILENAME, MODEL_FILENAME
+from common.tables import read_csv
 from dataset.augment import DIHEDRAL_TRANSFORMS
-from dataset.errors import DataError
 from dataset.features import MetadataEncoder
 from dataset.images import IMAGE_SUFFIXES, first_few, read_image
 from dataset.metadata import CLASS_DESCRIPTIONS, CLASS_NAMES, UNKNOWN, validate_metadata
-from dataset.tables import read_csv
 from evaluation.external import load_encoder, model_inputs
+from evaluation.inference import load_run_model
 from evaluation.predictions import PROBABILITY_COLUMNS
-from evaluation.report import METRICS_FILENAME
-from evaluation.run_files import MODEL_FILENAME, load_run_model, read_run_files
+from evaluation.run_files import read_run_files
 from inference.explain import explain_images
 
 OUTPUT_SUFFIXES = (".csv", ".json")
@@ -275,6 +276,6 @@ def write_predictions_table(path, table):
     """Writes the table as CSV, or as JSON records (one object per image), by the file's suffix."""
     path = check_output_path(path)
     if path.suffix.lower() == ".csv":
-        atomic.write_csv(path, table)
+        write_csv(path, table)
     else:
-        atomic.write_json(path, table.to_dict(orient="records"))
+        write_json(path, table.to_dict(orient="records"))

@@ -3,8 +3,8 @@
     from networks import create_model, list_models
     model = create_model("densenet", image_size=128, metadata_features=0)
 
-Importing the package registers every model; add a new one by writing a module with a
-`@register_model` builder and importing it here.
+Importing the package registers every model; add a new one by writing a module with one
+`@register_backbone` function and importing it here (the README's "Adding a model").
 """
 
 from networks import cnn, densenet, vgg16, vgg16_bn  # noqa: F401  (registers the models)

@@ -5,8 +5,7 @@ from dataclasses import dataclass
 import keras
 from keras import layers
 
-from networks.heads import build_classifier
-from networks.registry import register_model
+from networks.registry import register_backbone
 
 
 @dataclass(frozen=True)
@@ -25,6 +24,7 @@ class CNNOptions:
     batch_norm_momentum: float = 0.9
 
 
+@register_backbone("cnn", options=CNNOptions, description="plain deep CNN (conv-BN-ReLU blocks), trained from scratch")
 def cnn_backbone(image_size, options):
     """Blocks of (3x3 conv, batch norm, ReLU) x n followed by 2x2 max pooling.
 
@@ -40,10 +40,3 @@ def cnn_backbone(image_size, options):
             x = layers.ReLU(name=f"block{block}_relu{conv}")(x)
         x = layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
     return keras.Model(image, x, name="backbone")
-
-
-@register_model("cnn", options=CNNOptions, description="plain deep CNN (conv-BN-ReLU blocks), trained from scratch")
-def cnn(image_size, num_classes, metadata_features, head, options, augmentation=None):
-    backbone = cnn_backbone(image_size, options)
-    name = "cnn_meta" if metadata_features else "cnn"
-    return build_classifier(backbone, image_size=image_size, num_classes=num_classes, metadata_features=metadata_features, head=head, name=name, augmentation=augmentation)

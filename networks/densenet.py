@@ -14,8 +14,7 @@ from dataclasses import dataclass
 import keras
 from keras import layers
 
-from networks.heads import build_classifier
-from networks.registry import register_model
+from networks.registry import register_backbone
 
 
 @dataclass(frozen=True)
@@ -43,6 +42,7 @@ class DenseNetOptions:
             raise ValueError(f"DenseNet compression must be in (0, 1]; got {self.compression}")
 
 
+@register_backbone("densenet", options=DenseNetOptions, description="DenseNet-BC (Huang et al., 2017), trained from scratch")
 def densenet_backbone(image_size, options):
     """Stem (7x7 conv stride 2, 3x3 max pool stride 2), dense blocks with transitions between
     them, and a final batch norm and ReLU: an overall stride of 32, as in the paper's ImageNet
@@ -82,10 +82,3 @@ def _transition(x, options, name):
     x = layers.ReLU(name=f"{name}_relu")(x)
     x = layers.Conv2D(channels, 1, use_bias=False, name=f"{name}_conv")(x)
     return layers.AveragePooling2D(2, name=f"{name}_pool")(x)
-
-
-@register_model("densenet", options=DenseNetOptions, description="DenseNet-BC (Huang et al., 2017), trained from scratch")
-def densenet(image_size, num_classes, metadata_features, head, options, augmentation=None):
-    backbone = densenet_backbone(image_size, options)
-    name = "densenet_meta" if metadata_features else "densenet"
-    return build_classifier(backbone, image_size=image_size, num_classes=num_classes, metadata_features=metadata_features, head=head, name=name, augmentation=augmentation)

@@ -1,15 +1,20 @@
 """Models by name: `create_model("densenet", image_size=128)` is what `--model densenet` runs.
 
-Each model module registers a builder with `@register_model`; the builder takes the image size,
-the number of metadata features (0 for an image-only model) and the model's own options, and
-returns a compiled-free `keras.Model` mapping images (and metadata) to class probabilities.
+A model is a backbone and the shared head (`networks.heads`), as keras-hub separates `Backbone`
+and `ImageClassifier`. Each model module registers one backbone function with
+`@register_backbone`: it takes the image size and the model's options dataclass (and the weights,
+for a pretrained model) and returns a `keras.Model` from (size, size, 3) images with values in
+[0, 255] to a feature map. `create_model` attaches the head, the same for every backbone.
 """
 
 import dataclasses
 from dataclasses import dataclass
 from typing import Callable
 
-from networks.heads import HeadOptions
+import keras
+
+from networks.finetune import BACKBONE
+from networks.heads import HeadOptions, build_classifier
 
 _REGISTRY = {}
 
@@ -20,7 +25,8 @@ class ModelEntry:
 
     Attributes:
         name: what `--model` takes.
-        build: `build(image_size, num_classes, metadata_features, head, options, weights)`.
+        backbone: `backbone(image_size, options)`, or `backbone(image_size, options, weights)`
+            for a pretrained model: images in [0, 255] to a feature map.
         options: the dataclass of the model's architecture options, with its defaults.
         description: one line for `--help`.
         pretrained: whether the model accepts `weights` ("imagenet" or a file); such a model is
@@ -29,21 +35,21 @@ class ModelEntry:
     """
 
     name: str
-    build: Callable
+    backbone: Callable
     options: type
     description: str
     pretrained: bool = False
     min_image_size: int = 32
 
 
-def register_model(name, *, options, description, pretrained=False, min_image_size=32):
-    """Decorator that adds a builder to the registry under `name`."""
+def register_backbone(name, *, options, description, pretrained=False, min_image_size=32):
+    """Decorator that registers a backbone function as the model `name` (see `ModelEntry`)."""
 
-    def add(build):
+    def add(backbone):
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is registered twice")
-        _REGISTRY[name] = ModelEntry(name, build, options, description, pretrained, min_image_size)
-        return build
+        _REGISTRY[name] = ModelEntry(name, backbone, options, description, pretrained, min_image_size)
+        return backbone
 
     return add
 
@@ -79,7 +85,7 @@ def model_options(name, overrides=None):
 def create_model(
     name, image_size, *, num_classes=7, metadata_features=0, head=None, options=None, weights=None, augmentation=None
 ):
-    """Builds a registered model.
+    """Builds a registered model: its backbone, then the shared head.
 
     Args:
         name: a registered name (`list_models()`).
@@ -93,6 +99,10 @@ def create_model(
         augmentation: optional `keras.Sequential` of training-only preprocessing layers
             (`networks.augmentation.build_augmentation`) put in front of the backbone.
 
+    Returns:
+        A `keras.Model` named `name` (`<name>_meta` with metadata) whose backbone is the nested
+        model "backbone", which fine-tuning and Grad-CAM look up.
+
     Raises:
         ValueError: unknown name or option, an image size the model cannot take, or weights for
             a model that has none.
@@ -104,10 +114,10 @@ def create_model(
         raise ValueError(f"model {name!r} is trained from scratch and takes no weights; got weights={weights!r}")
     if not isinstance(options, entry.options):
         options = model_options(name, options)
-    arguments = dict(
-        image_size=image_size, num_classes=num_classes, metadata_features=metadata_features,
-        head=head or HeadOptions(), options=options, augmentation=augmentation,
+    backbone = entry.backbone(image_size, options, weights) if entry.pretrained else entry.backbone(image_size, options)
+    if backbone.name != BACKBONE:
+        backbone = keras.Model(backbone.input, backbone.output, name=BACKBONE)
+    return build_classifier(
+        backbone, image_size=image_size, num_classes=num_classes, metadata_features=metadata_features,
+        head=head or HeadOptions(), name=f"{name}_meta" if metadata_features else name, augmentation=augmentation,
     )
-    if entry.pretrained:
-        arguments["weights"] = weights
-    return entry.build(**arguments)

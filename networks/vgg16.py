@@ -13,9 +13,8 @@ from pathlib import Path
 import keras
 from keras import layers, ops
 
-from dataset.errors import UserError
-from networks.heads import build_classifier
-from networks.registry import register_model
+from common.errors import UserError
+from networks.registry import register_backbone
 
 # The ImageNet VGG16 weights expect Caffe-style input: BGR channels minus these channel means.
 IMAGENET_BGR_MEANS = (103.939, 116.779, 123.68)
@@ -52,11 +51,18 @@ class VGGPreprocessing(layers.Layer):
         return {**super().get_config(), "standardize": self.standardize}
 
 
-def vgg16_backbone(image_size, weights):
+@register_backbone(
+    "vgg16",
+    options=VGG16Options,
+    description="VGG16 from keras.applications; ImageNet, local or no weights",
+    pretrained=True,
+)
+def vgg16_backbone(image_size, options, weights):
     """The 13 convolutional layers of VGG16 (blocks 1 to 5), behind their input preprocessing.
 
     Args:
         image_size: side of the input images (at least 32).
+        options: `VGG16Options` (none: the architecture is fixed).
         weights: None (random initialisation), "imagenet" (downloaded by Keras on first use and
             cached in ~/.keras/models), or the path of a weights file for VGG16 without its top
             (`vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5`, or a `.weights.h5` file saved
@@ -101,15 +107,3 @@ def _he_initialise(vgg):
     for layer in vgg.layers:
         if isinstance(layer, layers.Conv2D):
             layer.kernel.assign(initializer(layer.kernel.shape))
-
-
-@register_model(
-    "vgg16",
-    options=VGG16Options,
-    description="VGG16 from keras.applications; ImageNet, local or no weights",
-    pretrained=True,
-)
-def vgg16(image_size, num_classes, metadata_features, head, options, weights, augmentation=None):
-    backbone = vgg16_backbone(image_size, weights)
-    name = "vgg16_meta" if metadata_features else "vgg16"
-    return build_classifier(backbone, image_size=image_size, num_classes=num_classes, metadata_features=metadata_features, head=head, name=name, augmentation=augmentation)

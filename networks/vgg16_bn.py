@@ -13,8 +13,7 @@ from dataclasses import dataclass
 import keras
 from keras import layers
 
-from networks.heads import build_classifier
-from networks.registry import register_model
+from networks.registry import register_backbone
 
 BLOCK_CONVS = (2, 2, 3, 3, 3)
 BLOCK_FILTERS = (64, 128, 256, 512, 512)
@@ -37,6 +36,11 @@ class VGG16BNOptions:
             raise ValueError(f"VGG16-BN width must be in (0, 4]; got {self.width}")
 
 
+@register_backbone(
+    "vgg16_bn",
+    options=VGG16BNOptions,
+    description="VGG16 layout with batch norm and a width option, trained from scratch",
+)
 def vgg16_bn_backbone(image_size, options):
     """Five blocks of (3x3 conv, batch norm, ReLU) x n and 2x2 max pooling; overall stride 32."""
     image = keras.Input((image_size, image_size, 3))
@@ -49,17 +53,3 @@ def vgg16_bn_backbone(image_size, options):
             x = layers.ReLU(name=f"block{block}_relu{conv}")(x)
         x = layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
     return keras.Model(image, x, name="backbone")
-
-
-@register_model(
-    "vgg16_bn",
-    options=VGG16BNOptions,
-    description="VGG16 layout with batch norm and a width option, trained from scratch",
-)
-def vgg16_bn(image_size, num_classes, metadata_features, head, options, augmentation=None):
-    backbone = vgg16_bn_backbone(image_size, options)
-    name = "vgg16_bn_meta" if metadata_features else "vgg16_bn"
-    return build_classifier(
-        backbone, image_size=image_size, num_classes=num_classes, metadata_features=metadata_features,
-        head=head, name=name, augmentation=augmentation,
-    )

@@ -1,9 +1,13 @@
-"""Shared fixtures: the real HAM10000 copy, a toy copy of it, an isolated image cache, and a toy study."""
+"""Shared fixtures: the real HAM10000 copy, a synthetic HAM10000-shaped folder, a toy copy of the real one,
+an isolated image cache, and a toy study."""
 
 import shutil
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
+from PIL import Image
 
 import main
 from dataset import find_data_dir, load_metadata
@@ -37,7 +41,67 @@ def ham_metadata(ham_dir):
 
 
 @pytest.fixture(scope="session")
-def toy_dir(ham_dir, ham_metadata, tmp_path_factory):
+def toy_dir(tmp_path_factory):
+    """A HAM10000-shaped folder of generated images (every class present), read-only by convention.
+
+    It needs no copy of HAM10000: the tests that train, evaluate, predict and serve at toy size run
+    on it anywhere. The tests of what only the real data can show use `ham_dir` or `real_toy_dir`.
+    """
+    return make_synthetic_ham10000(tmp_path_factory.mktemp("synthetic_ham10000"))
+
+
+# The class mix of a stratified 80 of HAM10000 (nv two-thirds, one df and one vasc).
+SYNTHETIC_COUNTS = {"nv": 54, "bkl": 9, "mel": 9, "bcc": 4, "akiec": 2, "df": 1, "vasc": 1}
+SYNTHETIC_COLOURS = {
+    "akiec": (170, 90, 80), "bcc": (200, 140, 150), "bkl": (140, 100, 60), "df": (160, 110, 90),
+    "mel": (60, 40, 40), "nv": (120, 80, 60), "vasc": (180, 40, 60),
+}
+
+
+def make_synthetic_ham10000(root, seed=0):
+    """Writes HAM10000's layout into `root`: `HAM10000_metadata.csv` with its seven columns and
+    `images/ISIC_*.jpg` (600 x 450, a class-coloured lesion on skin with noise).
+
+    Some lesions have two images, as in HAM10000; a few rows have no age or an "unknown" sex or
+    site, as HAM10000 has.
+    """
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    rows, image_number, lesion_number = [], 24306, 0
+    sites = ("back", "lower extremity", "trunk", "upper extremity", "abdomen", "face", "unknown")
+    for dx, count in SYNTHETIC_COUNTS.items():
+        for index in range(count):
+            if index % 3 != 1:  # every third image is a second photograph of the lesion before it
+                lesion_number += 1
+                lesion = {
+                    "lesion_id": f"HAM_{lesion_number:07d}", "dx": dx,
+                    "dx_type": "histo" if dx in ("mel", "bcc", "akiec") else "follow_up",
+                    "age": "" if lesion_number % 17 == 0 else f"{float(rng.integers(4, 18) * 5):.1f}",
+                    "sex": "unknown" if lesion_number % 9 == 0 else ("male", "female")[lesion_number % 2],
+                    "localization": sites[lesion_number % len(sites)],
+                }
+            image_id = f"ISIC_{image_number:07d}"
+            image_number += 1
+            rows.append({"image_id": image_id, **lesion})
+            _write_lesion_image(root / "images" / f"{image_id}.jpg", SYNTHETIC_COLOURS[dx], rng)
+    columns = ["lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization"]
+    pd.DataFrame(rows, columns=columns).to_csv(root / METADATA_FILENAME, index=False)
+    return root
+
+
+def _write_lesion_image(path, colour, rng):
+    height, width = 450, 600
+    y, x = np.mgrid[:height, :width]
+    centre_y, centre_x = rng.uniform(150, 300), rng.uniform(200, 400)
+    radius_y, radius_x = rng.uniform(60, 140), rng.uniform(80, 180)
+    inside = ((y - centre_y) / radius_y) ** 2 + ((x - centre_x) / radius_x) ** 2 <= 1
+    image = np.where(inside[..., None], np.array(colour), np.array((225, 180, 160)))
+    image = np.clip(image + rng.normal(0, 12, image.shape), 0, 255).astype("uint8")
+    Image.fromarray(image).save(path, quality=90)
+
+
+@pytest.fixture(scope="session")
+def real_toy_dir(ham_dir, ham_metadata, tmp_path_factory):
     """A HAM10000-shaped folder of 80 real images (every class present), read-only by convention."""
     root = tmp_path_factory.mktemp("toy_ham10000")
     rows = stratified_subset(ham_metadata, TOY_IMAGES, seed=0)
@@ -53,10 +117,14 @@ def toy_dir(ham_dir, ham_metadata, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def study(toy_dir, tmp_path_factory):
-    """`--model all` once: the four configurations and their comparison, at toy size."""
+def study(real_toy_dir, tmp_path_factory):
+    """`--model all` once on real images: the four configurations and their comparison, at toy size.
+
+    Real images: the tests of the trained runs compare answers across inputs (the served model must
+    tell ten requests apart), which a toy model trained on generated images does not always do.
+    """
     output = tmp_path_factory.mktemp("study")
-    assert run_main("--model", "all", "--config", TINY_CONFIG, "--data-dir", toy_dir, "--output-dir", output) == 0
+    assert run_main("--model", "all", "--config", TINY_CONFIG, "--data-dir", real_toy_dir, "--output-dir", output) == 0
     return output
 
 

@@ -47,12 +47,12 @@ def test_runs_record_the_backend_the_device_and_what_auto_chose(study):
 
 
 @pytest.mark.backend
-def test_evaluate_a_trained_run_on_an_external_image_set(study, toy_dir, tmp_path):
+def test_evaluate_a_trained_run_on_an_external_image_set(study, real_toy_dir, tmp_path):
     # The hybrid run: its model, custom loss and metric, and its metadata encoder all load back.
     run_dir = next(run for run in (study / "runs").iterdir() if run.name.endswith("vgg16-meta"))
-    assert run_main("evaluate", run_dir, "--data-dir", toy_dir, "--output", tmp_path / "external") == 0
+    assert run_main("evaluate", run_dir, "--data-dir", real_toy_dir, "--output", tmp_path / "external") == 0
     predictions = pd.read_csv(tmp_path / "external" / "predictions.csv")
-    assert len(predictions) == len(list((toy_dir / "images").glob("*.jpg")))
+    assert len(predictions) == len(list((real_toy_dir / "images").glob("*.jpg")))
     assert np.allclose(predictions.filter(like="prob_").sum(axis=1), 1.0, atol=1e-4)
     assert (tmp_path / "external" / "report.md").is_file()
 

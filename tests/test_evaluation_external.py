@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from dataset.atomic import new_folder
-from dataset.errors import DataError
+from common.errors import DataError
+from common.files import new_folder
 from dataset.features import MetadataEncoder
 from dataset.images import read_image
 from evaluation import evaluate_external, read_labels

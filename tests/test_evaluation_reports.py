@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from dataset.errors import DataError
+from common.errors import DataError
 from dataset.metadata import CLASS_NAMES
 from evaluation import compare_runs, compute_metrics, evaluate_run, predictions_frame, read_predictions, write_predictions
 from evaluation.compare import mcnemar_exact

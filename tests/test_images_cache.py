@@ -8,7 +8,8 @@ import pytest
 from PIL import Image
 
 from conftest import copy_toy_dir
-from dataset import DataError, find_data_dir, load_images, locate_images, prepare_data, read_image
+from common.errors import DataError
+from dataset import find_data_dir, load_images, locate_images, prepare_data, read_image
 from dataset.metadata import METADATA_FILENAME
 
 

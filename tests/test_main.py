@@ -7,13 +7,46 @@ import pytest
 
 import main
 from conftest import TINY_CONFIG, copy_toy_dir, run_main
-from training import trainer
+from training import TrainConfig, trainer
 
 RUN_FILES = (
     "config.yaml", "split.csv", "environment.json", "history.csv", "training.json", "model.keras",
     "predictions.csv", "metrics.json", "report.md", "confusion_matrix.png", "training_curves.png",
     "per_class.png", "roc_curves.png",
 )
+
+
+# Settings a config file sets and no flag does: structured values and tuning knobs.
+FILE_ONLY_SETTINGS = {
+    "model_options", "head", "split_fractions", "balance_target", "max_oversampling", "class_weight_boost",
+    "augment", "augmentation", "optimizer", "weight_decay", "schedule", "warmup_epochs", "label_smoothing",
+    "focal_gamma", "melanoma_cost", "lr_patience", "lr_factor", "min_lr", "early_stopping_patience",
+    "selection_window", "head_epochs", "fine_tune_from_block", "fine_tune_lr_factor", "mixed_precision", "jit_compile",
+}
+# Flags of `train` that are not settings.
+COMMAND_FLAGS = {"help", "config", "resume", "verbose"}
+
+
+def train_parser():
+    commands = next(action for action in main.build_parser()._actions if action.dest == "command")
+    return commands.choices["train"]
+
+
+def test_every_setting_has_a_flag_or_is_file_only_and_every_flag_is_a_setting():
+    flags = {action.dest for action in train_parser()._actions}
+    settings = set(TrainConfig.defaults())
+    assert flags - settings == COMMAND_FLAGS
+    assert settings - flags == FILE_ONLY_SETTINGS
+
+
+def test_flags_become_overrides_and_help_shows_the_real_defaults():
+    arguments = train_parser().parse_args(["--model", "cnn", "--lr", "0.01", "--no-class-weights", "--data-dir", "x"])
+    overrides = main.setting_flags(arguments)
+    assert {key: value for key, value in overrides.items() if value is not None} == {"lr": 0.01, "class_weights": False, "data_dir": "x"}
+    assert "model" not in overrides and set(overrides) <= set(TrainConfig.defaults())
+    text = " ".join(train_parser().format_help().split())
+    assert "learning rate (default: 0.001)" in text and f"(default: {TrainConfig.epochs})" in text
+    assert "(default: None)" not in text
 
 
 @pytest.mark.backend

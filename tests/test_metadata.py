@@ -1,11 +1,17 @@
 """Loading and validating HAM10000's metadata file."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from dataset import CLASS_NAMES, DataError, load_metadata
+from common.errors import DataError
+from dataset import CLASS_NAMES, load_metadata
 from dataset.metadata import stratified_subset
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
 HEADER = "lesion_id,image_id,dx,dx_type,age,sex,localization"
 
 
@@ -71,3 +77,9 @@ def test_stratified_subset_keeps_class_shares_and_every_class(ham_metadata):
     assert set(subset["dx"]) == set(CLASS_NAMES)
     assert abs((subset["dx"] == "nv").mean() - 6705 / 10015) < 0.02
     assert subset.equals(stratified_subset(ham_metadata, 200, seed=1))
+
+
+def test_reading_metadata_does_not_start_keras():
+    # `import dataset` for load_metadata, a split or the class names must not pay TensorFlow's start-up.
+    code = "import sys, dataset; dataset.load_metadata; assert not {'keras', 'tensorflow', 'jax'} & set(sys.modules), sorted(sys.modules)"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO_ROOT)

@@ -1,11 +1,16 @@
 """Every registered network at toy size: shapes, training, saving, weights, fine-tuning."""
 
+from dataclasses import dataclass
+
 import keras
 import numpy as np
+import pandas as pd
 import pytest
+from keras import layers
 
 import networks
-from networks import create_model, freeze_backbone, list_models, unfreeze_top_blocks
+from networks import create_model, freeze_backbone, list_models, registry, unfreeze_top_blocks
+from conftest import TINY_CONFIG, run_main
 
 pytestmark = pytest.mark.backend
 
@@ -23,6 +28,9 @@ TARGET_PARAMETERS = {"cnn": 6.0e6, "densenet": 6.0e6, "vgg16": 14.8e6, "vgg16_bn
 
 
 def tiny_model(name, metadata_features=0):
+    # Seeded: whether a toy network has a dead unit (a weight with zero gradient) must not depend
+    # on what the tests before this one drew from Keras's global generator.
+    keras.utils.set_random_seed(0)
     return create_model(name, 32, metadata_features=metadata_features, head=TINY_HEAD, options=TINY_OPTIONS[name])
 
 
@@ -206,3 +214,36 @@ def test_model_with_augmentation_predicts_like_one_without():
     augmented.set_weights(plain.get_weights())
     images, _ = toy_batch(0)
     np.testing.assert_allclose(augmented.predict(images, verbose=0), plain.predict(images, verbose=0), rtol=1e-6)
+
+
+@dataclass(frozen=True)
+class PlainOptions:
+    filters: int = 8
+
+
+@pytest.fixture
+def plain_model(monkeypatch):
+    """A new architecture added the way the README says: one decorated backbone function."""
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+
+    @registry.register_backbone("plain", options=PlainOptions, description="two convolutions, for the test")
+    def plain_backbone(image_size, options):
+        image = keras.Input((image_size, image_size, 3))
+        x = layers.Rescaling(1 / 255)(image)
+        x = layers.Conv2D(options.filters, 3, strides=2, padding="same", activation="relu", name="block1_conv")(x)
+        x = layers.Conv2D(options.filters, 3, strides=2, padding="same", activation="relu", name="block2_conv")(x)
+        return keras.Model(image, x)  # unnamed: create_model names it "backbone"
+
+    return "plain"
+
+
+def test_a_model_registered_elsewhere_trains_saves_and_loads(plain_model, toy_dir, tmp_path):
+    assert plain_model in list_models()
+    model = create_model(plain_model, 32, metadata_features=METADATA_FEATURES, options={"filters": 4})
+    assert model.name == "plain_meta" and model.get_layer("backbone").output.shape[1:] == (8, 8, 4)
+
+    assert run_main("--model", plain_model, "--config", TINY_CONFIG, "--data-dir", toy_dir, "--output-dir", tmp_path) == 0
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    loaded = keras.saving.load_model(run_dir / "model.keras", compile=False)
+    assert loaded.name == plain_model and loaded.get_layer("backbone").get_layer("block2_conv").filters == PlainOptions.filters
+    assert len(pd.read_csv(run_dir / "predictions.csv")) > 0

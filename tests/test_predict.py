@@ -13,17 +13,17 @@ from dataset.augment import DIHEDRAL_TRANSFORMS
 from evaluation.predictions import PROBABILITY_COLUMNS
 
 
-def test_images_are_predicted_exactly_as_in_evaluation_in_the_order_given(study, toy_dir, tmp_path, capsys):
+def test_images_are_predicted_exactly_as_in_evaluation_in_the_order_given(study, real_toy_dir, tmp_path, capsys):
     run = study_run(study, "cnn")
     expected = pd.read_csv(run / "predictions.csv").set_index("image_id")
     test_ids = list(expected.index[:4])
     folder = tmp_path / "folder"
     folder.mkdir()
     for image_id in test_ids[1:]:
-        shutil.copy(toy_dir / "images" / f"{image_id}.jpg", folder)
+        shutil.copy(real_toy_dir / "images" / f"{image_id}.jpg", folder)
     (folder / "notes.txt").write_text("not an image, and not an image suffix: ignored")
     capsys.readouterr()
-    assert run_main("predict", run, toy_dir / "images" / f"{test_ids[0]}.jpg", folder) == 0
+    assert run_main("predict", run, real_toy_dir / "images" / f"{test_ids[0]}.jpg", folder) == 0
     lines = capsys.readouterr().out.splitlines()
     table = pd.read_csv(pd.io.common.StringIO("\n".join(lines)))
     assert list(table.columns) == ["image", "pred", "pred_name", *PROBABILITY_COLUMNS]
@@ -47,14 +47,14 @@ def test_any_size_and_mode_is_accepted(study, tmp_path, capsys):
     assert len(table) == 3 and np.allclose(table[list(PROBABILITY_COLUMNS)].sum(axis=1), 1, atol=1e-3)
 
 
-def test_metadata_model_uses_the_given_metadata_and_warns_once_for_the_rest(study, toy_dir, tmp_path, capsys):
+def test_metadata_model_uses_the_given_metadata_and_warns_once_for_the_rest(study, real_toy_dir, tmp_path, capsys):
     run = study_run(study, "vgg16-meta")
     expected = pd.read_csv(run / "predictions.csv").set_index("image_id")
     test_ids = list(expected.index[:3])
-    metadata = pd.read_csv(toy_dir / "HAM10000_metadata.csv").set_index("image_id")
+    metadata = pd.read_csv(real_toy_dir / "HAM10000_metadata.csv").set_index("image_id")
     # Only the first two images have a row; the third is encoded as unknown.
     metadata.loc[test_ids[:2], ["age", "sex", "localization"]].reset_index().to_csv(tmp_path / "meta.csv", index=False)
-    images = [toy_dir / "images" / f"{image_id}.jpg" for image_id in test_ids]
+    images = [real_toy_dir / "images" / f"{image_id}.jpg" for image_id in test_ids]
     capsys.readouterr()
     assert run_main("predict", run, *images, "--metadata", tmp_path / "meta.csv", "--output", tmp_path / "out.json") == 0
     table = pd.DataFrame(json.loads((tmp_path / "out.json").read_text()))
@@ -82,9 +82,9 @@ def test_tta_averages_over_the_eight_rotations_and_reflections(study, tmp_path, 
     np.testing.assert_allclose(plain.mean(axis=0), tta[0], atol=1e-3)  # the printed values have 4 decimals
 
 
-def test_output_files_and_explanations(study, toy_dir, tmp_path):
+def test_output_files_and_explanations(study, real_toy_dir, tmp_path):
     run = study_run(study, "vgg16-meta")
-    images = sorted((toy_dir / "images").iterdir())[:2]
+    images = sorted((real_toy_dir / "images").iterdir())[:2]
     output = tmp_path / "predictions.csv"
     assert run_main("predict", run, *images, "--output", output, "--explain", tmp_path / "gradcam") == 0
     assert len(pd.read_csv(output)) == 2

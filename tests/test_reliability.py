@@ -15,12 +15,12 @@ import yaml
 
 import main
 from conftest import REPO_ROOT, TINY_CONFIG, copy_toy_dir, run_main
-from dataset import DataError, load_images, locate_images
-from dataset.errors import UserError
+from common.errors import DataError
+from common.run_folder import LOCK_FILENAME, run_lock
+from dataset import load_images, locate_images
 from evaluation import compare_runs, predict_probabilities
 from test_evaluation_reports import toy_predictions, write_run
 from training import ConfigError, load_config, resume_run, trainer
-from training.run_dir import LOCK_FILENAME, run_lock
 
 
 def interrupt_after(patch, epochs_done):
@@ -335,13 +335,13 @@ def test_console_shows_only_the_project_lines_unless_verbose(tmp_path):
     assert len(stderr("--verbose").splitlines()) > 1  # TensorFlow's start-up lines
 
 
-def test_prediction_progress_in_a_log_file_has_no_carriage_returns(study, toy_dir, capsys):
+def test_prediction_progress_in_a_log_file_has_no_carriage_returns(study, real_toy_dir, capsys):
     import keras
 
     from dataset import prepare_data
 
     run_dir = next((study / "runs").glob("*-cnn"))
-    data = prepare_data(toy_dir, image_size=32, split_file=run_dir / "split.csv", verbose=False)
+    data = prepare_data(real_toy_dir, image_size=32, split_file=run_dir / "split.csv", verbose=False)
     sequence = data.sequence("test", batch_size=4)
     capsys.readouterr()
     predict_probabilities(keras.saving.load_model(run_dir / "model.keras"), sequence, verbose="auto")

@@ -62,10 +62,10 @@ def test_health_model_and_docs(client, study):
     assert "<form" in client.get("/").text
 
 
-def test_predict_answers_as_the_evaluation_did(client, study, toy_dir):
+def test_predict_answers_as_the_evaluation_did(client, study, real_toy_dir):
     run = study_run(study, "cnn")
     expected = pd.read_csv(run / "predictions.csv").iloc[0]
-    image = (toy_dir / "images" / f"{expected['image_id']}.jpg").read_bytes()
+    image = (real_toy_dir / "images" / f"{expected['image_id']}.jpg").read_bytes()
     answer = client.post("/predict", files={"image": ("lesion.jpg", image, "image/jpeg")}).json()
     np.testing.assert_allclose([answer["probabilities"][name] for name in CLASSES], expected[list(PROBABILITY_COLUMNS)].astype(float), atol=2e-4)
     assert answer["predicted"]["code"] == expected["pred"] and answer["warnings"] == []

@@ -2,7 +2,8 @@
 
 import pytest
 
-from dataset import DataError, load_split, make_split, save_split
+from common.errors import DataError
+from dataset import load_split, make_split, save_split
 from dataset.split import lesions_on_several_sides
 
 

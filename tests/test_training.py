@@ -10,11 +10,12 @@ import pytest
 from sklearn.metrics import balanced_accuracy_score
 
 from conftest import REPO_ROOT, TINY_CONFIG
+from common.run_folder import create_run_dir
 from training import ConfigError, load_config, plan_stages
-from training.losses import CostSensitiveCrossentropy, make_loss, melanoma_cost_matrix
-from training.trainer import make_optimizer
+from training.environment import environment
+from training.losses import CostSensitiveCrossentropy, make_loss, melanoma_cost_matrix, weighs_samples
 from training.metrics import BalancedAccuracy
-from training.run_dir import create_run_dir, environment
+from training.trainer import make_optimizer
 
 
 def write_yaml(tmp_path, text):
@@ -95,10 +96,10 @@ def test_cost_sensitive_loss_by_hand():
 
 def test_focal_loss_takes_class_weights_as_alpha_and_fit_skips_them():
     weights = {i: float(i + 1) for i in range(7)}
-    loss, weigh_samples = make_loss("focal", weights, focal_gamma=2.0)
-    assert isinstance(loss, keras.losses.CategoricalFocalCrossentropy) and not weigh_samples
+    loss = make_loss("focal", weights, focal_gamma=2.0)
+    assert isinstance(loss, keras.losses.CategoricalFocalCrossentropy) and not weighs_samples("focal")
     assert list(loss.alpha) == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]
-    assert make_loss("crossentropy", weights)[1] and make_loss("cost", weights)[1]
+    assert weighs_samples("crossentropy") and weighs_samples("cost")
 
 
 # Class 6 is predicted but never true: scikit-learn warns, and the metric must still agree with it.

@@ -1,4 +1,4 @@
-"""The training stage: config, losses, the fit loop with resumable checkpoints, run folders.
+"""The training stage: config, losses, the epoch rules, the fit loop with resumable checkpoints.
 
     from training import load_config, train_run
     config = load_config("densenet", "configs/cpu.yaml", {"epochs": 5})
@@ -7,7 +7,8 @@
 
 from training.config import STUDY, ConfigError, TrainConfig, load_config
 from training.run import TrainedRun, prepare_run_data, resume_run, train_run
-from training.trainer import fit, plan_stages
+from training.rules import plan_stages
+from training.trainer import fit
 
 __all__ = [
     "STUDY",

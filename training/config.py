@@ -24,10 +24,10 @@ from pathlib import Path
 
 import yaml
 
-from dataset import BALANCE_MODES, CLASS_NAMES
-from dataset.atomic import write_text
-from dataset.errors import UserError
-from dataset.split import check_fractions
+from common.errors import ConfigError
+from common.files import write_text
+from dataset import BALANCE_MODES, CLASS_NAMES, Balance
+from dataset.split import DEFAULT_FRACTIONS, check_fractions
 from networks import AugmentationOptions, get_model_entry, list_models, model_options
 from networks.heads import HeadOptions
 
@@ -40,10 +40,6 @@ STUDY = (("cnn", False), ("densenet", False), ("vgg16", False), ("vgg16", True))
 # HAM10000's images are 600 x 450: a larger side only upsamples them, and the cache of 10,015
 # images at this size already takes 31 GB.
 MAX_IMAGE_SIZE = 1024
-
-
-class ConfigError(UserError):
-    """A bad configuration value; the message names the setting and what it accepts."""
 
 
 @dataclass
@@ -60,14 +56,14 @@ class TrainConfig:
     data_dir: typing.Optional[str] = None
     cache_dir: typing.Optional[str] = None
     split: typing.Optional[str] = None  # a split.csv to reuse
-    split_fractions: tuple = (0.70, 0.15, 0.15)
+    split_fractions: tuple = DEFAULT_FRACTIONS
     limit: typing.Optional[int] = None  # a stratified subset of this many images (smoke runs)
     drop_missing_images: bool = False
 
     # === Class balance ===
     balance: str = "combined"  # none | down | up | combined (see dataset.sampling.Balance)
-    balance_target: int = 1000  # "combined": images per class per epoch
-    max_oversampling: float = 4.0  # "combined": a class is repeated at most this often
+    balance_target: int = Balance.target  # "combined": images per class per epoch
+    max_oversampling: float = Balance.max_oversampling  # "combined": a class is repeated at most this often
     class_weights: bool = True  # "balanced" weights on the resampled epoch
     class_weight_boost: dict = field(default_factory=lambda: {"mel": 1.5})
     augment: bool = True  # the eight square symmetries (quarter turns and flips), in the data pipeline
@@ -109,6 +105,14 @@ class TrainConfig:
         if isinstance(self.weights, str) and self.weights.lower() == "none":
             self.weights = None
 
+    @classmethod
+    def defaults(cls):
+        """{field name: default value} of every setting."""
+        return {
+            item.name: item.default_factory() if item.default_factory is not dataclasses.MISSING else item.default
+            for item in dataclasses.fields(cls)
+        }
+
     @property
     def run_name(self):
         return f"{self.model}-meta" if self.metadata else self.model
@@ -120,19 +124,11 @@ class TrainConfig:
 
     @property
     def augmentation_options(self):
-        known = [f.name for f in dataclasses.fields(AugmentationOptions)]
-        unknown = sorted(set(self.augmentation) - set(known))
-        if unknown:
-            raise ConfigError(f"unknown augmentation option {', '.join(map(repr, unknown))} (expected {', '.join(known)})")
-        return AugmentationOptions(**self.augmentation)
+        return _options(AugmentationOptions, self.augmentation, "augmentation")
 
     @property
     def head_options(self):
-        known = [option.name for option in dataclasses.fields(HeadOptions)]
-        unknown = sorted(set(self.head) - set(known))
-        if unknown:
-            raise ConfigError(f"unknown head option {', '.join(map(repr, unknown))} (expected {', '.join(known)})")
-        return HeadOptions(**{k: tuple(v) if isinstance(v, list) else v for k, v in self.head.items()})
+        return _options(HeadOptions, self.head, "head")
 
     def validate(self):
         """Checks every value; raises ConfigError naming the first bad one."""
@@ -275,6 +271,15 @@ def _coerce(name, kind, value):
             return dict(value)
     expected = " or ".join("null" if t is type(None) else (t if isinstance(t, str) else t.__name__) for t in allowed)
     raise ConfigError(f"setting {name!r} must be {expected}; got {value!r}")
+
+
+def _options(kind, values, what):
+    """`kind(**values)` for an options dataclass, YAML's lists as tuples; ConfigError naming unknown keys."""
+    known = [item.name for item in dataclasses.fields(kind)]
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown {what} option {', '.join(map(repr, unknown))} (expected {', '.join(known)})")
+    return kind(**{key: tuple(value) if isinstance(value, list) else value for key, value in values.items()})
 
 
 def _require(condition, message):

@@ -51,8 +51,17 @@ class CostSensitiveCrossentropy(keras.losses.Loss):
         return {**super().get_config(), "cost_matrix": self.cost_matrix.tolist()}
 
 
+def weighs_samples(name):
+    """Whether `fit` should weigh the samples by class for the loss `name`.
+
+    The focal loss takes the class weights as its per-class alpha, so `fit` must not weigh the
+    samples a second time.
+    """
+    return name != "focal"
+
+
 def make_loss(name, class_weights, *, focal_gamma=2.0, melanoma_cost=5.0, label_smoothing=0.0):
-    """Builds a loss by name, and says whether `fit` should also apply class weights.
+    """Builds a loss by name (whether `fit` also weighs the samples is `weighs_samples(name)`).
 
     Args:
         name: "crossentropy", "focal" or "cost".
@@ -62,15 +71,12 @@ def make_loss(name, class_weights, *, focal_gamma=2.0, melanoma_cost=5.0, label_
         label_smoothing: mixes the one-hot targets with the uniform distribution (crossentropy
             and focal): the model is not pushed to infinitely confident logits.
 
-    Returns:
-        (loss, use_class_weights). The focal loss takes the class weights as its per-class
-        alpha, so `fit` must not weigh the samples a second time.
     """
     if name == "crossentropy":
-        return keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing), True
+        return keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing)
     if name == "focal":
         alpha = [class_weights[index] for index in range(len(CLASS_NAMES))]
-        return keras.losses.CategoricalFocalCrossentropy(alpha=alpha, gamma=focal_gamma, label_smoothing=label_smoothing), False
+        return keras.losses.CategoricalFocalCrossentropy(alpha=alpha, gamma=focal_gamma, label_smoothing=label_smoothing)
     if name == "cost":
-        return CostSensitiveCrossentropy(melanoma_cost_matrix(melanoma_cost)), True
+        return CostSensitiveCrossentropy(melanoma_cost_matrix(melanoma_cost))
     raise ValueError(f"unknown loss {name!r} (expected crossentropy, focal or cost)")

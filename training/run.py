@@ -11,10 +11,14 @@ holds the folder's lock: a second `resume_run` of it is refused.
 from pathlib import Path
 from typing import NamedTuple
 
-from dataset import DataError, PreparedData, prepare_data, save_split
-from dataset.atomic import check_writable
-from training.config import ConfigError, TrainConfig, load_config, read_yaml
-from training.run_dir import create_run_dir, run_lock, write_environment
+from common.errors import DataError
+from common.files import check_writable
+from common.run_folder import (
+    CONFIG_FILENAME, ENCODER_FILENAME, SPLIT_FILENAME, TRAINING_FILENAME, create_run_dir, run_lock,
+)
+from dataset import PreparedData, prepare_data, save_split
+from training.config import ConfigError, TrainConfig, read_yaml
+from training.environment import write_environment
 from training.trainer import build_model, fit
 
 
@@ -61,11 +65,11 @@ def train_run(config, data=None, verbose="auto"):
     run_dir = create_run_dir(config.output_dir, config.run_name)
     print(f"Run folder: {run_dir}")
     with run_lock(run_dir):
-        config.save(run_dir / "config.yaml")
-        save_split(data.split, run_dir / "split.csv")
+        config.save(run_dir / CONFIG_FILENAME)
+        save_split(data.split, run_dir / SPLIT_FILENAME)
         write_environment(run_dir)
         if config.metadata:
-            data.encoder.save(run_dir / "metadata_encoder.json")
+            data.encoder.save(run_dir / ENCODER_FILENAME)
         fit(config, data, run_dir, model=model, verbose=verbose)
     return TrainedRun(run_dir, config, data)
 
@@ -101,17 +105,17 @@ def resume_run(run_dir, overrides=None, verbose="auto"):
         UserError: another process is training in the folder.
     """
     run_dir = Path(run_dir)
-    config_file = run_dir / "config.yaml"
+    config_file = run_dir / CONFIG_FILENAME
     if not config_file.is_file():
-        raise DataError(f"{run_dir}: not a run folder (no config.yaml)")
+        raise DataError(f"{run_dir}: not a run folder (no {CONFIG_FILENAME})")
     changes = check_resume_overrides(overrides)
     saved = read_yaml(config_file)
     if "model" not in saved:
         raise ConfigError(f"{config_file}: has no 'model' setting (is it a run's config.yaml?)")
-    config = load_config(saved["model"], config_file, {**changes, "split": str(run_dir / "split.csv")})
+    config = TrainConfig.from_dict({**saved, **changes, "split": str(run_dir / SPLIT_FILENAME)}, config_file)
     with run_lock(run_dir):
         data = prepare_run_data(config)
-        if (run_dir / "training.json").is_file():
+        if (run_dir / TRAINING_FILENAME).is_file():
             print(f"{run_dir.name} has finished training; nothing to resume")
         else:
             fit(config, data, run_dir, resume=True, verbose=verbose)

@@ -1,11 +1,7 @@
 """Fitting one model: its stages, the kept epoch, the history, and checkpoints to resume from.
 
-A run has one stage, or two for a pretrained backbone:
-    1. head only, backbone frozen, at `lr`, for `head_epochs` epochs;
-    2. the top backbone blocks join, at `lr * fine_tune_lr_factor`, for up to `epochs` epochs.
-Within a stage, the learning rate is cut when validation balanced accuracy stops improving, and
-the stage ends early when it has not improved for `early_stopping_patience` epochs. The kept
-model is the epoch with the best validation balanced accuracy over the whole run.
+The stages, the kept epoch, the plateau rule and early stopping are `training.rules`; this module
+applies them to the model and records the run.
 
 After every epoch, the run folder gets the history so far, the kept model when it improved, and
 `checkpoint/`: the epoch's model with its optimizer state, and `state.json`, written last, which
@@ -14,90 +10,45 @@ is what a resumed run trusts. A run killed at any moment resumes from its last c
 
 import dataclasses
 import json
-import math
 import shutil
 import sys
 import time
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import keras
 import numpy as np
-import pandas as pd
 
+from common.errors import DataError
+from common.files import atomic_path, write_json
+from common.run_folder import (
+    CHECKPOINT_DIR, METRIC_COLUMNS, MODEL_FILENAME, STATE_FILENAME, TRAINING_FILENAME, read_history, write_history,
+)
 from dataset import CLASS_NAMES, Balance, class_weights
-from dataset.atomic import atomic_path, write_csv, write_json
-from dataset.errors import DataError
 from networks import build_augmentation, create_model, freeze_backbone, unfreeze_top_blocks
 from training.devices import compute_device
-from training.losses import make_loss
+from training.losses import make_loss, weighs_samples
 from training.metrics import BalancedAccuracy
+from training.rules import MONITOR, EpochRules, TrainingState, judge_epoch, plan_stages, start_stage
 
-MONITOR = "val_balanced_accuracy"
-HISTORY_COLUMNS = (
-    "epoch", "stage", "lr", "seconds", "loss", "accuracy", "balanced_accuracy",
-    "val_loss", "val_accuracy", "val_balanced_accuracy",
-)
-CHECKPOINT_DIR = "checkpoint"
-STATE_FILE = "state.json"
-
-
-@dataclass(frozen=True)
-class Stage:
-    number: int
-    epochs: int  # at most; early stopping may end the stage sooner
-    lr: float
-    backbone: str  # which layers train: "all", "frozen" (head only) or "top blocks"
-
-
-def plan_stages(config):
-    """The run's stages; epochs are numbered continuously across them."""
-    if not config.pretrained:
-        return [Stage(1, config.epochs, config.lr, "all")]
-    fine_tune = Stage(2 if config.head_epochs else 1, config.epochs, config.lr * config.fine_tune_lr_factor, "top blocks")
-    if config.head_epochs == 0:
-        return [fine_tune]
-    return [Stage(1, config.head_epochs, config.lr, "frozen"), fine_tune]
+def load_state(run_dir):
+    """The `TrainingState` of an interrupted run's last completed epoch; DataError if there is none."""
+    path = Path(run_dir) / CHECKPOINT_DIR / STATE_FILENAME
+    if not path.is_file():
+        raise DataError(f"{run_dir}: no checkpoint to resume from ({CHECKPOINT_DIR}/{STATE_FILENAME} is missing)")
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise DataError(f"{path}: damaged, not JSON ({error}); the run cannot be resumed, start it again") from None
+    known = [item.name for item in dataclasses.fields(TrainingState)]
+    if not isinstance(values, dict) or set(values) - set(known):
+        unknown = sorted(set(values) - set(known)) if isinstance(values, dict) else values
+        raise DataError(f"{path}: not a training state (unexpected {unknown}; expected keys {', '.join(known)})")
+    return TrainingState(**values)
 
 
-@dataclass
-class TrainingState:
-    """Everything a resumed run needs besides the model and the history."""
-
-    epochs_completed: int = 0
-    stage: int = 0  # the stage under way (0: none started)
-    stage_first_epoch: int = 1
-    best_value: float = -math.inf
-    best_epoch: int = 0
-    epochs_without_improvement: int = 0  # in this stage; for early stopping
-    epochs_since_lr_change: int = 0  # in this stage; for the plateau rule
-    stage_ended_early: bool = False
-    elapsed_seconds: float = 0.0
-
-    def stage_finished(self, stage):
-        return self.stage_ended_early or self.epochs_completed >= self.stage_last_epoch(stage)
-
-    def stage_last_epoch(self, stage):
-        return self.stage_first_epoch - 1 + stage.epochs
-
-    @classmethod
-    def load(cls, run_dir):
-        path = Path(run_dir) / CHECKPOINT_DIR / STATE_FILE
-        if not path.is_file():
-            raise DataError(f"{run_dir}: no checkpoint to resume from ({CHECKPOINT_DIR}/{STATE_FILE} is missing)")
-        try:
-            values = json.loads(path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise DataError(f"{path}: damaged, not JSON ({error}); the run cannot be resumed, start it again") from None
-        known = [item.name for item in dataclasses.fields(cls)]
-        if not isinstance(values, dict) or set(values) - set(known):
-            unknown = sorted(set(values) - set(known)) if isinstance(values, dict) else values
-            raise DataError(f"{path}: not a training state (unexpected {unknown}; expected keys {', '.join(known)})")
-        return cls(**values)
-
-    def save(self, run_dir):
-        write_json(Path(run_dir) / CHECKPOINT_DIR / STATE_FILE, dataclasses.asdict(self))
+def save_state(run_dir, state):
+    write_json(Path(run_dir) / CHECKPOINT_DIR / STATE_FILENAME, dataclasses.asdict(state))
 
 
 def build_model(config, metadata_features):
@@ -134,7 +85,7 @@ def check_weights(configs):
 
 def compile_model(model, config, learning_rate, weights, *, stage_steps=None, warmup_steps=0):
     """Compiles for one stage; `stage_steps` (the stage's optimizer steps) sizes a cosine schedule."""
-    loss, _ = make_loss(
+    loss = make_loss(
         config.loss, weights, focal_gamma=config.focal_gamma, melanoma_cost=config.melanoma_cost,
         label_smoothing=config.label_smoothing,
     )
@@ -178,7 +129,7 @@ def fit(config, data, run_dir, *, resume=False, model=None, verbose="auto"):
     if verbose == "auto":
         # Keras's "auto" is always the bar, which floods a log file with carriage returns.
         verbose = 1 if sys.stdout.isatty() else 2
-    state = TrainingState.load(run_dir) if resume else TrainingState()
+    state = load_state(run_dir) if resume else TrainingState()
     train = data.sequence(
         "train", batch_size=config.batch_size, with_metadata=config.metadata,
         balance=Balance(config.balance, config.balance_target, config.max_oversampling),
@@ -191,13 +142,13 @@ def fit(config, data, run_dir, *, resume=False, model=None, verbose="auto"):
         if config.class_weights
         else {index: 1.0 for index in range(len(CLASS_NAMES))}
     )
-    _, weigh_samples = make_loss(config.loss, weights)
+    weigh_samples = weighs_samples(config.loss)
     stages = plan_stages(config)
 
     if resume:
         model = _load_checkpoint(_checkpoint_path(run_dir, state.epochs_completed))
         # The kept model may not have been copied out before the interruption.
-        _copy_atomically(_checkpoint_path(run_dir, state.best_epoch), run_dir / "model.keras")
+        _copy_atomically(_checkpoint_path(run_dir, state.best_epoch), run_dir / MODEL_FILENAME)
         print(f"Resuming {run_dir.name} after epoch {state.epochs_completed}")
     elif model is None:
         model = build_model(config, data.encoder.size if config.metadata else 0)
@@ -209,11 +160,13 @@ def fit(config, data, run_dir, *, resume=False, model=None, verbose="auto"):
     )
     recorder = EpochRecorder(run_dir, state, _read_history(run_dir, state.epochs_completed), config)
     for stage in stages:
+        state = recorder.state
         if stage.number < state.stage or (stage.number == state.stage and state.stage_finished(stage)):
             continue
         if stage.number > state.stage:
             # A resumed run's model is already set up for the stage under way.
             _start_stage(model, stage, state, config, weights, run_dir, steps_per_epoch=len(train))
+            recorder.state = state = start_stage(state, stage)
         recorder.stage = stage
         train.set_epoch(state.epochs_completed)
         model.fit(
@@ -225,6 +178,7 @@ def fit(config, data, run_dir, *, resume=False, model=None, verbose="auto"):
             callbacks=[recorder],
             verbose=verbose,
         )
+    state = recorder.state
 
     summary = {
         "best_epoch": state.best_epoch,
@@ -243,8 +197,8 @@ def fit(config, data, run_dir, *, resume=False, model=None, verbose="auto"):
         "class_weights": {CLASS_NAMES[i]: round(w, 4) for i, w in weights.items()} if weigh_samples else None,
         "stage_boundaries": _stage_boundaries(recorder.history),
     }
-    _keep_for_inference(run_dir / "model.keras")
-    write_json(run_dir / "training.json", summary)
+    _keep_for_inference(run_dir / MODEL_FILENAME)
+    write_json(run_dir / TRAINING_FILENAME, summary)
     shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)
     return summary
 
@@ -276,7 +230,7 @@ def _start_stage(model, stage, state, config, weights, run_dir, steps_per_epoch)
     """Sets up a stage: which layers train, at which rate, from which weights."""
     if state.stage > 0:
         # Fine-tuning starts from the best head, not from wherever stage one stopped.
-        model.load_weights(run_dir / "model.keras")
+        model.load_weights(run_dir / MODEL_FILENAME)
     if stage.backbone == "frozen":
         freeze_backbone(model)
     elif stage.backbone == "top blocks":
@@ -284,10 +238,6 @@ def _start_stage(model, stage, state, config, weights, run_dir, steps_per_epoch)
     warmup_epochs = config.warmup_epochs if stage.number == 1 else 0
     compile_model(model, config, stage.lr, weights, stage_steps=stage.epochs * steps_per_epoch, warmup_steps=warmup_epochs * steps_per_epoch)
     print(f"Stage {stage.number}: training {_describe(stage, config)} at lr {stage.lr:g} for up to {stage.epochs} epochs")
-    state.stage = stage.number
-    state.stage_first_epoch = state.epochs_completed + 1
-    state.epochs_without_improvement = state.epochs_since_lr_change = 0
-    state.stage_ended_early = False
 
 
 def _describe(stage, config):
@@ -304,7 +254,7 @@ def _stage_boundaries(history):
 
 
 class EpochRecorder(keras.callbacks.Callback):
-    """After each epoch: history, kept model, plateau and early-stopping rules, checkpoint."""
+    """After each epoch: the history, the rules' verdict applied, the kept model, the checkpoint."""
 
     def __init__(self, run_dir, state, history, config):
         super().__init__()
@@ -312,6 +262,7 @@ class EpochRecorder(keras.callbacks.Callback):
         self.state = state
         self.history = history
         self.config = config
+        self.rules = EpochRules.from_config(config)
         self.stage = None
         self._started = None
         self._first_step_seconds = None
@@ -327,43 +278,32 @@ class EpochRecorder(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         seconds = time.perf_counter() - self._started
-        state, config = self.state, self.config
         lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
         row = {"epoch": epoch + 1, "stage": self.stage.number, "lr": lr, "seconds": round(seconds, 2)}
-        row.update({name: float(logs[name]) for name in HISTORY_COLUMNS[4:]})
+        row.update({name: float(logs[name]) for name in METRIC_COLUMNS})
         self.history.append(row)
 
-        # A kept epoch must be good with its predecessors too, not a lucky spike of a noisy score.
-        window = [r[MONITOR] for r in self.history[-config.selection_window:]]
-        score = float(np.mean(window))
-        improved = score > state.best_value
-        if improved:
-            state.best_value, state.best_epoch = score, epoch + 1
-            state.epochs_without_improvement = state.epochs_since_lr_change = 0
-        else:
-            state.epochs_without_improvement += 1
-            state.epochs_since_lr_change += 1
-            if config.schedule == "plateau" and state.epochs_since_lr_change >= config.lr_patience and lr > config.min_lr:
-                new_lr = max(lr * config.lr_factor, config.min_lr)
-                self.model.optimizer.learning_rate = new_lr
-                state.epochs_since_lr_change = 0
-                print(f"\nEpoch {epoch + 1}: {MONITOR} has not improved for {config.lr_patience} epochs; lr {lr:g} -> {new_lr:g}")
-            if state.epochs_without_improvement >= config.early_stopping_patience:
-                self.model.stop_training = True
-                state.stage_ended_early = True
-                print(f"\nEpoch {epoch + 1}: stopping stage {self.stage.number} early; best {MONITOR} {state.best_value:.4f} at epoch {state.best_epoch}")
-        state.epochs_completed = epoch + 1
-        state.elapsed_seconds += seconds
+        verdict = judge_epoch(self.state, epoch + 1, [r[MONITOR] for r in self.history], lr, self.rules)
+        state = self.state = dataclasses.replace(
+            verdict.state, epochs_completed=epoch + 1, elapsed_seconds=self.state.elapsed_seconds + seconds
+        )
+        improved = verdict.improved
+        if verdict.new_lr is not None:
+            self.model.optimizer.learning_rate = verdict.new_lr
+            print(f"\nEpoch {epoch + 1}: {MONITOR} has not improved for {self.rules.lr_patience} epochs; lr {lr:g} -> {verdict.new_lr:g}")
+        if verdict.stop:
+            self.model.stop_training = True
+            print(f"\nEpoch {epoch + 1}: stopping stage {self.stage.number} early; best {MONITOR} {state.best_value:.4f} at epoch {state.best_epoch}")
 
         # Commit order: the epoch's model, the history, then the state that points at them.
         # Files are deleted only once nothing points at them any more.
         checkpoint = _checkpoint_path(self.run_dir, epoch + 1)
         with atomic_path(checkpoint) as temporary:
             self.model.save(temporary)
-        write_csv(self.run_dir / "history.csv", pd.DataFrame(self.history, columns=HISTORY_COLUMNS))
-        state.save(self.run_dir)
+        write_history(self.run_dir, self.history)
+        save_state(self.run_dir, state)
         if improved:
-            _copy_atomically(checkpoint, self.run_dir / "model.keras")
+            _copy_atomically(checkpoint, self.run_dir / MODEL_FILENAME)
         for old in (self.run_dir / CHECKPOINT_DIR).glob("epoch-*.keras"):
             if old.name not in (checkpoint.name, _checkpoint_path(self.run_dir, state.best_epoch).name):
                 old.unlink()
@@ -407,10 +347,10 @@ def _copy_atomically(source, target):
 
 def _read_history(run_dir, epochs_completed):
     """The history of the completed epochs (a row written after the last checkpoint is dropped)."""
-    path = Path(run_dir) / "history.csv"
-    if epochs_completed == 0 or not path.is_file():
+    history = read_history(run_dir) if epochs_completed else None
+    if history is None:
         return []
-    return pd.read_csv(path).head(epochs_completed).to_dict("records")
+    return history.head(epochs_completed).to_dict("records")
 
 
 def _use_mixed_precision(config):

@@ -1,10 +1,10 @@
-"""Reading the project's CSV files, with one-line errors that name the file."""
+"""Reading the project's CSV files, with one-line errors that name the file, the line and the column."""
 
 from pathlib import Path
 
 import pandas as pd
 
-from dataset.errors import DataError
+from common.errors import DataError
 
 
 def read_csv(path, not_found, *, as_text=True):
@@ -26,3 +26,20 @@ def read_csv(path, not_found, *, as_text=True):
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
         first_line = str(error).strip().splitlines()[0]
         raise DataError(f"{path}: not a readable CSV file ({first_line})") from None
+
+
+def require_columns(frame, columns, source, hint=None):
+    """Raises a one-line DataError naming the file if `frame` lacks any of `columns`.
+
+    Args:
+        hint: what the file should have, shown in parentheses; default "expected <columns>".
+    """
+    missing = [column for column in columns if column not in frame.columns]
+    if missing:
+        hint = hint or f"expected {', '.join(columns)}"
+        raise DataError(f"{source}: missing column {', '.join(map(repr, missing))} ({hint})")
+
+
+def line_number(row):
+    """The line of a CSV file that holds row `row` (0-based) as an editor shows it: the header is line 1."""
+    return int(row) + 2

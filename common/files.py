@@ -11,7 +11,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from dataset.errors import UserError
+from common.errors import UserError
 
 
 @contextlib.contextmanager

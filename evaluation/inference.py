@@ -1,0 +1,68 @@
+"""Running a trained run's kept model: its class probabilities, and the test subset's `predictions.csv`.
+
+The one part of evaluation that loads a model; everything else works from the files it writes.
+"""
+
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+
+import networks  # noqa: F401  (registers the custom layers that saved models refer to)
+
+from common.errors import DataError
+from common.run_folder import MODEL_FILENAME, PREDICTIONS_FILENAME
+from dataset.metadata import CLASS_NAMES
+from evaluation.predictions import predictions_frame, write_predictions
+
+
+def load_run_model(run_dir):
+    """The run's kept model (`model.keras`), uncompiled: for prediction only."""
+    model_path = Path(run_dir) / MODEL_FILENAME
+    if not model_path.is_file():
+        raise DataError(f"{model_path}: model file not found (is {Path(run_dir).name} a finished training run?)")
+    return keras.saving.load_model(model_path, compile=False)
+
+
+def predict_probabilities(model, sequence, verbose=0):
+    """The model's class probabilities for every image of an evaluation sequence, in its order.
+
+    Args:
+        model: a classifier with a softmax output over the seven classes.
+        sequence: an `evaluation_sequence` (each image once, in a fixed order).
+        verbose: Keras's progress output; off by default. "auto": a bar on a terminal, one line
+            at the end elsewhere (Keras's own "auto" writes the bar's carriage returns into log files).
+
+    Returns:
+        An (images, 7) float array.
+    """
+    if verbose == "auto":
+        verbose = 1 if sys.stdout.isatty() else 2
+    probabilities = np.asarray(model.predict(sequence, verbose=verbose))
+    if probabilities.ndim != 2 or probabilities.shape[1] != len(CLASS_NAMES):
+        raise ValueError(
+            f"the model's output has shape {probabilities.shape}; expected (images, {len(CLASS_NAMES)}) "
+            "class probabilities"
+        )
+    return probabilities
+
+
+def predict_test_subset(run_dir, data, *, with_metadata, batch_size=32, workers=2):
+    """Predicts the test subset of a run's split with its kept model and writes `predictions.csv`.
+
+    Args:
+        run_dir: a trained run's folder, with `model.keras`.
+        data: the `dataset.PreparedData` the run trained on (its split and image size).
+        with_metadata: whether the model takes the metadata input.
+        batch_size, workers: of the prediction batches.
+
+    Returns:
+        The table written to `predictions.csv`.
+    """
+    rows, _, labels = data.subset("test")
+    test = data.sequence("test", batch_size=batch_size, with_metadata=with_metadata, workers=workers)
+    probabilities = predict_probabilities(load_run_model(run_dir), test)
+    frame = predictions_frame(rows["image_id"].tolist(), labels, probabilities)
+    write_predictions(Path(run_dir) / PREDICTIONS_FILENAME, frame)
+    return frame
