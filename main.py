@@ -67,7 +67,7 @@ with native_stderr_silenced(QUIET):
     from common.run_folder import METRICS_FILENAME, REPORT_FILENAME, SPLIT_FILENAME  # noqa: E402
     from dataset import BALANCE_MODES  # noqa: E402
     from networks import get_model_entry, list_models  # noqa: E402
-    from training import STUDY, ConfigError, TrainConfig, load_config, prepare_run_data, resume_run, train_run  # noqa: E402
+    from training import STUDY, ConfigError, TrainConfig, hardware_preset, load_config, prepare_run_data, resume_run, train_run  # noqa: E402
     from training.config import LOSSES  # noqa: E402
     from training.run import check_resume_overrides  # noqa: E402
     from training.trainer import check_weights  # noqa: E402
@@ -231,10 +231,15 @@ def run_train(arguments):
                     f"`python main.py evaluate {arguments.resume}` recomputes its evaluation"
                 )
             finish(resume_run(arguments.resume, overrides))
-    elif arguments.model == "all":
-        train_study(arguments.config, overrides)
+        return
+    config_file = arguments.config
+    if config_file is None:
+        config_file, reason = hardware_preset()
+        print(f"No --config: {reason}, so the preset {config_file.relative_to(config_file.parent.parent)} (--config chooses another)")
+    if arguments.model == "all":
+        train_study(config_file, overrides)
     else:
-        finish(train_run(load_config(arguments.model, arguments.config, overrides)))
+        finish(train_run(load_config(arguments.model, config_file, overrides)))
 
 
 def train_study(config_file, overrides):

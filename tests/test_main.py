@@ -6,8 +6,10 @@ import pandas as pd
 import pytest
 
 import main
-from conftest import TINY_CONFIG, copy_toy_dir, run_main
-from training import TrainConfig, trainer
+import training.config
+from common.errors import DataError
+from conftest import REPO_ROOT, TINY_CONFIG, copy_toy_dir, run_main
+from training import TrainConfig, load_config, trainer
 
 RUN_FILES = (
     "config.yaml", "split.csv", "environment.json", "history.csv", "training.json", "model.keras",
@@ -149,3 +151,18 @@ def test_help_lists_the_models(capsys):
         main.main(["--help"])
     out = capsys.readouterr().out
     assert all(name in out for name in ("cnn", "densenet", "vgg16", "all"))
+
+
+@pytest.mark.parametrize("kind, preset", [("cpu", "cpu.yaml"), ("gpu", "gpu.yaml")])
+def test_without_config_the_preset_fits_the_hardware(kind, preset, monkeypatch, capsys):
+    monkeypatch.setattr(training.config, "compute_device", lambda: {"kind": kind, "name": "a test device"})
+    trained = []
+
+    def record(config):
+        trained.append(config)
+        raise DataError("stopped before training")
+
+    monkeypatch.setattr(main, "train_run", record)
+    assert run_main("--model", "densenet", "--seed", 3) == 2
+    assert trained == [load_config("densenet", REPO_ROOT / "configs" / preset, {"seed": 3})]
+    assert f"so the preset configs/{preset}" in capsys.readouterr().out

@@ -5,7 +5,7 @@
     run = train_run(config)  # run.run_dir, run.config, run.data
 """
 
-from training.config import STUDY, ConfigError, TrainConfig, load_config
+from training.config import STUDY, ConfigError, TrainConfig, hardware_preset, load_config
 from training.run import TrainedRun, prepare_run_data, resume_run, train_run
 from training.rules import plan_stages
 from training.trainer import fit
@@ -16,6 +16,7 @@ __all__ = [
     "TrainConfig",
     "TrainedRun",
     "fit",
+    "hardware_preset",
     "load_config",
     "plan_stages",
     "prepare_run_data",

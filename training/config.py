@@ -30,6 +30,7 @@ from dataset import BALANCE_MODES, CLASS_NAMES, Balance
 from dataset.split import DEFAULT_FRACTIONS, check_fractions
 from networks import AugmentationOptions, get_model_entry, list_models, model_options
 from networks.heads import HeadOptions
+from training.devices import compute_device
 
 LOSSES = ("crossentropy", "focal", "cost")
 OPTIMIZERS = ("adam", "adamw")
@@ -190,6 +191,22 @@ class TrainConfig:
         values = self.to_dict()
         values["split_fractions"] = list(values["split_fractions"])
         write_text(path, yaml.safe_dump(values, sort_keys=False))
+
+
+PRESETS_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+def hardware_preset():
+    """The preset that fits this machine, and why: `configs/gpu.yaml` where the backend finds a
+    GPU, else `configs/cpu.yaml` (the defaults alone are the GPU recipe: a day on 2 CPU cores).
+
+    Returns:
+        (path of the preset, a phrase saying why it was chosen).
+    """
+    device = compute_device()
+    if device["kind"] == "gpu":
+        return PRESETS_DIR / "gpu.yaml", f"found a GPU ({device['name']})"
+    return PRESETS_DIR / "cpu.yaml", f"no GPU found, running on {device['kind']} ({device['name']})"
 
 
 def load_config(model=None, config_file=None, overrides=None):
