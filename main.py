@@ -67,7 +67,7 @@ with native_stderr_silenced(QUIET):
     from common.run_folder import METRICS_FILENAME, REPORT_FILENAME, SPLIT_FILENAME  # noqa: E402
     from dataset import BALANCE_MODES  # noqa: E402
     from networks import get_model_entry, list_models  # noqa: E402
-    from training import STUDY, ConfigError, TrainConfig, hardware_preset, load_config, prepare_run_data, resume_run, train_run  # noqa: E402
+    from training import STUDY, ConfigError, TrainConfig, hardware_preset, load_config, prepare_run_data, resume_run, run_config, train_run  # noqa: E402
     from training.config import LOSSES  # noqa: E402
     from training.run import check_resume_overrides  # noqa: E402
     from training.trainer import check_weights  # noqa: E402
@@ -163,6 +163,10 @@ def build_parser():
     evaluate.add_argument("--output", type=Path, metavar="DIR", help="where to write (default: RUN_DIR/external/<data folder name>; an existing folder gets -2, -3, ...)")
     evaluate.add_argument("--cache-dir", type=Path)
     evaluate.add_argument("--drop-missing-images", action="store_true")
+    evaluate.add_argument(
+        "--tta", action="store_true",
+        help="also evaluate the mean over each image's eight rotations and reflections, into a tta/ folder beside the plain evaluation",
+    )
     evaluate.set_defaults(handler=run_evaluate)
 
     compare = commands.add_parser("compare", help="compare runs evaluated on the same test images", parents=[console])
@@ -310,14 +314,31 @@ def finish(run):
 
 
 def run_evaluate(arguments):
-    if arguments.data_dir is None:
-        metrics = evaluation.evaluate_run(arguments.run_dir)
-        print(f"Wrote the evaluation of {metrics['n_images']} test images to {arguments.run_dir}")
-    else:
-        evaluation.evaluate_external(
+    if arguments.data_dir is not None:
+        metrics = evaluation.evaluate_external(
             arguments.run_dir, arguments.data_dir, arguments.labels, arguments.output,
-            cache_dir=arguments.cache_dir, drop_missing=arguments.drop_missing_images,
+            cache_dir=arguments.cache_dir, drop_missing=arguments.drop_missing_images, tta=arguments.tta,
         )
+        if arguments.tta:
+            print_beside_tta(metrics, metrics["tta"])
+        return
+    metrics = evaluation.evaluate_run(arguments.run_dir)
+    print(f"Wrote the evaluation of {metrics['n_images']} test images to {arguments.run_dir}")
+    if arguments.tta:
+        config = run_config(arguments.run_dir, {"cache_dir": arguments.cache_dir and str(arguments.cache_dir)})
+        predictions = evaluation.predict_test_subset(
+            arguments.run_dir, prepare_run_data(config), with_metadata=config.metadata,
+            batch_size=config.batch_size, workers=config.workers, tta=True,
+        )
+        print_beside_tta(metrics, evaluation.evaluate_tta(arguments.run_dir, predictions.parent))
+        print(f"Wrote the evaluation with test-time augmentation to {predictions.parent}")
+
+
+def print_beside_tta(plain, tta):
+    """The headline metrics without and with test-time augmentation, side by side."""
+    for key in ("balanced_accuracy", "accuracy", "melanoma_sensitivity"):
+        shown = ["n/a" if metrics[key] is None else f"{metrics[key]:.3f}" for metrics in (plain, tta)]
+        print(f"{key.replace('_', ' ')}: {shown[0]} plain, {shown[1]} with test-time augmentation (8 views)")
 
 
 def run_compare(arguments):

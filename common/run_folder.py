@@ -37,6 +37,9 @@ PREDICTIONS_FILENAME = "predictions.csv"
 METRICS_FILENAME = "metrics.json"
 REPORT_FILENAME = "report.md"
 GALLERY_FILE = "gallery/gallery.json"
+# The test subset again with test-time augmentation, beside the plain evaluation (never instead):
+# predictions, metrics, plots and report, as in the run folder.
+TTA_DIR = "tta"
 CHECKPOINT_DIR = "checkpoint"
 STATE_FILENAME = "state.json"  # in CHECKPOINT_DIR: what a resumed run trusts
 LOCK_FILENAME = "run.lock"

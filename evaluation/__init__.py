@@ -16,13 +16,14 @@ from evaluation.inference import predict_probabilities, predict_test_subset
 from evaluation.labels import read_labels
 from evaluation.metrics import compute_metrics, expected_calibration_error
 from evaluation.predictions import predictions_frame, read_predictions, write_predictions
-from evaluation.report import evaluate_run, write_evaluation
+from evaluation.report import evaluate_run, evaluate_tta, write_evaluation
 
 __all__ = [
     "compare_runs",
     "compute_metrics",
     "evaluate_external",
     "evaluate_run",
+    "evaluate_tta",
     "expected_calibration_error",
     "predict_probabilities",
     "predict_test_subset",

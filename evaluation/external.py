@@ -13,7 +13,7 @@ from pathlib import Path
 
 from common.errors import DataError
 from common.files import new_folder
-from common.run_folder import ENCODER_FILENAME, MODEL_FILENAME, PREDICTIONS_FILENAME
+from common.run_folder import ENCODER_FILENAME, MODEL_FILENAME, PREDICTIONS_FILENAME, TTA_DIR
 from dataset.cache import load_images
 from dataset.features import MetadataEncoder
 from dataset.images import locate_images
@@ -40,11 +40,13 @@ def evaluate_external(
     drop_missing=False,
     bootstrap_draws=BOOTSTRAP_DRAWS,
     seed=0,
+    tta=False,
     verbose=True,
 ):
     """Predicts a labelled image set with a run's model and writes a full evaluation of it.
 
-    Writes `predictions.csv`, `metrics.json`, the plots (no training curves) and `report.md`.
+    Writes `predictions.csv`, `metrics.json`, the plots (no training curves) and `report.md`;
+    with `tta`, the same again for test-time-augmented predictions in its `tta/` folder.
 
     Args:
         run_dir: the trained run's folder, with `model.keras` (and `metadata_encoder.json` if
@@ -61,10 +63,12 @@ def evaluate_external(
             decoded, instead of stopping.
         bootstrap_draws: resamples of the images for the confidence intervals.
         seed: fixes the resamples.
+        tta: also evaluate the mean prediction over the eight rotations and reflections of each
+            image, beside the plain one.
         verbose: print the cache's and the model's progress, and where the results went.
 
     Returns:
-        The metrics (the content of `metrics.json`).
+        The metrics (the content of `metrics.json`); with `tta`, those of `tta/metrics.json` under "tta".
 
     Raises:
         DataError: the model, the labels, an image or the metadata encoder is missing or malformed.
@@ -109,6 +113,17 @@ def evaluate_external(
         data=("Images per class:", class_counts(rows["dx"], "images")),
         bootstrap_draws=bootstrap_draws, seed=seed,
     )
+    if tta:
+        tta_dir = new_folder(output_dir / TTA_DIR)
+        tta_probabilities = predict_probabilities(model, sequence, tta=True)
+        write_predictions(tta_dir / PREDICTIONS_FILENAME, predictions_frame(rows["image_id"], y_true, tta_probabilities))
+        metrics["tta"] = write_evaluation(
+            tta_dir, y_true, tta_probabilities,
+            title=f"External evaluation of {run.name} on {data_dir.name} with test-time augmentation",
+            test_set=test_set + "; each image predicted as the mean of its eight rotations and reflections",
+            run=run, data=("Images per class:", class_counts(rows["dx"], "images")),
+            bootstrap_draws=bootstrap_draws, seed=seed,
+        )
     if verbose:
         print(f"Wrote the evaluation on {data_dir.name} to {output_dir}")
     return metrics

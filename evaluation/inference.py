@@ -12,7 +12,9 @@ import numpy as np
 import networks  # noqa: F401  (registers the custom layers that saved models refer to)
 
 from common.errors import DataError
-from common.run_folder import MODEL_FILENAME, PREDICTIONS_FILENAME
+from common.files import new_folder
+from common.run_folder import MODEL_FILENAME, PREDICTIONS_FILENAME, TTA_DIR
+from dataset.augment import DIHEDRAL_TRANSFORMS
 from dataset.metadata import CLASS_NAMES
 from evaluation.predictions import predictions_frame, write_predictions
 
@@ -25,7 +27,7 @@ def load_run_model(run_dir):
     return keras.saving.load_model(model_path, compile=False)
 
 
-def predict_probabilities(model, sequence, verbose=0):
+def predict_probabilities(model, sequence, verbose=0, tta=False):
     """The model's class probabilities for every image of an evaluation sequence, in its order.
 
     Args:
@@ -33,13 +35,18 @@ def predict_probabilities(model, sequence, verbose=0):
         sequence: an `evaluation_sequence` (each image once, in a fixed order).
         verbose: Keras's progress output; off by default. "auto": a bar on a terminal, one line
             at the end elsewhere (Keras's own "auto" writes the bar's carriage returns into log files).
+        tta: test-time augmentation: the mean over the eight rotations and reflections of each
+            image (the transforms training augments with), at eight times the cost.
 
     Returns:
         An (images, 7) float array.
     """
     if verbose == "auto":
         verbose = 1 if sys.stdout.isatty() else 2
-    probabilities = np.asarray(model.predict(sequence, verbose=verbose))
+    if tta:
+        probabilities = _dihedral_mean(model, sequence)
+    else:
+        probabilities = np.asarray(model.predict(sequence, verbose=verbose))
     if probabilities.ndim != 2 or probabilities.shape[1] != len(CLASS_NAMES):
         raise ValueError(
             f"the model's output has shape {probabilities.shape}; expected (images, {len(CLASS_NAMES)}) "
@@ -48,7 +55,7 @@ def predict_probabilities(model, sequence, verbose=0):
     return probabilities
 
 
-def predict_test_subset(run_dir, data, *, with_metadata, batch_size=32, workers=2):
+def predict_test_subset(run_dir, data, *, with_metadata, batch_size=32, workers=2, tta=False):
     """Predicts the test subset of a run's split with its kept model and writes `predictions.csv`.
 
     Args:
@@ -56,13 +63,31 @@ def predict_test_subset(run_dir, data, *, with_metadata, batch_size=32, workers=
         data: the `dataset.PreparedData` the run trained on (its split and image size).
         with_metadata: whether the model takes the metadata input.
         batch_size, workers: of the prediction batches.
+        tta: predict with test-time augmentation, into a new `tta/` folder of the run (`tta-2`,
+            ... if there is one already) rather than the run's own `predictions.csv`.
 
     Returns:
-        The table written to `predictions.csv`.
+        The path of the `predictions.csv` written.
     """
     rows, _, labels = data.subset("test")
     test = data.sequence("test", batch_size=batch_size, with_metadata=with_metadata, workers=workers)
-    probabilities = predict_probabilities(load_run_model(run_dir), test)
+    probabilities = predict_probabilities(load_run_model(run_dir), test, tta=tta)
     frame = predictions_frame(rows["image_id"].tolist(), labels, probabilities)
-    write_predictions(Path(run_dir) / PREDICTIONS_FILENAME, frame)
-    return frame
+    folder = new_folder(Path(run_dir) / TTA_DIR) if tta else Path(run_dir)
+    write_predictions(folder / PREDICTIONS_FILENAME, frame)
+    return folder / PREDICTIONS_FILENAME
+
+
+def _dihedral_mean(model, sequence):
+    """Mean probabilities over the eight rotations and reflections of each image of `sequence`."""
+    batches = []
+    for index in range(len(sequence)):
+        inputs, _ = sequence[index]
+        images, metadata = inputs if isinstance(inputs, tuple) else (inputs, None)
+        total = 0.0
+        for transform in DIHEDRAL_TRANSFORMS:
+            views = np.ascontiguousarray(transform(images))
+            batch = views if metadata is None else {"image": views, "metadata": metadata}
+            total = total + np.asarray(model.predict_on_batch(batch))
+        batches.append(total / len(DIHEDRAL_TRANSFORMS))
+    return np.concatenate(batches)

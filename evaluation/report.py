@@ -36,6 +36,25 @@ HEADLINE_METRICS = (
 )
 
 
+def evaluate_tta(run_dir, tta_dir, *, bootstrap_draws=BOOTSTRAP_DRAWS, seed=0):
+    """Evaluates a run's test-time-augmented predictions (`tta_dir/predictions.csv`) in `tta_dir`.
+
+    The same metrics, plots and report as `evaluate_run` (without the training curves), kept
+    beside the run's plain evaluation, never in its place.
+
+    Returns:
+        The metrics (the content of `tta_dir/metrics.json`).
+    """
+    run = read_run_files(run_dir)
+    _, y_true, probabilities = read_predictions(Path(tta_dir) / PREDICTIONS_FILENAME)
+    return write_evaluation(
+        tta_dir, y_true, probabilities,
+        title=f"Evaluation of {run.name} with test-time augmentation",
+        test_set=f"the {len(y_true):,} test images of the run's split, each predicted as the mean of its eight rotations and reflections",
+        run=run, bootstrap_draws=bootstrap_draws, seed=seed,
+    )
+
+
 def evaluate_run(run_dir, *, bootstrap_draws=BOOTSTRAP_DRAWS, seed=0):
     """Evaluates a trained run from its `predictions.csv`, writing the results into its folder.
 

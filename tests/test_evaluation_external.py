@@ -11,6 +11,7 @@ from PIL import Image
 
 from common.errors import DataError
 from common.files import new_folder
+from dataset.augment import DIHEDRAL_TRANSFORMS
 from dataset.features import MetadataEncoder
 from dataset.images import read_image
 from evaluation import evaluate_external, read_labels
@@ -174,3 +175,28 @@ def test_new_folder_never_reuses_an_existing_one(tmp_path):
     second = new_folder(tmp_path / "external" / "clinic")
     assert (first.name, second.name) == ("clinic", "clinic-2")
     assert first.is_dir() and second.is_dir()
+
+
+def test_external_tta_is_the_mean_of_the_eight_views_beside_the_plain_evaluation(tmp_path):
+    run_dir = tmp_path / "runs" / "20250101-120000-cnn"
+    run_dir.mkdir(parents=True)
+    keras.utils.set_random_seed(0)
+    # Flattened pixels, not pooled ones: the prediction changes when the image turns.
+    image = keras.Input((32, 32, 3), name="image")
+    flat = keras.layers.Flatten()(keras.layers.Rescaling(1 / 255)(image))
+    keras.Model(image, keras.layers.Dense(7, activation="softmax")(flat)).save(run_dir / "model.keras")
+    data_dir = tmp_path / "clinic"
+    write_images(data_dir, IMAGE_IDS)
+    write_file(data_dir / "HAM10000_metadata.csv", HAM_LABELS)
+
+    metrics = evaluate_external(run_dir, data_dir, cache_dir=tmp_path / "cache", bootstrap_draws=50, verbose=False, tta=True)
+    output_dir = run_dir / "external" / "clinic"
+    plain = pd.read_csv(output_dir / "predictions.csv").filter(like="prob_").to_numpy()
+    tta = pd.read_csv(output_dir / "tta" / "predictions.csv")
+    model = keras.saving.load_model(run_dir / "model.keras", compile=False)
+    images = np.stack([read_image(data_dir / f"{image_id}.jpg", 32) for image_id in tta["image_id"]]).astype(np.float32)
+    views = [model.predict(np.ascontiguousarray(transform(images)), verbose=0) for transform in DIHEDRAL_TRANSFORMS]
+    np.testing.assert_allclose(tta.filter(like="prob_").to_numpy(), np.mean(views, axis=0), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(tta.filter(like="prob_").to_numpy(), plain)
+    assert json.loads((output_dir / "tta" / "metrics.json").read_text()) == metrics["tta"]
+    assert (output_dir / "tta" / "report.md").is_file() and (output_dir / "report.md").is_file()

@@ -157,3 +157,27 @@ def test_each_run_has_a_gallery_of_confident_predictions_in_its_report(study):
             # predicted alike, has a higher top probability.
             alike = predictions[(predictions["dx"] == row["dx"]) & ((predictions["dx"] == predictions["pred"]) == (entry["kind"] == "correct"))]
             assert alike[list(PROBABILITY_COLUMNS)].max(axis=1).max() <= row[list(PROBABILITY_COLUMNS)].max() + 1e-9
+
+
+@pytest.mark.parametrize("name", ["cnn", "vgg16-meta"])
+def test_evaluate_tta_sits_beside_the_plain_evaluation_and_averages_the_eight_views(study, real_toy_dir, name, tmp_path, capsys):
+    run = shutil.copytree(study_run(study, name), tmp_path / "run")
+    plain = {path.name: path.read_bytes() for path in run.iterdir() if path.suffix in (".csv", ".json")}
+    assert run_main("evaluate", run, "--tta") == 0
+    out = capsys.readouterr().out
+    assert "balanced accuracy:" in out and "with test-time augmentation (8 views)" in out
+    # The plain evaluation is recomputed from the same predictions: nothing in it changes.
+    assert {name: (run / name).read_bytes() for name in plain} == plain
+    tta = pd.read_csv(run / "tta" / "predictions.csv")
+    assert list(tta["image_id"]) == list(pd.read_csv(run / "predictions.csv")["image_id"])
+    assert json.loads((run / "tta" / "metrics.json").read_text())["n_images"] == len(tta)
+    assert (run / "tta" / "report.md").read_text().startswith(f"# Evaluation of {run.name} with test-time augmentation")
+    if name == "cnn":
+        # `predict --tta` averages the eight views its own way: the two must agree.
+        images = [real_toy_dir / "images" / f"{image_id}.jpg" for image_id in tta["image_id"][:4]]
+        assert run_main("predict", run, *images, "--tta") == 0
+        table = pd.read_csv(pd.io.common.StringIO(capsys.readouterr().out))
+        np.testing.assert_allclose(table[list(PROBABILITY_COLUMNS)], tta[list(PROBABILITY_COLUMNS)][:4], atol=2e-4)
+    # A second TTA evaluation goes beside the first, never over it.
+    assert run_main("evaluate", run, "--tta") == 0
+    assert (run / "tta-2" / "predictions.csv").read_bytes() == (run / "tta" / "predictions.csv").read_bytes()

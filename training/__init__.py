@@ -6,7 +6,7 @@
 """
 
 from training.config import STUDY, ConfigError, TrainConfig, hardware_preset, load_config
-from training.run import TrainedRun, prepare_run_data, resume_run, train_run
+from training.run import TrainedRun, prepare_run_data, resume_run, run_config, train_run
 from training.rules import plan_stages
 from training.trainer import fit
 
@@ -21,5 +21,6 @@ __all__ = [
     "plan_stages",
     "prepare_run_data",
     "resume_run",
+    "run_config",
     "train_run",
 ]

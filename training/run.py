@@ -86,6 +86,24 @@ def check_resume_overrides(overrides):
     return changes
 
 
+def run_config(run_dir, overrides=None):
+    """A run folder's own config, set to its own split, with `overrides` of `RESUME_OVERRIDES` only.
+
+    Raises:
+        ConfigError: `overrides` sets anything else, or the folder's `config.yaml` is malformed.
+        DataError: the folder is not a run folder.
+    """
+    run_dir = Path(run_dir)
+    config_file = run_dir / CONFIG_FILENAME
+    if not config_file.is_file():
+        raise DataError(f"{run_dir}: not a run folder (no {CONFIG_FILENAME})")
+    changes = check_resume_overrides(overrides)
+    saved = read_yaml(config_file)
+    if "model" not in saved:
+        raise ConfigError(f"{config_file}: has no 'model' setting (is it a run's config.yaml?)")
+    return TrainConfig.from_dict({**saved, **changes, "split": str(run_dir / SPLIT_FILENAME)}, config_file)
+
+
 def resume_run(run_dir, overrides=None, verbose="auto"):
     """Continues an interrupted run from its last completed epoch, with its own config and split.
 
@@ -105,14 +123,7 @@ def resume_run(run_dir, overrides=None, verbose="auto"):
         UserError: another process is training in the folder.
     """
     run_dir = Path(run_dir)
-    config_file = run_dir / CONFIG_FILENAME
-    if not config_file.is_file():
-        raise DataError(f"{run_dir}: not a run folder (no {CONFIG_FILENAME})")
-    changes = check_resume_overrides(overrides)
-    saved = read_yaml(config_file)
-    if "model" not in saved:
-        raise ConfigError(f"{config_file}: has no 'model' setting (is it a run's config.yaml?)")
-    config = TrainConfig.from_dict({**saved, **changes, "split": str(run_dir / SPLIT_FILENAME)}, config_file)
+    config = run_config(run_dir, overrides)
     with run_lock(run_dir):
         data = prepare_run_data(config)
         if (run_dir / TRAINING_FILENAME).is_file():
