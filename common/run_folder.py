@@ -49,6 +49,8 @@ LOCK_FILENAME = "run.lock"
 EPOCH_COLUMNS = ("epoch", "stage", "lr", "seconds", "input_share")
 METRIC_COLUMNS = ("loss", "accuracy", "balanced_accuracy", "val_loss", "val_accuracy", "val_balanced_accuracy")
 HISTORY_COLUMNS = EPOCH_COLUMNS + METRIC_COLUMNS
+# Measured with a clock: they differ between two runs of the same settings, as nothing else does.
+TIMING_COLUMNS = ("seconds", "input_share")
 # What a reader of the history needs: the training curves.
 CURVE_COLUMNS = ("epoch", *METRIC_COLUMNS)
 
