@@ -11,6 +11,7 @@ import pytest
 from common.errors import TrainingError
 from conftest import TINY_CONFIG, run_main
 from dataset.sequence import LesionSequence
+from evaluation.report import diagnostics_list
 from training.diagnostics import (
     CHANCE_FROM_EPOCH, INPUT_BOUND_SHARE, LOSS_PATIENCE, OVERFIT_EPOCHS, at_chance, check_finite, first_warnings,
     input_bound, loss_stalled, overfitting,
@@ -135,3 +136,9 @@ def test_a_real_run_with_slow_batches_warns_that_the_model_waits_for_data(toy_di
     report = (run_dir / "report.md").read_text()
     assert "## Training diagnostics" in report
     assert all(w["message"] in report for w in diagnostics)
+
+
+def test_the_report_says_when_no_check_fired():
+    assert diagnostics_list([]).startswith("None of the checks fired")
+    warning = {"epoch": 2, "check": "at_chance", "message": "validation balanced accuracy 0.143 is ..."}
+    assert diagnostics_list([warning]) == "- Epoch 2: validation balanced accuracy 0.143 is ..."
