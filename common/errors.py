@@ -20,3 +20,7 @@ class DataError(UserError):
 
 class ConfigError(UserError):
     """A bad configuration value; the message names the setting and what it accepts."""
+
+
+class TrainingError(UserError):
+    """Training went wrong in a way the settings or data can fix (the loss became NaN)."""

@@ -45,9 +45,12 @@ STATE_FILENAME = "state.json"  # in CHECKPOINT_DIR: what a resumed run trusts
 LOCK_FILENAME = "run.lock"
 
 # history.csv, one row per epoch: where the epoch stands, then what Keras measured.
-EPOCH_COLUMNS = ("epoch", "stage", "lr", "seconds")
+# input_share: the share of the training phase the input pipeline needed (`training.diagnostics.input_bound`).
+EPOCH_COLUMNS = ("epoch", "stage", "lr", "seconds", "input_share")
 METRIC_COLUMNS = ("loss", "accuracy", "balanced_accuracy", "val_loss", "val_accuracy", "val_balanced_accuracy")
 HISTORY_COLUMNS = EPOCH_COLUMNS + METRIC_COLUMNS
+# Measured with a clock: they differ between two runs of the same settings, as nothing else does.
+TIMING_COLUMNS = ("seconds", "input_share")
 # What a reader of the history needs: the training curves.
 CURVE_COLUMNS = ("epoch", *METRIC_COLUMNS)
 

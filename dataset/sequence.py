@@ -10,6 +10,8 @@ however many workers fetch its batches and whether or not it was interrupted and
 """
 
 import math
+import threading
+import time
 
 import keras
 import numpy as np
@@ -71,6 +73,9 @@ class LesionSequence(keras.utils.PyDataset):
         self.augment = augment
         self.shuffle = shuffle
         self.seed = seed
+        # Seconds spent in __getitem__ by all workers together: how hard the input pipeline works.
+        self.fetch_seconds = 0.0
+        self._fetch_lock = threading.Lock()
         self.set_epoch(epoch)
 
     def set_epoch(self, epoch):
@@ -87,6 +92,13 @@ class LesionSequence(keras.utils.PyDataset):
         return math.ceil(len(self.positions) / self.batch_size)
 
     def __getitem__(self, index):
+        started = time.perf_counter()
+        batch = self._make_batch(index)
+        with self._fetch_lock:
+            self.fetch_seconds += time.perf_counter() - started
+        return batch
+
+    def _make_batch(self, index):
         if not 0 <= index < len(self):
             raise IndexError(f"batch {index} out of range for a sequence of {len(self)} batches")
         positions = self.positions[index * self.batch_size : (index + 1) * self.batch_size]

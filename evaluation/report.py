@@ -3,10 +3,10 @@
     from evaluation import evaluate_run
     metrics = evaluate_run("results/runs/20250101-120000-densenet")
 
-`report.md` reads on GitHub as it is: the configuration in brief, the headline metrics with
-their bootstrap intervals, a per-class table, the plots, the gallery of confident predictions with
-their Grad-CAM overlays (when `inference.gallery` has written one), and the images per class and
-subset.
+`report.md` reads on GitHub as it is: the configuration in brief, the warnings of the training
+diagnostics, the headline metrics with their bootstrap intervals, a per-class table, the plots, the
+gallery of confident predictions with their Grad-CAM overlays (when `inference.gallery` has written
+one), and the images per class and subset.
 """
 
 import json
@@ -139,6 +139,8 @@ def render_report(metrics, *, title, test_set, run, plots, data, output_dir):
     configuration = configuration_rows(run.config, run.training)
     if configuration:
         sections += ["## Configuration", markdown_table(("setting", "value"), configuration, align="ll")]
+    if "diagnostics" in run.training:
+        sections += ["## Training diagnostics", diagnostics_list(run.training["diagnostics"])]
     sections += ["## Metrics", headline_table(metrics), metric_notes(metrics)]
     sections += ["## Per class", per_class_table(metrics)]
     sections += ["## Plots"] + [f"### {caption}\n\n![{caption}]({path.name})" for caption, path in plots.items()]
@@ -148,6 +150,13 @@ def render_report(metrics, *, title, test_set, run, plots, data, output_dir):
         caption, table = data
         sections += ["## Data", caption, frame_table(table)]
     return "\n\n".join(section for section in sections if section) + "\n"
+
+
+def diagnostics_list(warnings):
+    """The warnings `training.diagnostics` raised during training, each at the epoch it first fired."""
+    if not warnings:
+        return "None of the checks fired (stalled loss, overfitting, chance-level validation, waiting for data)."
+    return "\n".join(f"- Epoch {warning['epoch']}: {warning['message']}" for warning in warnings)
 
 
 def gallery_table(entries):

@@ -27,6 +27,7 @@ from common.run_folder import (
 from dataset import CLASS_NAMES, Balance, class_weights
 from networks import build_augmentation, create_model, freeze_backbone, unfreeze_top_blocks
 from training.devices import compute_device
+from training.diagnostics import check_finite, first_warnings
 from training.losses import make_loss, weighs_samples
 from training.metrics import BalancedAccuracy
 from training.rules import MONITOR, EpochRules, TrainingState, judge_epoch, plan_stages, start_stage
@@ -158,7 +159,7 @@ def fit(config, data, run_dir, *, resume=False, model=None, verbose="auto"):
         f"{len(train.positions)} per epoch after '{config.balance}' balancing: "
         f"{len(train)} steps per epoch, up to {sum(stage.epochs for stage in stages)} epochs"
     )
-    recorder = EpochRecorder(run_dir, state, _read_history(run_dir, state.epochs_completed), config)
+    recorder = EpochRecorder(run_dir, state, _read_history(run_dir, state.epochs_completed), config, train, val)
     for stage in stages:
         state = recorder.state
         if stage.number < state.stage or (stage.number == state.stage and state.stage_finished(stage)):
@@ -196,6 +197,7 @@ def fit(config, data, run_dir, *, resume=False, model=None, verbose="auto"):
         "train_images_per_epoch": int(len(train.positions)),
         "class_weights": {CLASS_NAMES[i]: round(w, 4) for i, w in weights.items()} if weigh_samples else None,
         "stage_boundaries": _stage_boundaries(recorder.history),
+        "diagnostics": recorder.warnings(),
     }
     _keep_for_inference(run_dir / MODEL_FILENAME)
     write_json(run_dir / TRAINING_FILENAME, summary)
@@ -254,9 +256,15 @@ def _stage_boundaries(history):
 
 
 class EpochRecorder(keras.callbacks.Callback):
-    """After each epoch: the history, the rules' verdict applied, the kept model, the checkpoint."""
+    """After each epoch: the history, the diagnostics' new warnings printed, the rules' verdict
+    applied, the kept model, the checkpoint. A NaN or infinite loss stops the run (TrainingError).
 
-    def __init__(self, run_dir, state, history, config):
+    Args:
+        train, val: the run's `LesionSequence`s: how long the training batches took to make (for
+            the `input_share` column), and the classes validation can score.
+    """
+
+    def __init__(self, run_dir, state, history, config, train, val):
         super().__init__()
         self.run_dir = run_dir
         self.state = state
@@ -264,24 +272,62 @@ class EpochRecorder(keras.callbacks.Callback):
         self.config = config
         self.rules = EpochRules.from_config(config)
         self.stage = None
+        self.train = train
+        self.val_classes = len(np.unique(val.labels))
         self._started = None
+        self._train_seconds = None
+        self._fetch_seconds = None
         self._first_step_seconds = None
         self._estimated = False
+
+    def warnings(self):
+        """Every diagnostic warning of the run so far, with the epoch it first fired at."""
+        return first_warnings(self.history, self.val_classes)
 
     def on_epoch_begin(self, epoch, logs=None):
         reseed(self.model, self.config.seed, epoch)
         self._started = time.perf_counter()
+        self._train_seconds = None
+        self._fetch_seconds = self.train.fetch_seconds
+        self._startup = None
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self._startup is None:
+            # Until the first step the model can only wait for the epoch's input iterator to start.
+            self._startup = (time.perf_counter() - self._started, self.train.fetch_seconds)
+
+    def on_test_begin(self, logs=None):
+        # Validation starts: the training phase, which the input share is measured over, is over.
+        if self._started is not None and self._train_seconds is None:
+            self._train_seconds = time.perf_counter() - self._started
 
     def on_train_batch_end(self, batch, logs=None):
         if batch == 0 and self._first_step_seconds is None:
             self._first_step_seconds = time.perf_counter() - self._started
 
+    def _input_share(self, seconds):
+        """The share of the epoch's training phase the model spent waiting for its input pipeline:
+        the wait before its first step, then the time the sequence spent making batches per worker
+        (see `training.diagnostics.input_bound`)."""
+        train_seconds = self._train_seconds or seconds
+        startup_seconds, fetched_by_then = self._startup or (0.0, self._fetch_seconds)
+        fetch_seconds = (self.train.fetch_seconds - fetched_by_then) / max(self.train.workers, 1)
+        return min((startup_seconds + fetch_seconds) / train_seconds, 1.0)
+
     def on_epoch_end(self, epoch, logs=None):
         seconds = time.perf_counter() - self._started
         lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-        row = {"epoch": epoch + 1, "stage": self.stage.number, "lr": lr, "seconds": round(seconds, 2)}
+        row = {
+            "epoch": epoch + 1, "stage": self.stage.number, "lr": lr, "seconds": round(seconds, 2),
+            "input_share": round(self._input_share(seconds), 3),
+        }
         row.update({name: float(logs[name]) for name in METRIC_COLUMNS})
         self.history.append(row)
+        # Before anything is saved: the last checkpoint stays the last epoch with a finite loss.
+        check_finite(self.history)
+        for warning in self.warnings():
+            if warning["epoch"] == epoch + 1:
+                print(f"\nWarning, epoch {epoch + 1}: {warning['message']}")
 
         verdict = judge_epoch(self.state, epoch + 1, [r[MONITOR] for r in self.history], lr, self.rules)
         state = self.state = dataclasses.replace(
