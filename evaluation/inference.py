@@ -78,16 +78,33 @@ def predict_test_subset(run_dir, data, *, with_metadata, batch_size=32, workers=
     return folder / PREDICTIONS_FILENAME
 
 
+def predict_batch(model, images, metadata=None, *, tta=False):
+    """Class probabilities of one batch of decoded images (and their metadata input).
+
+    Args:
+        model: a classifier with an "image" (and optionally a "metadata") input.
+        images: (n, size, size, 3) images, as the cache or `read_image` gives them.
+        metadata: the (n, features) metadata input of a metadata model, else None.
+        tta: the mean over the eight rotations and reflections of each image.
+
+    Returns:
+        An (n, 7) float array.
+    """
+    transforms = DIHEDRAL_TRANSFORMS if tta else DIHEDRAL_TRANSFORMS[:1]
+    total = 0.0
+    for transform in transforms:
+        views = np.ascontiguousarray(transform(images))
+        # predict_on_batch, not predict: no per-call data pipeline, so one image (a served
+        # request) takes milliseconds, not tens of them.
+        total = total + np.asarray(model.predict_on_batch(views if metadata is None else {"image": views, "metadata": metadata}))
+    return total / len(transforms)
+
+
 def _dihedral_mean(model, sequence):
     """Mean probabilities over the eight rotations and reflections of each image of `sequence`."""
     batches = []
     for index in range(len(sequence)):
         inputs, _ = sequence[index]
         images, metadata = inputs if isinstance(inputs, tuple) else (inputs, None)
-        total = 0.0
-        for transform in DIHEDRAL_TRANSFORMS:
-            views = np.ascontiguousarray(transform(images))
-            batch = views if metadata is None else {"image": views, "metadata": metadata}
-            total = total + np.asarray(model.predict_on_batch(batch))
-        batches.append(total / len(DIHEDRAL_TRANSFORMS))
+        batches.append(predict_batch(model, images, metadata, tta=True))
     return np.concatenate(batches)

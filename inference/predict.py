@@ -22,12 +22,11 @@ from common.errors import DataError
 from common.files import write_csv, write_json
 from common.run_folder import METRICS_FILENAME, MODEL_FILENAME
 from common.tables import read_csv
-from dataset.augment import DIHEDRAL_TRANSFORMS
 from dataset.features import MetadataEncoder
 from dataset.images import IMAGE_SUFFIXES, first_few, read_image
 from dataset.metadata import CLASS_DESCRIPTIONS, CLASS_NAMES, UNKNOWN, validate_metadata
 from evaluation.external import load_encoder, model_inputs
-from evaluation.inference import load_run_model
+from evaluation.inference import load_run_model, predict_batch
 from evaluation.predictions import PROBABILITY_COLUMNS
 from evaluation.run_files import read_run_files
 from inference.explain import explain_images
@@ -109,20 +108,15 @@ class Predictor:
         Returns:
             An (n, 7) float array, columns in `CLASS_NAMES` order.
         """
-        inputs = {"image": images}
-        if self.takes_metadata:
-            inputs["metadata"] = self.encode(metadata, len(images))
-        transforms = DIHEDRAL_TRANSFORMS if tta else DIHEDRAL_TRANSFORMS[:1]
-        probabilities = np.zeros((len(images), len(CLASS_NAMES)))
-        for transform in transforms:
-            for start in range(0, len(images), BATCH_SIZE):
-                batch = {name: value[start : start + BATCH_SIZE] for name, value in inputs.items()}
-                batch["image"] = np.ascontiguousarray(transform(batch["image"]))
-                # predict_on_batch, not predict: no per-call data pipeline, so one image (a
-                # served request) takes milliseconds, not tens of them.
-                output = self.model.predict_on_batch(batch if self.takes_metadata else batch["image"])
-                probabilities[start : start + BATCH_SIZE] += np.asarray(output)
-        return probabilities / len(transforms)
+        features = self.encode(metadata, len(images)) if self.takes_metadata else None
+        batches = [
+            predict_batch(
+                self.model, images[start : start + BATCH_SIZE],
+                None if features is None else features[start : start + BATCH_SIZE], tta=tta,
+            )
+            for start in range(0, len(images), BATCH_SIZE)
+        ]
+        return np.concatenate(batches) if batches else np.zeros((0, len(CLASS_NAMES)))
 
 
 def collect_images(paths):
