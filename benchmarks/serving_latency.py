@@ -17,12 +17,8 @@ import concurrent.futures
 import json
 import os
 import platform
-import queue
-import re
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 import uuid
@@ -37,6 +33,7 @@ import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
 from dataset import find_data_dir  # noqa: E402
+from inference.server import served  # noqa: E402
 from networks.heads import HeadOptions  # noqa: E402
 from networks.registry import create_model, model_options  # noqa: E402
 
@@ -80,17 +77,7 @@ def untrained_run(scratch, name, size):
 
 
 def measure(run_dir, image, arguments):
-    process = subprocess.Popen(
-        [sys.executable, "main.py", "serve", str(run_dir), "--port", "0"],
-        cwd=REPO_ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-    )
-    lines = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in process.stderr], daemon=True).start()
-    try:
-        url = None
-        while url is None:
-            match = re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", lines.get(timeout=300))
-            url = match.group(1) if match else None
+    with served(run_dir, timeout=300) as url:
         with urllib.request.urlopen(f"{url}/model", timeout=60) as response:
             model = json.loads(response.read())
         fields = [("explain", "true")] if arguments.explain else []
@@ -100,9 +87,6 @@ def measure(run_dir, image, arguments):
             start = time.perf_counter()
             latencies = list(pool.map(lambda _: post(url, image, fields), range(arguments.requests)))
             wall = time.perf_counter() - start
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
     milliseconds = np.array(latencies) * 1000
     result = {
         "run": model["run"], "architecture": model["architecture"], "image_size": model["image_size"],

@@ -4,12 +4,7 @@ import base64
 import concurrent.futures
 import io
 import json
-import queue
-import re
 import shutil
-import subprocess
-import sys
-import threading
 import urllib.request
 import uuid
 
@@ -18,13 +13,14 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import REPO_ROOT, study_run
+from conftest import study_run
 from evaluation.predictions import PROBABILITY_COLUMNS
 
 pytest.importorskip("fastapi", reason="the serve extra is not installed: pip install -e '.[serve]'")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from inference.app import create_app  # noqa: E402
+from inference.server import served  # noqa: E402
 
 CLASSES = [column.removeprefix("prob_") for column in PROBABILITY_COLUMNS]
 
@@ -122,22 +118,8 @@ def test_bad_requests_get_a_json_4xx(metadata_client, files, data, status, detai
 @pytest.fixture(scope="module")
 def server(study):
     """`main.py serve` in a subprocess on a free loopback port (port 0: the system picks one)."""
-    process = subprocess.Popen(
-        [sys.executable, "main.py", "serve", str(study_run(study, "vgg16-meta")), "--port", "0"],
-        cwd=REPO_ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-    )
-    lines = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in process.stderr], daemon=True).start()
-    try:
-        url = None
-        while url is None:
-            line = lines.get(timeout=120)
-            match = re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", line)
-            url = match.group(1) if match else None
+    with served(study_run(study, "vgg16-meta"), timeout=120) as url:
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 def post_image(url, image, fields=()):
