@@ -76,6 +76,7 @@ class TrainConfig:
     lr: float = 1e-3
     optimizer: str = "adam"  # adam | adamw (decoupled weight decay)
     weight_decay: float = 0.0  # adamw only
+    ema: float = 0.0  # momentum of an exponential moving average of the weights, validated and kept; 0: off
     schedule: str = "plateau"  # plateau: cut lr when validation stalls | cosine: warm-up, then cosine decay to 0
     warmup_epochs: int = 0  # cosine: linear warm-up from 0 to lr over this many epochs
     loss: str = "crossentropy"  # crossentropy | focal | cost
@@ -159,6 +160,7 @@ class TrainConfig:
         _require(self.schedule in SCHEDULES, f"unknown schedule {self.schedule!r} (expected one of {', '.join(SCHEDULES)})")
         _require(self.weight_decay >= 0, f"weight_decay must be 0 or more; got {self.weight_decay}")
         _require(self.weight_decay == 0 or self.optimizer == "adamw", "weight_decay needs optimizer: adamw")
+        _require(0 <= self.ema < 1, f"ema is the moving average's momentum, in [0, 1) (0: off, e.g. 0.999); got {self.ema}")
         _require(0 <= self.warmup_epochs < self.epochs, f"warmup_epochs must be in [0, epochs); got {self.warmup_epochs}")
         _require(0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1); got {self.label_smoothing}")
         _require(self.label_smoothing == 0 or self.loss != "cost", "label_smoothing works with the crossentropy and focal losses only")
