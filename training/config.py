@@ -69,6 +69,7 @@ class TrainConfig:
     class_weight_boost: dict = field(default_factory=lambda: {"mel": 1.5})
     augment: bool = True  # the eight square symmetries (quarter turns and flips), in the data pipeline
     augmentation: dict = field(default_factory=dict)  # AugmentationOptions fields, e.g. {rotation: 0.5, zoom: 0.2}
+    colour_constancy: int = 0  # shades of grey with this Minkowski power (6 is usual), in the model; 0: off
 
     # === Optimisation ===
     epochs: int = 60
@@ -160,6 +161,7 @@ class TrainConfig:
         _require(self.schedule in SCHEDULES, f"unknown schedule {self.schedule!r} (expected one of {', '.join(SCHEDULES)})")
         _require(self.weight_decay >= 0, f"weight_decay must be 0 or more; got {self.weight_decay}")
         _require(self.weight_decay == 0 or self.optimizer == "adamw", "weight_decay needs optimizer: adamw")
+        _require(self.colour_constancy == 0 or self.colour_constancy >= 1, f"colour_constancy is the shades-of-grey power, at least 1 (6 is usual; 0: off); got {self.colour_constancy}")
         _require(0 <= self.ema < 1, f"ema is the moving average's momentum, in [0, 1) (0: off, e.g. 0.999); got {self.ema}")
         _require(0 <= self.warmup_epochs < self.epochs, f"warmup_epochs must be in [0, epochs); got {self.warmup_epochs}")
         _require(0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1); got {self.label_smoothing}")

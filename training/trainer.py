@@ -66,6 +66,7 @@ def build_model(config, metadata_features):
         options=config.model_options,
         weights=config.weights if config.pretrained else None,
         augmentation=build_augmentation(config.augmentation_options, seed=config.seed),
+        colour_constancy=config.colour_constancy,
     )
 
 
