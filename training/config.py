@@ -225,6 +225,9 @@ def load_config(model=None, config_file=None, overrides=None):
     Raises:
         ConfigError: unreadable file, unknown setting, or a value of the wrong type or range.
     """
+    unknown = sorted(set(overrides or {}) - set(TrainConfig.defaults()))
+    if unknown:
+        raise ConfigError(f"command line: unknown setting {', '.join(map(repr, unknown))} (see training/config.py for the settings)")
     values = {}
     if config_file is not None:
         values = read_yaml(config_file)
@@ -239,6 +242,27 @@ def load_config(model=None, config_file=None, overrides=None):
     values.update({key: value for key, value in (overrides or {}).items() if value is not None})
     values["model"] = model
     return _build(values, source=config_file or "command line").validate()
+
+
+def parse_settings(assignments):
+    """`KEY=VALUE` strings (`--set`) as overrides for `load_config`, each value read as YAML.
+
+        parse_settings(["ema=0.99", "augmentation={rotation: 0.5}"])  # {"ema": 0.99, "augmentation": {"rotation": 0.5}}
+
+    Raises:
+        ConfigError: an assignment without "=", or a value that is not YAML. Unknown keys and
+            bad values are refused later, by `load_config`, like a config file's.
+    """
+    settings = {}
+    for assignment in assignments:
+        key, equals, text = assignment.partition("=")
+        if not equals or not key.strip():
+            raise ConfigError(f"--set {assignment!r}: expected KEY=VALUE, e.g. --set ema=0.99")
+        try:
+            settings[key.strip()] = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            raise ConfigError(f"--set {assignment!r}: the value is not valid YAML ({str(error).splitlines()[0]})") from None
+    return settings
 
 
 def read_yaml(path):
