@@ -64,7 +64,7 @@ with native_stderr_silenced(QUIET):
     import inference  # noqa: E402
     from common.errors import DataError, UserError  # noqa: E402
     from common.files import new_folder, write_json  # noqa: E402
-    from common.run_folder import METRICS_FILENAME, REPORT_FILENAME, SPLIT_FILENAME  # noqa: E402
+    from common.run_folder import CONFIG_FILENAME, METRICS_FILENAME, REPORT_FILENAME, SPLIT_FILENAME  # noqa: E402
     from dataset import BALANCE_MODES  # noqa: E402
     from networks import get_model_entry, list_models  # noqa: E402
     from training import STUDY, ConfigError, TrainConfig, hardware_preset, load_config, prepare_run_data, resume_run, run_config, train_run  # noqa: E402
@@ -72,7 +72,7 @@ with native_stderr_silenced(QUIET):
     from training.run import check_resume_overrides  # noqa: E402
     from training.trainer import check_weights  # noqa: E402
 
-COMMANDS = ("train", "evaluate", "compare", "predict", "serve")
+COMMANDS = ("train", "tune", "track", "evaluate", "compare", "predict", "serve")
 # `--model` picks the config file's `models:` entry, and "all" is the study: it is passed on its own.
 NOT_OVERRIDES = ("model",)
 STUDY_FILENAME = "study.json"
@@ -149,7 +149,17 @@ def build_parser():
     add_setting(data, "drop_missing_images", action="store_true", help="leave out missing or unreadable images instead of failing")
     add_setting(data, "output_dir", type=Path, help="where runs/ and comparisons/ go")
     add_setting(data, "workers", type=int, help="threads preparing batches")
+    add_tracking_flags(train)
     train.set_defaults(handler=run_train)
+
+    track = commands.add_parser(
+        "track", help="log finished run folders to MLflow (needs `pip install -e .[track]`)",
+        description="Logs each run folder's config, history, test metrics and reports as an MLflow run, once: a folder "
+        "already logged is skipped. The store is $MLFLOW_TRACKING_URI, else OUTPUT_DIR/mlflow.db.",
+    )
+    track.add_argument("folders", type=Path, nargs="+", metavar="FOLDER", help="run folders, study folders, or folders of run folders (results/reference/runs)")
+    track.add_argument("--output-dir", type=Path, default=Path(TrainConfig.output_dir), help="where the default sqlite store is (default: %(default)s)")
+    track.set_defaults(handler=run_track)
 
     evaluate = commands.add_parser(
         "evaluate", help="score a trained run on its test subset again, or on an external labelled image set",
@@ -198,6 +208,16 @@ def build_parser():
     serve.add_argument("--port", type=int, default=8000, help="0 picks a free port")
     serve.set_defaults(handler=run_serve)
     return parser
+
+
+def add_tracking_flags(parser):
+    group = parser.add_argument_group("tracking")
+    group.add_argument(
+        "--track", dest="tracking", action="store_const", const="mlflow", default=None,
+        help="log the run to MLflow: $MLFLOW_TRACKING_URI, else OUTPUT_DIR/mlflow.db (needs `pip install -e .[track]`; "
+        "config: tracking: mlflow)",
+    )
+    add_setting(group, "track_model", action="store_true", help="with --track, also log model.keras")
 
 
 def add_setting(group, name, help=None, **options):
@@ -290,7 +310,7 @@ def continue_study(study_dir, overrides=None, data=None):
             continue
         # Every run after the first trains on the first run's split.
         config.split = config.split or (str(Path(run_dirs[0]) / SPLIT_FILENAME) if run_dirs[0] else None)
-        run = train_run(config, data=data_by_size.get(config.image_size))
+        run = train_run(config, data=data_by_size.get(config.image_size), study=Path(study_dir).resolve().name)
         finish(run)
         data_by_size[config.image_size] = run.data
         run_dirs[index] = str(run.run_dir)
@@ -305,12 +325,34 @@ def finish(run):
     )
     inference.write_gallery(run.run_dir, run.data)
     metrics = evaluation.evaluate_run(run.run_dir)
+    run.tracker.finish(run.run_dir, with_model=run.config.track_model)
     # A metric is None where the test subset cannot define it (melanoma sensitivity without melanomas).
     shown = {key: "n/a" if metrics[key] is None else f"{metrics[key]:.3f}" for key in ("balanced_accuracy", "accuracy", "melanoma_sensitivity")}
     print(
         f"{run.run_dir.name}: test balanced accuracy {shown['balanced_accuracy']}, accuracy {shown['accuracy']}, "
         f"melanoma sensitivity {shown['melanoma_sensitivity']}; report: {run.run_dir / REPORT_FILENAME}"
     )
+
+
+def run_track(arguments):
+    from training.tracking import track_finished_run, tracking_uri
+
+    run_dirs = []
+    for folder in arguments.folders:
+        if (folder / STUDY_FILENAME).is_file():
+            study = json.loads((folder / STUDY_FILENAME).read_text(encoding="utf-8"))
+            run_dirs += [(Path(run_dir), folder.resolve().name) for run_dir in study.get("runs", []) if run_dir]
+        elif (folder / CONFIG_FILENAME).is_file():
+            run_dirs.append((folder, None))
+        else:
+            found = sorted(path.parent for path in folder.glob(f"*/{CONFIG_FILENAME}"))
+            if not found:
+                raise DataError(f"{folder}: neither a run folder, a study folder, nor a folder of run folders")
+            run_dirs += [(run_dir, None) for run_dir in found]
+    for run_dir, study in run_dirs:
+        run_id = track_finished_run(run_dir, arguments.output_dir, study=study)
+        print(f"{run_dir}: {'already in MLflow, skipped' if run_id is None else f'logged as MLflow run {run_id}'}")
+    print(f"MLflow store: {tracking_uri(arguments.output_dir)} (experiment 'ham10000')")
 
 
 def run_evaluate(arguments):
