@@ -64,14 +64,15 @@ def tracking_uri(output_dir):
 
 
 def flatten(values, prefix=""):
-    """A nested mapping as {"a.b": value}: MLflow's parameters are flat."""
+    """A nested mapping as {"a.b": value}: MLflow's parameters are flat. Tuples become lists, as
+    in config.yaml, so that a run logs the same parameters live as from its folder."""
     flat = {}
     for key, value in values.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict) and value:
             flat.update(flatten(value, f"{name}."))
         else:
-            flat[name] = value
+            flat[name] = list(value) if isinstance(value, tuple) else value
     return flat
 
 
