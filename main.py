@@ -10,6 +10,9 @@ Examples:
     python main.py compare results/runs/RUN_A results/runs/RUN_B    # side-by-side, with paired tests
     python main.py predict results/runs/RUN photo.jpg FOLDER/ --output predictions.csv --explain gradcam/
     python main.py serve results/runs/RUN --port 8000               # HTTP API and a page to try it (needs .[serve])
+    python main.py --model densenet --config configs/cpu.yaml --track   # also log the run to MLflow (needs .[track])
+    python main.py track results/reference/runs                     # log finished run folders to MLflow
+    python main.py tune --model densenet --config configs/cpu.yaml --trials 12   # KerasTuner search (needs .[tune])
 
 Each run leaves results/runs/<timestamp>-<model>[-meta]/ with its config, split, history, model,
 test predictions, metrics, plots and report.md; --model all also leaves
@@ -20,6 +23,7 @@ import argparse
 import contextlib
 import datetime
 import errno
+import importlib.util
 import json
 import os
 import sys
@@ -68,7 +72,7 @@ with native_stderr_silenced(QUIET):
     from dataset import BALANCE_MODES  # noqa: E402
     from networks import get_model_entry, list_models  # noqa: E402
     from training import STUDY, ConfigError, TrainConfig, hardware_preset, load_config, prepare_run_data, resume_run, run_config, train_run  # noqa: E402
-    from training.config import LOSSES  # noqa: E402
+    from training.config import LOSSES, TUNERS  # noqa: E402
     from training.run import check_resume_overrides  # noqa: E402
     from training.trainer import check_weights  # noqa: E402
 
@@ -151,6 +155,28 @@ def build_parser():
     add_setting(data, "workers", type=int, help="threads preparing batches")
     add_tracking_flags(train)
     train.set_defaults(handler=run_train)
+
+    tune = commands.add_parser(
+        "tune", help="search hyper-parameters with KerasTuner, each trial a training run (needs `pip install -e .[tune]`)",
+        description="Searches lr, weight decay (AdamW), head dropout, the model's width, the balance target, the "
+        "augmentation strength and label smoothing, for the best validation balanced accuracy of the kept epoch; "
+        "the test subset is never predicted. Leaves results/tuning/<timestamp>-<model>/ with tuning.json (every "
+        "trial), best.yaml (for `--config`) and a run folder per trial. Flags other than --config, --metadata, "
+        "--tuner and --trials set the trials only: best.yaml keeps the config file's epochs, image size, ...",
+        parents=[console],
+    )
+    tune.add_argument("--model", help=f"one of {', '.join(list_models())} (default: the config's, else {TrainConfig.model})")
+    add_setting(tune, "metadata", action="store_true", help="add the metadata head (age, sex, site)")
+    tune.add_argument("--config", type=Path, help="YAML file the search starts from (default: the preset for this machine)")
+    tune.add_argument("--trials", type=int, help="how many settings to try in all (default: 10; with --resume, more extends the search)")
+    tune.add_argument("--tuner", choices=TUNERS, default="bayesian", help="KerasTuner's oracle; hyperband's largest budget is --epochs (default: %(default)s)")
+    tune.add_argument("--resume", type=Path, metavar="DIR", help="continue a stopped search (results/tuning/<timestamp>-<model>); finished trials are kept")
+    for name, kind in (("epochs", int), ("image_size", int), ("batch_size", int), ("seed", int), ("limit", int), ("workers", int)):
+        add_setting(tune, name, type=kind, help="for the trials")
+    for name in ("data_dir", "cache_dir", "output_dir"):
+        add_setting(tune, name, type=Path)
+    add_tracking_flags(tune)
+    tune.set_defaults(handler=run_tune)
 
     track = commands.add_parser(
         "track", help="log finished run folders to MLflow (needs `pip install -e .[track]`)",
@@ -332,6 +358,29 @@ def finish(run):
         f"{run.run_dir.name}: test balanced accuracy {shown['balanced_accuracy']}, accuracy {shown['accuracy']}, "
         f"melanoma sensitivity {shown['melanoma_sensitivity']}; report: {run.run_dir / REPORT_FILENAME}"
     )
+
+
+def run_tune(arguments):
+    if importlib.util.find_spec("keras_tuner") is None:
+        raise UserError("tuning needs KerasTuner, which is not installed: pip install -e '.[tune]'")
+    from training import tuning
+
+    if arguments.model == "all":
+        raise ConfigError(f"tune searches one model at a time: pass --model {', '.join(list_models())}")
+    overrides = setting_flags(arguments)
+    if arguments.resume:
+        if arguments.model or arguments.config:
+            raise ConfigError("--resume continues the search with its own settings: drop --model and --config")
+        tuning.continue_search(arguments.resume, check_resume_overrides(overrides), trials=arguments.trials)
+        return
+    config_file = arguments.config
+    if config_file is None:
+        config_file, reason = hardware_preset()
+        print(f"No --config: {reason}, so the preset {config_file.relative_to(config_file.parent.parent)} (--config chooses another)")
+    trial_config = load_config(arguments.model, config_file, overrides)
+    final_config = load_config(trial_config.model, config_file, {"metadata": arguments.metadata})
+    check_weights([trial_config])
+    tuning.start_search(trial_config, final_config, arguments.trials or tuning.DEFAULT_TRIALS, arguments.tuner)
 
 
 def run_track(arguments):

@@ -36,6 +36,7 @@ LOSSES = ("crossentropy", "focal", "cost")
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("plateau", "cosine")
 TRACKERS = ("mlflow",)
+TUNERS = ("bayesian", "hyperband")  # KerasTuner's oracles that `python main.py tune` offers
 AUTO = "auto"
 # The four configurations of the study, in the order `--model all` trains them.
 STUDY = (("cnn", False), ("densenet", False), ("vgg16", False), ("vgg16", True))
