@@ -13,6 +13,7 @@ import yaml
 from common.run_folder import HISTORY_FILENAME, METRICS_FILENAME, TENSORBOARD_DIR, TRACKING_FILENAME
 from tests.conftest import REPO_ROOT, TINY_CONFIG, run_main
 from training import load_config
+from training import trainer
 from training.trainer import tensorboard_callbacks
 from training.tracking import EXPERIMENT, Tracker, flatten
 
@@ -66,6 +67,24 @@ def test_a_tracked_run_logs_settings_epochs_test_metrics_tags_and_reports(toy_di
     # TensorBoard's event files, on by default, in the run folder.
     assert list((run_dir / TENSORBOARD_DIR / "train").glob("events.out.tfevents.*"))
     assert list((run_dir / TENSORBOARD_DIR / "validation").glob("events.out.tfevents.*"))
+
+
+def test_an_interrupted_run_resumes_into_the_same_mlflow_run(toy_dir, store, monkeypatch):
+    record_epoch = trainer.EpochRecorder.on_epoch_end
+
+    def record_then_interrupt(self, epoch, logs=None):
+        record_epoch(self, epoch, logs)
+        raise KeyboardInterrupt  # killed after the checkpoint, before MLflow heard of the epoch
+
+    monkeypatch.setattr(trainer.EpochRecorder, "on_epoch_end", record_then_interrupt)
+    assert train_toy(toy_dir, store, "--track") == 130
+    monkeypatch.setattr(trainer.EpochRecorder, "on_epoch_end", record_epoch)
+    (run_dir,) = (store / "runs").iterdir()
+    assert run_main("--resume", run_dir) == 0
+    (run,) = search(store)
+    assert run.info.run_id == json.loads((run_dir / TRACKING_FILENAME).read_text())["run_id"]
+    assert [m.step for m in client(store).get_metric_history(run.info.run_id, "val_loss")] == [1, 2]
+    assert run.info.status == "FINISHED" and "test_balanced_accuracy" in run.data.metrics
 
 
 def test_a_resumed_run_continues_its_mlflow_run(store, tmp_path):

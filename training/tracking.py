@@ -130,6 +130,17 @@ class Tracker:
             metrics = [Metric(name, float(value), now, epoch) for name, value in logs.items() if _is_number(value)]
             self.client.log_batch(self.run_id, metrics=metrics)
 
+    def log_missing_epochs(self, history):
+        """Logs the rows of `history` that the MLflow run lacks: a run killed after an epoch's
+        checkpoint but before MLflow heard of the epoch catches up when it resumes."""
+        if not self.active or not history:
+            return
+        with self._failing_soft("catching up on the history"):
+            logged = {metric.step for metric in self.client.get_metric_history(self.run_id, "loss")}
+        for row in history:
+            if int(row["epoch"]) not in logged:
+                self.log_epoch(int(row["epoch"]), {key: value for key, value in row.items() if key != "epoch"})
+
     def finish(self, run_dir, with_model=False):
         """Logs the test metrics (if evaluated), the training summary and the folder's reports and
         plots (and the model, `with_model`), then marks the MLflow run finished."""
@@ -176,12 +187,16 @@ class _FailSoft:
 
 
 class EpochLogger(keras.callbacks.Callback):
-    """Logs the last row of the run's history (history.csv's columns) after each epoch."""
+    """Logs the last row of the run's history (history.csv's columns) after each epoch, and
+    before training (a resumed run) the rows the MLflow run lacks."""
 
     def __init__(self, tracker, history):
         super().__init__()
         self.tracker = tracker
         self.history = history
+
+    def on_train_begin(self, logs=None):
+        self.tracker.log_missing_epochs(self.history)
 
     def on_epoch_end(self, epoch, logs=None):
         row = self.history[-1]
@@ -211,9 +226,7 @@ def track_finished_run(run_dir, output_dir, study=None):
     config = yaml.safe_load((run_dir / CONFIG_FILENAME).read_text(encoding="utf-8"))
     run_id = _create_run(client, run_dir, config, study)
     tracker = Tracker(client, run_id)
-    history = pd.read_csv(run_dir / HISTORY_FILENAME)
-    for row in history.to_dict("records"):
-        tracker.log_epoch(int(row["epoch"]), {key: value for key, value in row.items() if key != "epoch"})
+    tracker.log_missing_epochs(pd.read_csv(run_dir / HISTORY_FILENAME).to_dict("records"))
     tracker.finish(run_dir)
     if not tracker.active:
         raise UserError(f"{run_dir}: could not be logged to MLflow at {tracking_uri(output_dir)} (see the warning above)")
