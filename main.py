@@ -102,8 +102,11 @@ def main(argv=None):
         print(f"error: {error.filename}: {error.strerror} ({remedy})", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        resume = " (resume with `python main.py --resume RUN_DIR`, or STUDY_DIR for --model all)"
-        print(f"\ninterrupted{resume if arguments.command == 'train' else ''}", file=sys.stderr)
+        resume = {
+            "train": " (resume with `python main.py --resume RUN_DIR`, or STUDY_DIR for --model all)",
+            "tune": " (continue the search with `python main.py tune --resume SEARCH_DIR`)",
+        }
+        print(f"\ninterrupted{resume.get(arguments.command, '')}", file=sys.stderr)
         return 130
     return 0
 

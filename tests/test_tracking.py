@@ -44,6 +44,7 @@ def train_toy(toy_dir, output_dir, *flags):
     )
 
 
+@pytest.mark.backend  # TensorBoard's logs under JAX too
 def test_a_tracked_run_logs_settings_epochs_test_metrics_tags_and_reports(toy_dir, store):
     assert train_toy(toy_dir, store, "--track") == 0
     (run_dir,) = (store / "runs").iterdir()
