@@ -10,6 +10,9 @@ Examples:
     python main.py compare results/runs/RUN_A results/runs/RUN_B    # side-by-side, with paired tests
     python main.py predict results/runs/RUN photo.jpg FOLDER/ --output predictions.csv --explain gradcam/
     python main.py serve results/runs/RUN --port 8000               # HTTP API and a page to try it (needs .[serve])
+    python main.py --model densenet --config configs/cpu.yaml --track   # also log the run to MLflow (needs .[track])
+    python main.py track results/reference/runs                     # log finished run folders to MLflow
+    python main.py tune --model densenet --config configs/cpu.yaml --trials 12   # KerasTuner search (needs .[tune])
 
 Each run leaves results/runs/<timestamp>-<model>[-meta]/ with its config, split, history, model,
 test predictions, metrics, plots and report.md; --model all also leaves
@@ -20,6 +23,7 @@ import argparse
 import contextlib
 import datetime
 import errno
+import importlib.util
 import json
 import os
 import sys
@@ -64,15 +68,15 @@ with native_stderr_silenced(QUIET):
     import inference  # noqa: E402
     from common.errors import DataError, UserError  # noqa: E402
     from common.files import new_folder, write_json  # noqa: E402
-    from common.run_folder import METRICS_FILENAME, REPORT_FILENAME, SPLIT_FILENAME  # noqa: E402
+    from common.run_folder import CONFIG_FILENAME, METRICS_FILENAME, REPORT_FILENAME, SPLIT_FILENAME  # noqa: E402
     from dataset import BALANCE_MODES  # noqa: E402
     from networks import get_model_entry, list_models  # noqa: E402
     from training import STUDY, ConfigError, TrainConfig, hardware_preset, load_config, prepare_run_data, resume_run, run_config, train_run  # noqa: E402
-    from training.config import LOSSES, parse_settings  # noqa: E402
+    from training.config import LOSSES, TUNERS, parse_settings  # noqa: E402
     from training.run import check_resume_overrides  # noqa: E402
     from training.trainer import check_weights  # noqa: E402
 
-COMMANDS = ("train", "evaluate", "compare", "predict", "serve")
+COMMANDS = ("train", "tune", "track", "evaluate", "compare", "predict", "serve")
 # `--model` picks the config file's `models:` entry, and "all" is the study: it is passed on its own.
 NOT_OVERRIDES = ("model",)
 STUDY_FILENAME = "study.json"
@@ -98,8 +102,11 @@ def main(argv=None):
         print(f"error: {error.filename}: {error.strerror} ({remedy})", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        resume = " (resume with `python main.py --resume RUN_DIR`, or STUDY_DIR for --model all)"
-        print(f"\ninterrupted{resume if arguments.command == 'train' else ''}", file=sys.stderr)
+        resume = {
+            "train": " (resume with `python main.py --resume RUN_DIR`, or STUDY_DIR for --model all)",
+            "tune": " (continue the search with `python main.py tune --resume SEARCH_DIR`)",
+        }
+        print(f"\ninterrupted{resume.get(arguments.command, '')}", file=sys.stderr)
         return 130
     return 0
 
@@ -154,7 +161,39 @@ def build_parser():
     add_setting(data, "drop_missing_images", action="store_true", help="leave out missing or unreadable images instead of failing")
     add_setting(data, "output_dir", type=Path, help="where runs/ and comparisons/ go")
     add_setting(data, "workers", type=int, help="threads preparing batches")
+    add_tracking_flags(train)
     train.set_defaults(handler=run_train)
+
+    tune = commands.add_parser(
+        "tune", help="search hyper-parameters with KerasTuner, each trial a training run (needs `pip install -e .[tune]`)",
+        description="Searches lr, weight decay (AdamW), head dropout, the model's width, the balance target, the "
+        "augmentation strength and label smoothing, for the best validation balanced accuracy of the kept epoch; "
+        "the test subset is never predicted. Leaves results/tuning/<timestamp>-<model>/ with tuning.json (every "
+        "trial), best.yaml (for `--config`) and a run folder per trial. Flags other than --config, --metadata, "
+        "--tuner and --trials set the trials only: best.yaml keeps the config file's epochs, image size, ...",
+        parents=[console],
+    )
+    tune.add_argument("--model", help=f"one of {', '.join(list_models())} (default: the config's, else {TrainConfig.model})")
+    add_setting(tune, "metadata", action="store_true", help="add the metadata head (age, sex, site)")
+    tune.add_argument("--config", type=Path, help="YAML file the search starts from (default: the preset for this machine)")
+    tune.add_argument("--trials", type=int, help="how many settings to try in all (default: 10; with --resume, more extends the search)")
+    tune.add_argument("--tuner", choices=TUNERS, default="bayesian", help="KerasTuner's oracle; hyperband's largest budget is --epochs (default: %(default)s)")
+    tune.add_argument("--resume", type=Path, metavar="DIR", help="continue a stopped search (results/tuning/<timestamp>-<model>); finished trials are kept")
+    for name, kind in (("epochs", int), ("image_size", int), ("batch_size", int), ("seed", int), ("limit", int), ("workers", int)):
+        add_setting(tune, name, type=kind, help="for the trials")
+    for name in ("data_dir", "cache_dir", "output_dir"):
+        add_setting(tune, name, type=Path)
+    add_tracking_flags(tune)
+    tune.set_defaults(handler=run_tune)
+
+    track = commands.add_parser(
+        "track", help="log finished run folders to MLflow (needs `pip install -e .[track]`)",
+        description="Logs each run folder's config, history, test metrics and reports as an MLflow run, once: a folder "
+        "already logged is skipped. The store is $MLFLOW_TRACKING_URI, else OUTPUT_DIR/mlflow.db.",
+    )
+    track.add_argument("folders", type=Path, nargs="+", metavar="FOLDER", help="run folders, study folders, or folders of run folders (results/reference/runs)")
+    track.add_argument("--output-dir", type=Path, default=Path(TrainConfig.output_dir), help="where the default sqlite store is (default: %(default)s)")
+    track.set_defaults(handler=run_track)
 
     evaluate = commands.add_parser(
         "evaluate", help="score a trained run on its test subset again, or on an external labelled image set",
@@ -203,6 +242,16 @@ def build_parser():
     serve.add_argument("--port", type=int, default=8000, help="0 picks a free port")
     serve.set_defaults(handler=run_serve)
     return parser
+
+
+def add_tracking_flags(parser):
+    group = parser.add_argument_group("tracking")
+    group.add_argument(
+        "--track", dest="tracking", action="store_const", const="mlflow", default=None,
+        help="log the run to MLflow: $MLFLOW_TRACKING_URI, else OUTPUT_DIR/mlflow.db (needs `pip install -e .[track]`; "
+        "config: tracking: mlflow)",
+    )
+    add_setting(group, "track_model", action="store_true", help="with --track, also log model.keras")
 
 
 def add_setting(group, name, help=None, **options):
@@ -296,7 +345,7 @@ def continue_study(study_dir, overrides=None, data=None):
             continue
         # Every run after the first trains on the first run's split.
         config.split = config.split or (str(Path(run_dirs[0]) / SPLIT_FILENAME) if run_dirs[0] else None)
-        run = train_run(config, data=data_by_size.get(config.image_size))
+        run = train_run(config, data=data_by_size.get(config.image_size), study=Path(study_dir).resolve().name)
         finish(run)
         data_by_size[config.image_size] = run.data
         run_dirs[index] = str(run.run_dir)
@@ -311,12 +360,57 @@ def finish(run):
     )
     inference.write_gallery(run.run_dir, run.data)
     metrics = evaluation.evaluate_run(run.run_dir)
+    run.tracker.finish(run.run_dir, with_model=run.config.track_model)
     # A metric is None where the test subset cannot define it (melanoma sensitivity without melanomas).
     shown = {key: "n/a" if metrics[key] is None else f"{metrics[key]:.3f}" for key in ("balanced_accuracy", "accuracy", "melanoma_sensitivity")}
     print(
         f"{run.run_dir.name}: test balanced accuracy {shown['balanced_accuracy']}, accuracy {shown['accuracy']}, "
         f"melanoma sensitivity {shown['melanoma_sensitivity']}; report: {run.run_dir / REPORT_FILENAME}"
     )
+
+
+def run_tune(arguments):
+    if importlib.util.find_spec("keras_tuner") is None:
+        raise UserError("tuning needs KerasTuner, which is not installed: pip install -e '.[tune]'")
+    from training import tuning
+
+    if arguments.model == "all":
+        raise ConfigError(f"tune searches one model at a time: pass --model {', '.join(list_models())}")
+    overrides = setting_flags(arguments)
+    if arguments.resume:
+        if arguments.model or arguments.config:
+            raise ConfigError("--resume continues the search with its own settings: drop --model and --config")
+        tuning.continue_search(arguments.resume, check_resume_overrides(overrides), trials=arguments.trials)
+        return
+    config_file = arguments.config
+    if config_file is None:
+        config_file, reason = hardware_preset()
+        print(f"No --config: {reason}, so the preset {config_file.relative_to(config_file.parent.parent)} (--config chooses another)")
+    trial_config = load_config(arguments.model, config_file, overrides)
+    final_config = load_config(trial_config.model, config_file, {"metadata": arguments.metadata})
+    check_weights([trial_config])
+    tuning.start_search(trial_config, final_config, arguments.trials or tuning.DEFAULT_TRIALS, arguments.tuner)
+
+
+def run_track(arguments):
+    from training.tracking import track_finished_run, tracking_uri
+
+    run_dirs = []
+    for folder in arguments.folders:
+        if (folder / STUDY_FILENAME).is_file():
+            study = json.loads((folder / STUDY_FILENAME).read_text(encoding="utf-8"))
+            run_dirs += [(Path(run_dir), folder.resolve().name) for run_dir in study.get("runs", []) if run_dir]
+        elif (folder / CONFIG_FILENAME).is_file():
+            run_dirs.append((folder, None))
+        else:
+            found = sorted(path.parent for path in folder.glob(f"*/{CONFIG_FILENAME}"))
+            if not found:
+                raise DataError(f"{folder}: neither a run folder, a study folder, nor a folder of run folders")
+            run_dirs += [(run_dir, None) for run_dir in found]
+    for run_dir, study in run_dirs:
+        run_id = track_finished_run(run_dir, arguments.output_dir, study=study)
+        print(f"{run_dir}: {'already in MLflow, skipped' if run_id is None else f'logged as MLflow run {run_id}'}")
+    print(f"MLflow store: {tracking_uri(arguments.output_dir)} (experiment 'ham10000')")
 
 
 def run_evaluate(arguments):

@@ -6,6 +6,7 @@
         gallery/ (Grad-CAM thumbnails of the test subset)
         checkpoint/ (while training: the last epoch's model and state, for --resume)
         run.lock (while a process trains in the folder: its id and machine)
+        tensorboard/ (TensorBoard's logs)  mlflow_run.json (with tracking: the MLflow run's id)
 
 This module owns the layout: the file names, the history's columns, and the helpers that make,
 lock and read the folder. Training writes it, evaluation and inference read it, and neither
@@ -43,6 +44,8 @@ TTA_DIR = "tta"
 CHECKPOINT_DIR = "checkpoint"
 STATE_FILENAME = "state.json"  # in CHECKPOINT_DIR: what a resumed run trusts
 LOCK_FILENAME = "run.lock"
+TRACKING_FILENAME = "mlflow_run.json"  # the run's MLflow run id, where it is tracked (training.tracking)
+TENSORBOARD_DIR = "tensorboard"  # TensorBoard's event files, train/ and validation/
 
 # history.csv, one row per epoch: where the epoch stands, then what Keras measured.
 # input_share: the share of the training phase the input pipeline needed (`training.diagnostics.input_bound`).

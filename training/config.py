@@ -35,6 +35,8 @@ from training.devices import compute_device
 LOSSES = ("crossentropy", "focal", "cost")
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("plateau", "cosine")
+TRACKERS = ("mlflow",)
+TUNERS = ("bayesian", "hyperband")  # KerasTuner's oracles that `python main.py tune` offers
 AUTO = "auto"
 # The four configurations of the study, in the order `--model all` trains them.
 STUDY = (("cnn", False), ("densenet", False), ("vgg16", False), ("vgg16", True))
@@ -104,6 +106,11 @@ class TrainConfig:
     seed: int = 0  # fixes the split, the sampling, the augmentation and the initialisation
     output_dir: str = "results"
 
+    # === Tracking ===
+    tracking: typing.Optional[str] = None  # "mlflow": log the run to MLflow (training.tracking; needs .[track])
+    track_model: bool = False  # also log model.keras to MLflow (the weights are large)
+    tensorboard: bool = True  # TensorBoard logs in the run folder's tensorboard/
+
     def __post_init__(self):
         if isinstance(self.weights, str) and self.weights.lower() == "none":
             self.weights = None
@@ -166,6 +173,10 @@ class TrainConfig:
         _require(0 <= self.warmup_epochs < self.epochs, f"warmup_epochs must be in [0, epochs); got {self.warmup_epochs}")
         _require(0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1); got {self.label_smoothing}")
         _require(self.label_smoothing == 0 or self.loss != "cost", "label_smoothing works with the crossentropy and focal losses only")
+        _require(
+            self.tracking in (None, *TRACKERS),
+            f"unknown tracking {self.tracking!r} (expected {', '.join(TRACKERS)}, or null for none)",
+        )
         _require(self.selection_window >= 1, f"selection_window must be at least 1; got {self.selection_window}")
         _require(self.melanoma_cost >= 1, f"melanoma_cost must be at least 1; got {self.melanoma_cost}")
         unknown = sorted(set(self.class_weight_boost) - set(CLASS_NAMES))

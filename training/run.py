@@ -19,6 +19,7 @@ from common.run_folder import (
 from dataset import PreparedData, prepare_data, save_split
 from training.config import ConfigError, TrainConfig, read_yaml
 from training.environment import write_environment
+from training.tracking import Tracker, require_mlflow
 from training.trainer import build_model, fit
 
 
@@ -26,6 +27,8 @@ class TrainedRun(NamedTuple):
     run_dir: Path
     config: TrainConfig
     data: PreparedData
+    # Its MLflow run, still open: the evaluation's metrics and reports are logged with `tracker.finish`.
+    tracker: Tracker
 
 
 # Settings a resumed run may change: where things are on this machine, not what is trained.
@@ -47,18 +50,21 @@ def prepare_run_data(config, verbose=True):
     )
 
 
-def train_run(config, data=None, verbose="auto"):
+def train_run(config, data=None, verbose="auto", study=None):
     """Trains one configuration in a new run folder.
 
     Args:
         config: a validated `TrainConfig`.
         data: prepared data to reuse (same image size and split), or None to prepare it.
         verbose: Keras's progress output.
+        study: the name of the study the run is part of (an MLflow tag), or None.
 
     Returns:
         A `TrainedRun`: the run folder, the config, and the `PreparedData` it trained on.
     """
     check_writable(config.output_dir)
+    if config.tracking:
+        require_mlflow()
     data = data or prepare_run_data(config)
     # Building the model loads its weights, the last thing that can fail before training.
     model = build_model(config, data.encoder.size if config.metadata else 0)
@@ -70,8 +76,9 @@ def train_run(config, data=None, verbose="auto"):
         write_environment(run_dir)
         if config.metadata:
             data.encoder.save(run_dir / ENCODER_FILENAME)
-        fit(config, data, run_dir, model=model, verbose=verbose)
-    return TrainedRun(run_dir, config, data)
+        tracker = Tracker.start(config, run_dir, study)
+        fit(config, data, run_dir, model=model, verbose=verbose, tracker=tracker)
+    return TrainedRun(run_dir, config, data, tracker)
 
 
 def check_resume_overrides(overrides):
@@ -126,10 +133,12 @@ def resume_run(run_dir, overrides=None, verbose="auto"):
     config = run_config(run_dir, overrides)
     with run_lock(run_dir):
         data = prepare_run_data(config)
+        # The MLflow run the run started, if it was tracked.
+        tracker = Tracker.start(config, run_dir)
         if (run_dir / TRAINING_FILENAME).is_file():
             print(f"{run_dir.name} has finished training; nothing to resume")
         else:
-            fit(config, data, run_dir, resume=True, verbose=verbose)
-    return TrainedRun(run_dir, config, data)
+            fit(config, data, run_dir, resume=True, verbose=verbose, tracker=tracker)
+    return TrainedRun(run_dir, config, data, tracker)
 
 

@@ -9,6 +9,7 @@ is what a resumed run trusts. A run killed at any moment resumes from its last c
 """
 
 import dataclasses
+import importlib.util
 import json
 import shutil
 import sys
@@ -22,7 +23,8 @@ import numpy as np
 from common.errors import DataError
 from common.files import atomic_path, write_json
 from common.run_folder import (
-    CHECKPOINT_DIR, METRIC_COLUMNS, MODEL_FILENAME, STATE_FILENAME, TRAINING_FILENAME, read_history, write_history,
+    CHECKPOINT_DIR, METRIC_COLUMNS, MODEL_FILENAME, STATE_FILENAME, TENSORBOARD_DIR, TRAINING_FILENAME, read_history,
+    write_history,
 )
 from dataset import CLASS_NAMES, Balance, class_weights
 from networks import build_augmentation, create_model, freeze_backbone, unfreeze_top_blocks
@@ -115,7 +117,7 @@ def make_optimizer(config, learning_rate, stage_steps=None, warmup_steps=0):
     return keras.optimizers.Adam(learning_rate, **averaging)
 
 
-def fit(config, data, run_dir, *, resume=False, model=None, verbose="auto"):
+def fit(config, data, run_dir, *, resume=False, model=None, verbose="auto", tracker=None):
     """Trains the configured model on prepared data, recording everything in `run_dir`.
 
     Args:
@@ -125,6 +127,7 @@ def fit(config, data, run_dir, *, resume=False, model=None, verbose="auto"):
         resume: continue from the folder's last completed epoch.
         model: the model `build_model(config, ...)` made, to train from its start; None builds it.
         verbose: Keras's progress output ("auto": a bar on a terminal, a line per epoch in logs).
+        tracker: a `training.tracking.Tracker` to log every epoch to, or None.
 
     Returns:
         The summary written to `training.json` (best epoch, epochs run, wall time, ...).
@@ -164,6 +167,10 @@ def fit(config, data, run_dir, *, resume=False, model=None, verbose="auto"):
     )
     checkpoint_loaded = resume
     recorder = EpochRecorder(run_dir, state, _read_history(run_dir, state.epochs_completed), config, train, val)
+    # The recorder first: the others read the epoch's row it appends.
+    callbacks = [recorder, *tensorboard_callbacks(config, run_dir)]
+    if tracker is not None:
+        callbacks.append(tracker.callback(recorder.history))
     for stage in stages:
         state = recorder.state
         if stage.number < state.stage or (stage.number == state.stage and state.stage_finished(stage)):
@@ -184,7 +191,7 @@ def fit(config, data, run_dir, *, resume=False, model=None, verbose="auto"):
             initial_epoch=state.epochs_completed,
             epochs=state.stage_last_epoch(stage),
             class_weight=weights if weigh_samples else None,
-            callbacks=[*averaging, recorder],
+            callbacks=[*averaging, *callbacks],
             verbose=verbose,
         )
     state = recorder.state
@@ -211,6 +218,20 @@ def fit(config, data, run_dir, *, resume=False, model=None, verbose="auto"):
     write_json(run_dir / TRAINING_FILENAME, summary)
     shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)
     return summary
+
+
+def tensorboard_callbacks(config, run_dir):
+    """Keras's TensorBoard callback writing into the run folder, if `config.tensorboard`.
+
+    It writes with `tf.summary` under every backend: without TensorFlow (a JAX-only install) the
+    run goes on without TensorBoard logs, and says so.
+    """
+    if not config.tensorboard:
+        return []
+    if importlib.util.find_spec("tensorflow") is None:
+        print("Note: no TensorBoard logs: Keras writes them with TensorFlow, which is not installed (tensorboard: false silences this)")
+        return []
+    return [keras.callbacks.TensorBoard(log_dir=str(Path(run_dir) / TENSORBOARD_DIR), write_graph=False)]
 
 
 def _load_checkpoint(path):

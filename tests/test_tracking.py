@@ -1,0 +1,192 @@
+"""MLflow tracking (training.tracking) and TensorBoard logs: what a tracked run logs, that a
+resumed run continues its MLflow run, that finished run folders can be logged, and that
+tracking never stops a run."""
+
+import json
+import sqlite3
+import sys
+
+import pandas as pd
+import pytest
+import yaml
+
+from common.run_folder import HISTORY_FILENAME, METRICS_FILENAME, TENSORBOARD_DIR, TRACKING_FILENAME
+from tests.conftest import REPO_ROOT, TINY_CONFIG, run_main
+from training import load_config
+from training import trainer
+from training.trainer import tensorboard_callbacks
+from training.tracking import EXPERIMENT, Tracker, flatten
+
+mlflow = pytest.importorskip("mlflow", reason="tracking needs the .[track] extra")
+
+TRACK_WARNING = "warning: MLflow tracking failed"
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    """An output folder whose default sqlite store the test reads back."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return tmp_path / "results"
+
+
+def client(output_dir):
+    return mlflow.MlflowClient(tracking_uri=f"sqlite:///{output_dir.resolve() / 'mlflow.db'}")
+
+
+def search(output_dir):
+    """The MLflow runs of the experiment in `output_dir`'s default store."""
+    return client(output_dir).search_runs([client(output_dir).get_experiment_by_name(EXPERIMENT).experiment_id])
+
+
+def train_toy(toy_dir, output_dir, *flags):
+    return run_main(
+        "--model", "cnn", "--config", TINY_CONFIG, "--data-dir", toy_dir, "--output-dir", output_dir, "--epochs", "2", *flags
+    )
+
+
+@pytest.mark.backend  # TensorBoard's logs under JAX too
+def test_a_tracked_run_logs_settings_epochs_test_metrics_tags_and_reports(toy_dir, store):
+    assert train_toy(toy_dir, store, "--track") == 0
+    (run_dir,) = (store / "runs").iterdir()
+    (run,) = search(store)
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert run.data.params == {key: str(value) for key, value in flatten(config).items()}
+    assert run.data.tags["model"] == "cnn" and run.data.tags["metadata"] == "false"
+    assert run.data.tags["backend"] and run.data.tags["device"] and "git_commit" in run.data.tags
+    # Every epoch, every column of history.csv, at step = epoch.
+    history = pd.read_csv(run_dir / HISTORY_FILENAME)
+    for column in ("val_balanced_accuracy", "loss", "lr", "seconds"):
+        logged = client(store).get_metric_history(run.info.run_id, column)
+        assert [m.step for m in logged] == list(history["epoch"])
+        assert [m.value for m in logged] == pytest.approx(list(history[column]))
+    metrics = json.loads((run_dir / METRICS_FILENAME).read_text())
+    assert run.data.metrics["test_balanced_accuracy"] == pytest.approx(metrics["balanced_accuracy"])
+    artifacts = {item.path for item in client(store).list_artifacts(run.info.run_id)}
+    assert {"report.md", "confusion_matrix.png", "metrics.json", "config.yaml", "history.csv"} <= artifacts
+    assert "model.keras" not in artifacts
+    assert run.info.status == "FINISHED"
+    # TensorBoard's event files, on by default, in the run folder.
+    assert list((run_dir / TENSORBOARD_DIR / "train").glob("events.out.tfevents.*"))
+    assert list((run_dir / TENSORBOARD_DIR / "validation").glob("events.out.tfevents.*"))
+
+
+def test_an_interrupted_run_resumes_into_the_same_mlflow_run(toy_dir, store, monkeypatch):
+    record_epoch = trainer.EpochRecorder.on_epoch_end
+
+    def record_then_interrupt(self, epoch, logs=None):
+        record_epoch(self, epoch, logs)
+        raise KeyboardInterrupt  # killed after the checkpoint, before MLflow heard of the epoch
+
+    monkeypatch.setattr(trainer.EpochRecorder, "on_epoch_end", record_then_interrupt)
+    assert train_toy(toy_dir, store, "--track") == 130
+    monkeypatch.setattr(trainer.EpochRecorder, "on_epoch_end", record_epoch)
+    (run_dir,) = (store / "runs").iterdir()
+    assert run_main("--resume", run_dir) == 0
+    (run,) = search(store)
+    assert run.info.run_id == json.loads((run_dir / TRACKING_FILENAME).read_text())["run_id"]
+    assert [m.step for m in client(store).get_metric_history(run.info.run_id, "val_loss")] == [1, 2]
+    assert run.info.status == "FINISHED" and "test_balanced_accuracy" in run.data.metrics
+
+
+def test_a_resumed_run_continues_its_mlflow_run(store, tmp_path):
+    config = load_config("cnn", TINY_CONFIG, {"tracking": "mlflow", "output_dir": str(store)})
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    first = Tracker.start(config, run_dir)
+    first.log_epoch(1, {"loss": 2.0})
+    # The process dies here; the resumed run finds the MLflow run in the run folder.
+    again = Tracker.start(config, run_dir)
+    assert again.run_id == first.run_id == json.loads((run_dir / TRACKING_FILENAME).read_text())["run_id"]
+    again.log_epoch(2, {"loss": 1.0})
+    again.finish(run_dir)
+    (run,) = search(store)
+    assert [m.step for m in client(store).get_metric_history(run.info.run_id, "loss")] == [1, 2]
+    assert run.info.status == "FINISHED"
+
+
+def test_track_model_logs_the_weights_too(toy_dir, store):
+    assert train_toy(toy_dir, store, "--track", "--track-model") == 0
+    (run,) = search(store)
+    assert "model.keras" in {item.path for item in client(store).list_artifacts(run.info.run_id)}
+
+
+def test_unreachable_tracking_server_warns_once_and_the_run_goes_on(toy_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    assert train_toy(toy_dir, tmp_path, "--track", "--epochs", "1") == 0
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert (run_dir / METRICS_FILENAME).is_file()
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and warnings[0].startswith(TRACK_WARNING) and "127.0.0.1:9" in warnings[0]
+
+
+def test_unwritable_or_locked_store_warns_once_and_tracking_stops(tmp_path, monkeypatch, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{blocker / 'mlflow.db'}")
+    config = load_config("cnn", TINY_CONFIG, {"tracking": "mlflow", "output_dir": str(tmp_path)})
+    assert not Tracker.start(config, tmp_path).active
+    assert capsys.readouterr().err.count(TRACK_WARNING) == 1
+
+    # A store that another process holds locked while the run is under way.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    tracker = Tracker.start(config, tmp_path)
+    assert tracker.active
+    lock = sqlite3.connect(tmp_path / "mlflow.db", isolation_level=None)
+    lock.execute("BEGIN EXCLUSIVE")
+    try:
+        tracker.log_epoch(1, {"loss": 1.0})
+        tracker.log_epoch(2, {"loss": 0.5})  # switched off: no second wait, no second warning
+        tracker.finish(tmp_path)
+    finally:
+        lock.close()
+    assert not tracker.active
+    error = capsys.readouterr().err
+    assert error.count(TRACK_WARNING) == 1 and "locked" in error and "Traceback" not in error
+
+
+def test_track_without_mlflow_says_how_to_install(toy_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # import mlflow now raises ImportError
+    assert train_toy(toy_dir, tmp_path, "--track") == 2
+    assert capsys.readouterr().err.strip() == "error: tracking needs MLflow, which is not installed: pip install -e '.[track]'"
+    assert not (tmp_path / "runs").exists()
+
+
+def test_track_command_logs_the_reference_runs_once(store, capsys):
+    reference = REPO_ROOT / "results" / "reference" / "runs"
+    assert run_main("track", reference, "--output-dir", store) == 0
+    # The README's query.
+    mlflow.set_tracking_uri(f"sqlite:///{store.resolve() / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=[EXPERIMENT], order_by=["metrics.test_balanced_accuracy DESC"])
+    expected = {
+        run_dir.name: json.loads((run_dir / METRICS_FILENAME).read_text())["balanced_accuracy"] for run_dir in reference.iterdir()
+    }
+    assert dict(zip(runs["tags.mlflow.runName"], runs["metrics.test_balanced_accuracy"])) == pytest.approx(expected)
+    assert list(runs["metrics.test_balanced_accuracy"]) == sorted(expected.values(), reverse=True)
+    # Logged once: a second `track` skips them.
+    capsys.readouterr()
+    assert run_main("track", reference, "--output-dir", store) == 0
+    assert capsys.readouterr().out.count("already in MLflow, skipped") == len(expected)
+    assert len(search(store)) == len(expected)
+
+
+def test_tracking_setting_in_a_config_file(tmp_path):
+    path = tmp_path / "tracked.yaml"
+    path.write_text("tracking: mlflow\ntensorboard: false\n")
+    config = load_config("cnn", path)
+    assert config.tracking == "mlflow" and config.tensorboard is False
+    path.write_text("tracking: wandb\n")
+    with pytest.raises(Exception, match="unknown tracking 'wandb'"):
+        load_config("cnn", path)
+
+
+def test_tensorboard_is_skipped_with_a_note_without_tensorflow(tmp_path, monkeypatch, capsys):
+    config = load_config("cnn", TINY_CONFIG)
+    assert len(tensorboard_callbacks(config, tmp_path)) == 1
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *rest: None if name == "tensorflow" else find_spec(name, *rest))
+    assert tensorboard_callbacks(config, tmp_path) == []
+    assert "no TensorBoard logs" in capsys.readouterr().out
+    config.tensorboard = False
+    assert tensorboard_callbacks(config, tmp_path) == []

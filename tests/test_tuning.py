@@ -1,0 +1,87 @@
+"""The hyper-parameter search (training.tuning, `python main.py tune`) at toy size: best.yaml that
+--config takes, trials that never predict the test subset, and a stopped search that resumes
+without redoing its finished trials."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+import evaluation
+import inference
+import training.run
+from dataset import PreparedData
+from tests.conftest import TINY_CONFIG, run_main
+from training import load_config
+
+keras_tuner = pytest.importorskip("keras_tuner", reason="tuning needs the .[tune] extra")
+
+from training import tuning  # noqa: E402  (imports keras_tuner)
+
+
+def test_search_space_values_become_a_valid_config():
+    config = load_config("densenet", TINY_CONFIG, {"augmentation": {"rotation": 0.5, "saturation": 0.3}})
+    space = tuning.search_space(config)
+    assert set(space.values) == {"lr", "weight_decay", "dropout", "width", "balance_target", "augmentation", "label_smoothing"}
+    values = {
+        "lr": 3e-3, "weight_decay": 1e-3, "dropout": 0.30000000000000004, "width": 1.5, "balance_target": 7,
+        "augmentation": 2.0, "label_smoothing": 0.1, "tuner/trial_id": "0003",
+    }
+    tuned = tuning.apply_values(config, values)
+    assert (tuned.lr, tuned.optimizer, tuned.weight_decay, tuned.balance_target) == (3e-3, "adamw", 1e-3, 7)
+    assert tuned.head == {**config.head, "dropout": 0.3} and tuned.label_smoothing == 0.1
+    assert tuned.model_options["growth_rate"] == 12  # tiny.yaml's 8, times 1.5
+    # Augmentation strengths scaled, within their limits (saturation at most 0.5).
+    assert tuned.augmentation == {"rotation": 1.0, "saturation": 0.5}
+    # The width option of each model; a pretrained VGG16 has none, the cost loss no smoothing.
+    assert tuning.apply_values(load_config("cnn", TINY_CONFIG), {"width": 0.5}).model_options["filters"] == [4, 8, 8, 16, 16]
+    assert tuning.apply_values(load_config("vgg16_bn", TINY_CONFIG), {"width": 0.5}).model_options["width"] == 0.5
+    vgg16 = load_config("vgg16", TINY_CONFIG, {"loss": "cost", "weights": "imagenet"})
+    assert not {"width", "label_smoothing", "augmentation"} & set(tuning.search_space(vgg16).values)
+
+
+def test_a_stopped_search_resumes_without_redoing_trials_and_never_predicts_the_test_subset(toy_dir, tmp_path, monkeypatch, capsys):
+    subsets, trained = [], []
+    sequence = PreparedData.sequence
+    monkeypatch.setattr(PreparedData, "sequence", lambda self, subset, **options: subsets.append(subset) or sequence(self, subset, **options))
+    for module, name in ((evaluation, "predict_test_subset"), (evaluation, "evaluate_run"), (inference, "write_gallery")):
+        monkeypatch.setattr(module, name, lambda *args, **kwargs: pytest.fail("a trial read the test subset"))
+    train_run = training.run.train_run
+
+    def train_then_stop(config, **options):
+        trained.append(config)
+        if len(trained) == 2:
+            raise KeyboardInterrupt  # the search is stopped during its second trial
+        return train_run(config, **options)
+
+    monkeypatch.setattr(tuning, "train_run", train_then_stop)
+    search = ("--model", "cnn", "--config", TINY_CONFIG, "--data-dir", toy_dir, "--output-dir", tmp_path)
+    assert run_main("tune", *search, "--trials", "3") == 130
+    (search_dir,) = (tmp_path / "tuning").iterdir()
+    assert list(json.loads((search_dir / "tuning.json").read_text())["results"]) == ["0"]
+
+    assert run_main("tune", "--resume", search_dir) == 0
+    # Trial 0 was kept; the interrupted trial 1 ran again, with the values it had, then trial 2.
+    assert len(trained) == 4 and trained[1] == trained[2]
+    results = json.loads((search_dir / "tuning.json").read_text())["results"]
+    assert sorted(results) == ["0", "1", "2"]
+    assert set(subsets) == {"train", "val"}
+    for result in results.values():
+        assert Path(result["run_dir"]).joinpath("training.json").is_file()
+        assert not Path(result["run_dir"]).joinpath("predictions.csv").exists()
+    assert "Trial 2 (3 of 3)" in capsys.readouterr().out
+
+    # best.yaml: the config file's settings with the best trial's values; --config takes it.
+    best_trial = max(results, key=lambda trial: results[trial]["val_balanced_accuracy"])
+    best = load_config("cnn", search_dir / "best.yaml")
+    assert best == tuning.apply_values(load_config("cnn", TINY_CONFIG), results[best_trial]["values"])
+    # A finished search resumed again trains nothing.
+    assert run_main("tune", "--resume", search_dir) == 0
+    assert len(trained) == 4
+
+
+def test_tune_without_keras_tuner_says_how_to_install(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "keras_tuner", None)
+    assert run_main("tune", "--model", "cnn", "--config", TINY_CONFIG) == 2
+    assert capsys.readouterr().err.strip() == "error: tuning needs KerasTuner, which is not installed: pip install -e '.[tune]'"

@@ -1,0 +1,231 @@
+"""Hyper-parameter search with KerasTuner, each trial a training run of this project's trainer.
+
+    python main.py tune --model densenet --config configs/cpu.yaml --trials 12 --image-size 48
+    python main.py tune --resume results/tuning/20261125-101500-densenet
+
+KerasTuner's oracle (Bayesian optimisation, or Hyperband) proposes the settings; `RunTuner` trains
+each proposal with `train_run`, as `python main.py train` would, into the search folder's `runs/`,
+and reports back the objective: the validation balanced accuracy of the kept epoch, chosen as
+every run chooses it (`training.rules`: the best mean over `selection_window` epochs). Trials
+train on the split's training subset and are scored on its validation subset: no trial predicts
+the test subset, which stays for the final run.
+
+KerasTuner is an optional install (`pip install -e '.[tune]'`); main.py checks for it.
+
+The search folder, `<output_dir>/tuning/<stamp>-<model>[-meta]/`:
+
+    tuning.json    the search's settings and, as they finish, each trial's values, score and run folder
+    best.yaml      the best trial's settings over the config the search started from:
+                   `python main.py --model M --config best.yaml` trains it for real
+    keras_tuner/   KerasTuner's project (the oracle's state): `--resume` continues the search
+    runs/          one run folder per trial
+"""
+
+import dataclasses
+import datetime
+import json
+import os
+from pathlib import Path
+
+import keras
+import keras_tuner
+
+from common.errors import DataError, UserError
+from common.files import new_folder, write_json
+from common.run_folder import TRAINING_FILENAME
+from networks import AugmentationOptions, model_options
+from training.config import TUNERS, TrainConfig
+from training.run import prepare_run_data, train_run
+from training.tracking import tracking_uri
+
+SEARCH_FILENAME = "tuning.json"
+BEST_FILENAME = "best.yaml"
+OBJECTIVE = "val_balanced_accuracy"
+DEFAULT_TRIALS = 10
+# Multipliers of the model's width option (densenet's growth rate, the cnn's filters, vgg16_bn's width).
+WIDTH_SCALES = (0.5, 0.75, 1.0, 1.5, 2.0)
+# The largest value of each augmentation strength (`networks.AugmentationOptions`).
+AUGMENTATION_LIMITS = {field.name: 0.5 if field.name == "saturation" else 1.0 for field in dataclasses.fields(AugmentationOptions)}
+
+
+def search_space(config):
+    """KerasTuner's hyper-parameters for a config: the settings that matter, around its values.
+
+    lr (a tenth to ten times the config's), weight decay (with AdamW), head dropout, the model's
+    width, the balance target ("combined" balancing), the augmentation strength (a multiplier of
+    the config's `augmentation`, if it has any) and label smoothing (not with the cost loss).
+    """
+    space = keras_tuner.HyperParameters()
+    space.Float("lr", config.lr / 10, config.lr * 10, sampling="log", default=config.lr)
+    space.Float("weight_decay", 1e-5, 1e-1, sampling="log", default=1e-4)
+    space.Float("dropout", 0.0, 0.6, step=0.1, default=config.head_options.dropout)
+    if _width_option(config.model) is not None:
+        space.Choice("width", WIDTH_SCALES, default=1.0)
+    if config.balance == "combined":
+        space.Int("balance_target", max(config.balance_target // 2, 1), config.balance_target * 2, sampling="log", default=config.balance_target)
+    if config.augment and config.augmentation_options.active:
+        space.Float("augmentation", 0.0, 2.0, step=0.25, default=1.0)
+    if config.loss != "cost":
+        space.Float("label_smoothing", 0.0, 0.2, step=0.05, default=config.label_smoothing)
+    return space
+
+
+def apply_values(config, values):
+    """The config with a trial's hyper-parameter values (KerasTuner's own "tuner/..." ignored)."""
+    changes = {"optimizer": "adamw"}
+    for name in ("lr", "weight_decay", "balance_target"):
+        if name in values:
+            changes[name] = values[name]
+    if "label_smoothing" in values:
+        changes["label_smoothing"] = round(values["label_smoothing"], 4)  # a step of 0.05, without float noise
+    if "dropout" in values:
+        changes["head"] = {**config.head, "dropout": round(values["dropout"], 4)}
+    if "width" in values:
+        changes["model_options"] = {**config.model_options, **_scaled_width(config, values["width"])}
+    if "augmentation" in values:
+        changes["augmentation"] = {
+            name: round(min(strength * values["augmentation"], AUGMENTATION_LIMITS[name]), 4)
+            for name, strength in config.augmentation.items()
+        }
+    if "tuner/epochs" in values:  # Hyperband: the trial's budget
+        changes["epochs"] = values["tuner/epochs"]
+    return TrainConfig.from_dict({**config.to_dict(), **changes}, "tuning")
+
+
+def _width_option(model):
+    """The name of the model's width option, or None (a pretrained VGG16's width is fixed)."""
+    return {"densenet": "growth_rate", "cnn": "filters", "vgg16_bn": "width"}.get(model)
+
+
+def _scaled_width(config, scale):
+    options = model_options(config.model, config.model_options)
+    name = _width_option(config.model)
+    if name == "filters":
+        return {name: [max(int(round(width * scale)), 1) for width in options.filters]}
+    if name == "growth_rate":
+        return {name: max(int(round(options.growth_rate * scale)), 2)}
+    return {name: min(round(options.width * scale, 4), 4.0)}
+
+
+def start_search(trial_config, final_config, trials, tuner="bayesian"):
+    """A new search in a new folder; returns its folder once `trials` trials have run.
+
+    Args:
+        trial_config: the config each trial starts from (the search's epochs, image size, limit).
+        final_config: the config `best.yaml` applies the best values to (the real run's epochs).
+        trials: how many trials to run.
+        tuner: "bayesian" or "hyperband" (its largest budget: `trial_config.epochs`).
+    """
+    if tuner not in TUNERS:
+        raise UserError(f"unknown tuner {tuner!r} (expected {', '.join(TUNERS)})")
+    if trials < 1:
+        raise UserError(f"--trials must be at least 1; got {trials}")
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    search_dir = new_folder(Path(trial_config.output_dir) / "tuning" / f"{stamp}-{trial_config.run_name}")
+    write_json(search_dir / SEARCH_FILENAME, {
+        "tuner": tuner, "trials": trials, "objective": OBJECTIVE,
+        "trial_config": trial_config.to_dict(), "final_config": final_config.to_dict(), "results": {},
+    })
+    print(f"Search folder: {search_dir} (continue it with `python main.py tune --resume {search_dir}` if it stops)")
+    return continue_search(search_dir)
+
+
+def continue_search(search_dir, overrides=None, trials=None):
+    """Runs the trials a search has not finished yet, then writes `best.yaml`; returns the folder.
+
+    Args:
+        search_dir: the search folder.
+        overrides: settings that may change (`RESUME_OVERRIDES`: where the data is, ...).
+        trials: a new total number of trials (more extends the search), or None to keep it.
+    """
+    search_dir = Path(search_dir)
+    search_file = search_dir / SEARCH_FILENAME
+    try:
+        search = json.loads(search_file.read_text(encoding="utf-8"))
+        trial_config = TrainConfig.from_dict({**search["trial_config"], **(overrides or {})}, search_file)
+        final_config = TrainConfig.from_dict(search["final_config"], search_file)
+    except FileNotFoundError:
+        raise DataError(f"{search_dir}: not a search folder (no {SEARCH_FILENAME})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as error:
+        raise DataError(f"{search_file}: damaged or not a search file ({error})") from None
+    if trials is not None and trials != search["trials"]:
+        if trials < len(search["results"]):
+            raise UserError(f"--trials {trials}: the search has already finished {len(search['results'])} trials")
+        search["trials"] = trials
+        write_json(search_file, search)
+    if trial_config.tracking and not os.environ.get("MLFLOW_TRACKING_URI"):
+        # The trials' run folders live in the search folder; their MLflow runs go beside the others.
+        os.environ["MLFLOW_TRACKING_URI"] = tracking_uri(search_dir.parent.parent)
+    trial_config = dataclasses.replace(trial_config, output_dir=str(search_dir))
+    objective = keras_tuner.Objective(OBJECTIVE, direction="max")
+    space = search_space(trial_config)
+    common = dict(objective=objective, seed=trial_config.seed, hyperparameters=space, allow_new_entries=False, tune_new_entries=False)
+    if search["tuner"] == "hyperband":
+        oracle = keras_tuner.oracles.HyperbandOracle(max_epochs=trial_config.epochs, factor=3, **common)
+        oracle.max_trials = search["trials"]
+    else:
+        oracle = keras_tuner.oracles.BayesianOptimizationOracle(max_trials=search["trials"], **common)
+    tuner = RunTuner(oracle, search_dir, trial_config, search)
+    tuner.search(verbose=0)
+    best = tuner.oracle.get_best_trials(1)
+    if not best or best[0].score is None:
+        raise UserError(f"{search_dir}: no trial finished, so there is no best setting (see the errors above)")
+    best_config = apply_values(final_config, best[0].hyperparameters.values)
+    best_config.epochs = final_config.epochs
+    best_config.save(search_dir / BEST_FILENAME)
+    search = json.loads(search_file.read_text(encoding="utf-8"))
+    write_json(search_file, {**search, "best": {"trial": best[0].trial_id, OBJECTIVE: best[0].score}})
+    print(
+        f"Best of {len(tuner.oracle.trials)} trials: trial {best[0].trial_id}, validation balanced accuracy "
+        f"{best[0].score:.4f}; its settings: {search_dir / BEST_FILENAME} "
+        f"(train it: python main.py --model {final_config.model} --config {search_dir / BEST_FILENAME})"
+    )
+    return search_dir
+
+
+class RunTuner(keras_tuner.engine.base_tuner.BaseTuner):
+    """A KerasTuner tuner whose trial is a run of the project's trainer (`train_run`).
+
+    Args:
+        oracle: KerasTuner's oracle, with the search space.
+        search_dir: the search folder (KerasTuner's project goes into its keras_tuner/).
+        trial_config: the config each trial's values are applied to; its output_dir is the search folder.
+        search: the contents of `tuning.json`.
+    """
+
+    def __init__(self, oracle, search_dir, trial_config, search):
+        # overwrite=False: an existing project is reloaded, its finished trials kept.
+        super().__init__(oracle, directory=str(search_dir), project_name="keras_tuner", overwrite=False)
+        self.search_dir = Path(search_dir)
+        self.trial_config = trial_config
+        self.total = search["trials"]
+        self.data = None
+
+    def run_trial(self, trial, *args, **kwargs):
+        if self.data is None:
+            # Every trial trains on the same split and images: prepared once.
+            self.data = prepare_run_data(self.trial_config)
+        values = trial.hyperparameters.values
+        config = apply_values(self.trial_config, values)
+        shown = ", ".join(f"{name} {_format(value)}" for name, value in values.items() if not name.startswith("tuner/"))
+        print(f"\nTrial {trial.trial_id} ({len(self.oracle.trials)} of {self.total}): {shown}")
+        run = train_run(config, data=self.data, verbose=0, study=self.search_dir.name)
+        summary = json.loads((run.run_dir / TRAINING_FILENAME).read_text(encoding="utf-8"))
+        run.tracker.finish(run.run_dir, with_model=config.track_model)
+        score = summary["best_val_balanced_accuracy"]
+        self._record(trial.trial_id, values, score, summary["best_epoch"], run.run_dir)
+        best = max([score, *(t.score for t in self.oracle.trials.values() if t.score is not None)])
+        print(f"Trial {trial.trial_id}: validation balanced accuracy {score:.4f} (epoch {summary['best_epoch']}); best so far {best:.4f}")
+        # A fresh graph per trial: the models of earlier trials are not kept in memory.
+        keras.backend.clear_session()
+        return {OBJECTIVE: score}
+
+    def _record(self, trial_id, values, score, epoch, run_dir):
+        path = self.search_dir / SEARCH_FILENAME
+        search = json.loads(path.read_text(encoding="utf-8"))
+        search["results"][trial_id] = {"values": values, OBJECTIVE: score, "best_epoch": epoch, "run_dir": str(run_dir)}
+        write_json(path, search)
+
+
+def _format(value):
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
