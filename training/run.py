@@ -39,6 +39,7 @@ def prepare_run_data(config, verbose=True):
         image_size=config.image_size,
         seed=config.seed,
         split_file=config.split,
+        fold=config.fold,
         split_fractions=config.split_fractions,
         limit=config.limit,
         drop_missing_images=config.drop_missing_images,
@@ -47,13 +48,14 @@ def prepare_run_data(config, verbose=True):
     )
 
 
-def train_run(config, data=None, verbose="auto"):
+def train_run(config, data=None, verbose="auto", on_start=None):
     """Trains one configuration in a new run folder.
 
     Args:
         config: a validated `TrainConfig`.
         data: prepared data to reuse (same image size and split), or None to prepare it.
         verbose: Keras's progress output.
+        on_start: called with the run folder once it is made, before training (a study records it).
 
     Returns:
         A `TrainedRun`: the run folder, the config, and the `PreparedData` it trained on.
@@ -64,6 +66,8 @@ def train_run(config, data=None, verbose="auto"):
     model = build_model(config, data.encoder.size if config.metadata else 0)
     run_dir = create_run_dir(config.output_dir, config.run_name)
     print(f"Run folder: {run_dir}")
+    if on_start is not None:
+        on_start(run_dir)
     with run_lock(run_dir):
         config.save(run_dir / CONFIG_FILENAME)
         save_split(data.split, run_dir / SPLIT_FILENAME)
