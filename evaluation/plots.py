@@ -173,7 +173,7 @@ def plot_study_spread(runs, metrics, path):
                 axes.hlines(values.mean(), position - 0.3, position + 0.3, color=colour, linewidth=2.5)
                 axes.plot(position + rng.uniform(-0.12, 0.12, len(values)), values, "o", color=colour, alpha=0.7)
         axes.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)
-        axes.set(ylim=(0, 1.02), title=metric.replace("_", " "))
+        axes.set(xlim=(-0.6, len(labels) - 0.4), ylim=(0, 1.02), title=metric.replace("_", " ").replace("auc", "AUC"))
         axes.grid(axis="y", alpha=0.3)
     figure.suptitle("Test scores of every run (dots) and their mean (line)")
     return _save(figure, path)

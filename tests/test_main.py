@@ -79,10 +79,12 @@ def test_predictions_hold_each_test_image_exactly_once(study):
 @pytest.mark.backend
 def test_model_all_writes_the_study_and_its_comparison(study):
     (study_dir,) = (study / "studies").iterdir()
+    assert study_dir.name.endswith("-all")
     runs = json.loads((study_dir / "study.json").read_text())["runs"]
-    assert sorted(runs) == sorted(str(run) for run in (study / "runs").iterdir())
-    for name in ("comparison.md", "comparison.json", "comparison.png"):
-        assert (study_dir / "comparison" / name).stat().st_size > 0
+    assert sorted(run["run_dir"] for run in runs) == sorted(str(run) for run in (study / "runs").iterdir())
+    assert all(run["finished"] for run in runs)
+    for name in ("summary.md", "summary.json", "spread.png", "comparison/comparison.md", "comparison/comparison.png"):
+        assert (study_dir / "summary" / name).stat().st_size > 0
 
 
 @pytest.mark.backend
