@@ -71,7 +71,7 @@ with native_stderr_silenced(QUIET):
     from networks import get_model_entry, list_models  # noqa: E402
     from training import STUDY, ConfigError, TrainConfig, hardware_preset, load_config, prepare_run_data, resume_run, run_config, train_run  # noqa: E402
     from training.config import LOSSES  # noqa: E402
-    from training.study import continue_study, start_study  # noqa: E402
+    from training.study import continue_study, start_study, unfinished_study  # noqa: E402
 
 COMMANDS = ("train", "evaluate", "compare", "predict", "serve")
 # `--model` picks the config file's `models:` entry, and "all" is the study: it is passed on its own.
@@ -277,8 +277,12 @@ def train_study(arguments, config_file, overrides):
         "config": str(config_file),
         "flags": {key: value for key, value in overrides.items() if value is not None},
     }
-    study_dir = start_study(configs, folds=arguments.folds, seeds=seeds, name=name, settings=settings)
-    print(f"Study folder: {study_dir} (continue it with `python main.py --resume {study_dir}` if it stops)")
+    study_dir = unfinished_study(configs, folds=arguments.folds, seeds=seeds, settings=settings)
+    if study_dir is not None:
+        print(f"Continuing {study_dir}, which the same command started: its finished runs are kept")
+    else:
+        study_dir = start_study(configs, folds=arguments.folds, seeds=seeds, name=name, settings=settings)
+        print(f"Study folder: {study_dir} (continue it with `python main.py --resume {study_dir}`, or the same command, if it stops)")
     finish_study(study_dir)
 
 

@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -19,9 +20,12 @@ from training import trainer
 
 @pytest.fixture(scope="module")
 def fold_study(toy_dir, tmp_path_factory):
-    """`--model cnn --folds 3 --epochs 2`, killed during its second run's first epoch, then resumed.
+    """`--model cnn --folds 3 --epochs 2` in three sittings: killed during the second run's first epoch,
+    continued with `--resume STUDY_DIR` and killed during the third run's first epoch, then finished
+    by the same command again.
 
-    Returns (output folder, study folder, what the first sitting left: {file: mtime}, the resumed sitting's output).
+    Returns (output folder, study folder, the first run's model's mtime after the first sitting,
+    what the second and third sittings printed).
     """
     output = tmp_path_factory.mktemp("fold_study")
     arguments = ["--model", "cnn", "--folds", 3, "--config", TINY_CONFIG, "--epochs", 2, "--data-dir", toy_dir, "--output-dir", output]
@@ -29,12 +33,18 @@ def fold_study(toy_dir, tmp_path_factory):
         interrupt_after(patch, 3)  # the first run's two epochs, then the second run's first
         assert run_main(*arguments) == 130
     (study_dir,) = (output / "studies").iterdir()
-    first_sitting = {path: path.stat().st_mtime_ns for path in (output / "runs").glob("*/model.keras")}
-    with pytest.MonkeyPatch.context() as patch:
-        printed = []
-        patch.setattr("builtins.print", lambda *parts, **options: printed.append(" ".join(map(str, parts))))
-        assert run_main("--resume", study_dir) == 0
-    return output, study_dir, first_sitting, "\n".join(printed)
+    first_model = Path(study_runs(study_dir)[0]["run_dir"]) / "model.keras"
+    first_mtime = first_model.stat().st_mtime_ns
+    printed = []
+    for command, epochs in ((["--resume", study_dir], 2), (arguments, None)):
+        with pytest.MonkeyPatch.context() as patch:
+            lines = []
+            patch.setattr("builtins.print", lambda *parts, **options: lines.append(" ".join(map(str, parts))))
+            if epochs:
+                interrupt_after(patch, epochs)  # the second run's last epoch, then the third run's first
+            assert run_main(*command) == (130 if epochs else 0)
+        printed.append("\n".join(lines))
+    return output, study_dir, (first_model, first_mtime), printed
 
 
 def study_runs(study_dir):
@@ -98,17 +108,21 @@ def test_ensemble_is_the_mean_of_the_members_probabilities(fold_study):
     assert metrics["intervals"]["balanced_accuracy"]["draws"] > 0
 
 
-def test_killed_study_resumes_without_retraining_its_finished_run(fold_study):
-    output, study_dir, first_sitting, printed = fold_study
+def test_killed_study_resumes_without_retraining_its_finished_runs(fold_study):
+    output, study_dir, (first_model, first_mtime), (second_sitting, third_sitting) = fold_study
     first, second, third = (run["run_dir"] for run in study_runs(study_dir))
-    model = output / "runs" / first.split("/")[-1] / "model.keras"
-    assert model.stat().st_mtime_ns == first_sitting[model]  # the first run was not retrained
-    assert f"run 1 of 3 (cnn fold 0 seed 0): finished in {first}, kept" in printed
-    assert "run 2 of 3 (cnn fold 1 seed 0); ETA for the study" in printed
-    assert f"Resuming {second.split('/')[-1]} after epoch 1" in printed
-    assert len(pd.read_csv(f"{second}/history.csv")) == 2
-    assert "run 3 of 3 (cnn fold 2 seed 0); ETA for the study ~" in printed
-    assert len(list((output / "runs").iterdir())) == 3
+    assert first_model.stat().st_mtime_ns == first_mtime  # the first run was not retrained
+    # --resume STUDY_DIR: the first run kept, the second resumed from its epoch.
+    assert f"run 1 of 3 (cnn fold 0 seed 0): finished in {first}, kept" in second_sitting
+    assert "run 2 of 3 (cnn fold 1 seed 0); ETA for the study ~" in second_sitting  # from the first run's time
+    assert f"Resuming {second.split('/')[-1]} after epoch 1" in second_sitting
+    assert "run 3 of 3 (cnn fold 2 seed 0); ETA for the study ~" in second_sitting
+    # The same command again: the study it started is continued, not a new one.
+    assert f"Continuing {study_dir}, which the same command started" in third_sitting
+    assert f"run 2 of 3 (cnn fold 1 seed 0): finished in {second}, kept" in third_sitting
+    assert f"Resuming {third.split('/')[-1]} after epoch 1" in third_sitting
+    assert all(len(pd.read_csv(f"{run}/history.csv")) == 2 for run in (first, second, third))
+    assert len(list((output / "runs").iterdir())) == 3 and len(list((output / "studies").iterdir())) == 1
 
 
 def test_seeds_give_runs_of_other_seeds_on_one_split(fold_study, toy_dir, tmp_path, capsys):

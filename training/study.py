@@ -11,12 +11,13 @@ its last completed epoch, and the runs not yet started start.
 """
 
 import datetime
+import json
 import time
 from pathlib import Path
 
 import yaml
 
-from common.errors import ConfigError
+from common.errors import ConfigError, DataError
 from common.files import new_folder, write_json, write_text
 from common.run_folder import CHECKPOINT_DIR, SPLIT_FILENAME, STATE_FILENAME, TRAINING_FILENAME
 from common.study_folder import SETTINGS_FILENAME, STUDY_FILENAME, read_study
@@ -79,6 +80,32 @@ def start_study(configs, *, folds=None, seeds=1, name, settings):
     ]
     write_json(study_dir / STUDY_FILENAME, {"name": name, "folds": folds, "seeds": seed_values, "runs": runs})
     return study_dir
+
+
+def unfinished_study(configs, *, folds=None, seeds=1, settings):
+    """The newest study of `configs[0].output_dir` that the same command started and did not finish, or None.
+
+    The same command: the same `study.yaml` (models, config file, flags, folds, seeds) and the same
+    resolved configurations (a config file edited since makes another study).
+    """
+    asked = {**settings, "folds": folds, "seeds": seeds}
+    planned = [_what_is_trained(config.to_dict()) for config in configs]
+    for study_dir in sorted((Path(configs[0].output_dir) / "studies").glob("*/"), reverse=True):
+        try:
+            if yaml.safe_load((study_dir / SETTINGS_FILENAME).read_text(encoding="utf-8")) != asked:
+                continue
+            runs = read_study(study_dir)["runs"]
+        except (OSError, yaml.YAMLError, DataError):
+            continue  # not a study of this kind; it is not ours to judge here
+        trained = list(dict.fromkeys(json.dumps(_what_is_trained(run["config"]), sort_keys=True) for run in runs))
+        if trained == [json.dumps(values, sort_keys=True) for values in planned] and not all(run["finished"] for run in runs):
+            return study_dir
+    return None
+
+
+def _what_is_trained(values):
+    """A config's values without those a study sets per run."""
+    return {key: value for key, value in values.items() if key not in ("split", "fold", "seed")}
 
 
 def continue_study(study_dir, finish, overrides=None, verbose="auto"):
