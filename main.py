@@ -66,7 +66,7 @@ with native_stderr_silenced(QUIET):
     import inference  # noqa: E402
     from common.errors import DataError, UserError  # noqa: E402
     from common.study_folder import SUMMARY_DIR, is_study_dir  # noqa: E402
-    from common.run_folder import METRICS_FILENAME, REPORT_FILENAME, SPLIT_FILENAME  # noqa: E402
+    from common.run_folder import METRICS_FILENAME, REPORT_FILENAME  # noqa: E402
     from dataset import BALANCE_MODES  # noqa: E402
     from networks import get_model_entry, list_models  # noqa: E402
     from training import STUDY, ConfigError, TrainConfig, hardware_preset, load_config, prepare_run_data, resume_run, run_config, train_run  # noqa: E402

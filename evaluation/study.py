@@ -31,7 +31,7 @@ from scipy import stats
 from common.errors import DataError
 from common.files import new_folder, write_json, write_text
 from common.run_folder import METRICS_FILENAME, PREDICTIONS_FILENAME, SPLIT_FILENAME, VAL_PREDICTIONS_FILENAME
-from common.study_folder import SUMMARY_DIR, finished_runs, read_study
+from common.study_folder import SUMMARY_DIR, finished_runs
 from dataset.metadata import CLASS_NAMES, class_indices
 from dataset.split import load_split
 from evaluation.compare import compare_runs, shared_test_set
@@ -72,8 +72,6 @@ def compare_studies(study_dirs, output_dir, *, bootstrap_draws=BOOTSTRAP_DRAWS, 
     ]
     splits = [load_split(study_dir / SPLIT_FILENAME) for study_dir in study_dirs]
     same_split = all(split.equals(splits[0]) for split in splits[1:])
-    for study_dir in study_dirs:
-        read_study(study_dir)
     title = f"Comparison of studies {', '.join(study_dir.name for study_dir in study_dirs)}"
     return write_summary(
         runs, output_dir, title, paired_over_runs=same_split, bootstrap_draws=bootstrap_draws, seed=seed, verbose=verbose
@@ -105,22 +103,23 @@ def write_summary(runs, output_dir, title, *, paired_over_runs=True, bootstrap_d
         scores = compute_metrics(y_true, probabilities[run["run_dir"]], bootstrap_draws=0)
         groups.setdefault(run["configuration"], []).append({**run, **{key: scores[key] for key in INTERVAL_METRICS}})
 
-    configurations = {}
-    for label, members in groups.items():
-        ensemble = np.mean([probabilities[member["run_dir"]] for member in members], axis=0)
-        configurations[label] = {
+    ensembles = {label: np.mean([probabilities[member["run_dir"]] for member in members], axis=0) for label, members in groups.items()}
+    configurations = {
+        label: {
             "runs": members,
             "spread": {key: spread([member[key] for member in members]) for key in INTERVAL_METRICS},
             "out_of_fold": out_of_fold_metrics(members, bootstrap_draws=bootstrap_draws, seed=seed),
-            "ensemble": compute_metrics(y_true, ensemble, bootstrap_draws=bootstrap_draws, seed=seed),
+            "ensemble": compute_metrics(y_true, ensembles[label], bootstrap_draws=bootstrap_draws, seed=seed),
         }
-        configurations[label]["ensemble_probabilities"] = ensemble
+        for label, members in groups.items()
+    }
 
     output_dir = new_folder(output_dir)
     ensemble_dirs = []
     for label, configuration in configurations.items():
+        # A run-like folder: `compare` and the notebook take it as they take a run.
         folder = output_dir / ENSEMBLES_DIR / label.replace("/", "--")
-        write_predictions(folder / PREDICTIONS_FILENAME, predictions_frame(image_ids, y_true, configuration.pop("ensemble_probabilities")))
+        write_predictions(folder / PREDICTIONS_FILENAME, predictions_frame(image_ids, y_true, ensembles[label]))
         write_json(folder / METRICS_FILENAME, configuration["ensemble"])
         ensemble_dirs.append(folder)
     comparison = None

@@ -11,11 +11,10 @@ from scipy import stats
 
 from conftest import TINY_CONFIG, run_main
 from common.errors import DataError
-from dataset import assign_folds, fold_subsets, load_split, make_split, save_split
+from dataset import assign_folds, class_indices, fold_subsets, load_split, make_split, prepare_data, save_split
 from evaluation import compute_metrics, read_predictions
 from evaluation.study import nadeau_bengio_test, paired_t_test
 from test_reliability import interrupt_after
-from training import trainer
 
 
 @pytest.fixture(scope="module")
@@ -84,16 +83,9 @@ def test_summary_numbers_are_recomputed_from_the_runs_predictions(fold_study):
     validation = pd.concat(pd.read_csv(f"{run['run_dir']}/val_predictions.csv") for run in study_runs(study_dir))
     split = load_split(study_dir / "split.csv")
     assert sorted(validation["image_id"]) == sorted(split.loc[split["fold"] >= 0, "image_id"])
-    _, y_val, p_val = read_predictions_frame(validation)
+    y_val, p_val = class_indices(validation["dx"]), validation.filter(like="prob_").to_numpy()
     assert cnn["out_of_fold"]["balanced_accuracy"] == pytest.approx(compute_metrics(y_val, p_val, bootstrap_draws=0)["balanced_accuracy"])
     assert "cnn | 3 |" in (study_dir / "summary" / "summary.md").read_text()
-
-
-def read_predictions_frame(frame):
-    from dataset import class_indices
-
-    frame = frame.sort_values("image_id")
-    return frame, class_indices(frame["dx"]), frame.filter(like="prob_").to_numpy()
 
 
 def test_ensemble_is_the_mean_of_the_members_probabilities(fold_study):
@@ -188,6 +180,14 @@ def test_fold_split_round_trips_and_damaged_folds_are_refused(ham_metadata, tmp_
     save_split(split, tmp_path / "test_in_fold.csv")
     with pytest.raises(DataError, match=r"fold '1' for a test image \(expected -1 for test images"):
         load_split(tmp_path / "test_in_fold.csv")
+
+
+def test_a_limited_split_is_reused_by_runs_of_other_seeds(toy_dir, tmp_path):
+    first = prepare_data(toy_dir, image_size=32, limit=40, seed=0, verbose=False)
+    save_split(first.split, tmp_path / "split.csv")
+    # Seed 1 alone would draw another 40 images; with the split, it takes the split's.
+    other = prepare_data(toy_dir, image_size=32, limit=40, seed=1, split_file=tmp_path / "split.csv", verbose=False)
+    assert other.split.equals(first.split)
 
 
 # === Paired tests ===
