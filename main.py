@@ -132,7 +132,7 @@ def build_parser():
         help="continue an interrupted run from its last completed epoch, or an interrupted study "
         "(results/studies/<timestamp>-<name>), keeping its finished runs; only --data-dir, --cache-dir and --workers may change",
     )
-    study = train.add_argument_group("studies: several runs on one split, summarised in results/studies/<timestamp>-<name>/")
+    study = train.add_argument_group("studies (several runs on one split, summarised in results/studies/<timestamp>-<name>/)")
     study.add_argument("--folds", type=positive, metavar="K", help="lesion-grouped K-fold: one run per fold, each validating on its fold; the test subset stays fixed")
     study.add_argument("--seeds", type=positive, metavar="N", help="N runs per configuration (and fold), with seeds seed, seed+1, ...")
     how = train.add_argument_group("how to train")

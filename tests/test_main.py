@@ -24,9 +24,10 @@ FILE_ONLY_SETTINGS = {
     "augment", "augmentation", "optimizer", "weight_decay", "schedule", "warmup_epochs", "label_smoothing",
     "focal_gamma", "melanoma_cost", "lr_patience", "lr_factor", "min_lr", "early_stopping_patience",
     "selection_window", "head_epochs", "fine_tune_from_block", "fine_tune_lr_factor", "mixed_precision", "jit_compile",
+    "fold",
 }
 # Flags of `train` that are not settings.
-COMMAND_FLAGS = {"help", "config", "resume", "verbose"}
+COMMAND_FLAGS = {"help", "config", "resume", "verbose", "folds", "seeds"}
 
 
 def train_parser():

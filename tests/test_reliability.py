@@ -291,7 +291,7 @@ def test_resume_refuses_settings_it_cannot_change(damaged_run, capsys):
     assert run_main("--resume", damaged_run, "--epochs", 10, "--lr", 0.1) == 2
     assert "it can change data_dir, cache_dir, workers, not epochs, lr" in only_line(capsys)
     assert run_main("--resume", damaged_run, "--model", "vgg16") == 2
-    assert "drop --model and --config" in only_line(capsys)
+    assert "drop --model, --config, --folds and --seeds" in only_line(capsys)
     with pytest.raises(ConfigError, match="not epochs"):
         resume_run(damaged_run, {"epochs": 10})
 
