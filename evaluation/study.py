@@ -191,14 +191,14 @@ def nadeau_bengio_test(differences, test_train_ratio):
     the J differences d, on J - 1 degrees of freedom; two-sided.
 
     Returns:
-        {"t", "df", "p_value", "mean_difference", "n"}; t is None where every difference is the
-        same (p 1 if they are 0, else 0).
+        {"t", "df", "p_value", "mean_difference", "n"}; t and p are None where every difference
+        is the same (no variance to test against: a tie, or too few runs to see the noise).
     """
     differences = np.asarray(differences, dtype=np.float64)
     count, mean = len(differences), float(differences.mean())
     variance = float(differences.var(ddof=1))
     if variance == 0:
-        return {"t": None, "df": count - 1, "p_value": 1.0 if mean == 0 else 0.0, "mean_difference": mean, "n": count}
+        return {"t": None, "df": count - 1, "p_value": None, "mean_difference": mean, "n": count}
     statistic = mean / np.sqrt((1 / count + test_train_ratio) * variance)
     p_value = 2 * stats.t.sf(abs(statistic), df=count - 1)
     return {"t": float(statistic), "df": count - 1, "p_value": float(p_value), "mean_difference": mean, "n": count}
@@ -295,7 +295,7 @@ def render_summary(summary, figure_name):
             rows.append((
                 pair["configuration_a"], pair["configuration_b"],
                 f"{np.mean(pair['balanced_accuracy_differences']):+.3f}" if pair["balanced_accuracy_differences"] else "–",
-                "–" if test is None else f"{test['name']}: t {format_value(test['t'])}, p {test['p_value']:.3f}",
+                "–" if test is None else f"{test['name']}: t {format_value(test['t'])}, p {format_value(test['p_value'])}",
                 "–" if ensembles is None else f"{ensembles['balanced_accuracy_difference']:+.3f} {format_interval(ensembles['interval'])}",
                 "–" if ensembles is None else f"{ensembles['p_value']:.3f}",
                 "–" if ensembles is None else f"{ensembles['mcnemar']['p_value']:.3f}",
