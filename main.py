@@ -70,7 +70,7 @@ with native_stderr_silenced(QUIET):
     from dataset import BALANCE_MODES  # noqa: E402
     from networks import get_model_entry, list_models  # noqa: E402
     from training import STUDY, ConfigError, TrainConfig, hardware_preset, load_config, prepare_run_data, resume_run, run_config, train_run  # noqa: E402
-    from training.config import LOSSES  # noqa: E402
+    from training.config import LOSSES, parse_settings  # noqa: E402
     from training.study import continue_study, start_study, unfinished_study  # noqa: E402
 
 COMMANDS = ("train", "evaluate", "compare", "predict", "serve")
@@ -144,6 +144,11 @@ def build_parser():
     add_setting(how, "class_weights", action=argparse.BooleanOptionalAction, help="weigh the loss by class")
     add_setting(how, "loss", choices=LOSSES)
     add_setting(how, "seed", type=int, help="fixes the split, sampling, augmentation and initial weights")
+    how.add_argument(
+        "--set", action="append", default=[], dest="settings", metavar="KEY=VALUE",
+        help="any setting of training/config.py, its value in YAML, over the config file; repeatable: "
+        "--set ema=0.99 --set 'augmentation={rotation: 0.5}'",
+    )
     data = train.add_argument_group("data and output")
     add_setting(data, "data_dir", type=Path, help="HAM10000 folder (default: $HAM10000_DIR, data/ham10000, ../shared/ham10000)")
     add_setting(data, "cache_dir", type=Path, help="decoded-image cache (default: $HAM10000_CACHE or ~/.cache/ham10000-study)")
@@ -236,7 +241,8 @@ def setting_flags(arguments):
 
 
 def run_train(arguments):
-    overrides = setting_flags(arguments)
+    # A flag wins over --set, and both over the config file.
+    overrides = {**parse_settings(arguments.settings), **{k: v for k, v in setting_flags(arguments).items() if v is not None}}
     if arguments.resume:
         if arguments.model or arguments.config or arguments.folds or arguments.seeds:
             raise ConfigError("--resume continues with the run's own config.yaml (or the study's plan): drop --model, --config, --folds and --seeds")

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import keras
 from keras import layers
 
+from networks.colour import ShadesOfGrey
+
 POOLINGS = ("max", "avg")
 
 
@@ -41,7 +43,9 @@ class HeadOptions:
             raise ValueError(f"head dropout must be in [0, 1); got {self.dropout}")
 
 
-def build_classifier(backbone, *, image_size, num_classes, metadata_features, head, name, augmentation=None):
+def build_classifier(
+    backbone, *, image_size, num_classes, metadata_features, head, name, augmentation=None, colour_constancy=0
+):
     """Puts a head on a backbone and returns the whole classifier.
 
     Args:
@@ -54,6 +58,8 @@ def build_classifier(backbone, *, image_size, num_classes, metadata_features, he
         name: the model's name (shown in summaries and saved files).
         augmentation: optional training-only preprocessing layers (`networks.augmentation`)
             applied to the image before the backbone; identity at inference.
+        colour_constancy: the power of shades-of-grey colour constancy (`networks.colour`)
+            applied to every image first, in training and inference alike; 0 for none.
 
     Returns:
         A `keras.Model` with input "image" (and "metadata" when `metadata_features > 0`) and a
@@ -61,7 +67,8 @@ def build_classifier(backbone, *, image_size, num_classes, metadata_features, he
         keeps the probabilities and the loss exact.
     """
     image = keras.Input((image_size, image_size, 3), name="image")
-    features = backbone(augmentation(image) if augmentation is not None else image)
+    x = ShadesOfGrey(colour_constancy, name="shades_of_grey")(image) if colour_constancy else image
+    features = backbone(augmentation(x) if augmentation is not None else x)
     pool = layers.GlobalMaxPooling2D if head.pooling == "max" else layers.GlobalAveragePooling2D
     x = pool(name="pool")(features)
     inputs = [image]

@@ -83,7 +83,8 @@ def model_options(name, overrides=None):
 
 
 def create_model(
-    name, image_size, *, num_classes=7, metadata_features=0, head=None, options=None, weights=None, augmentation=None
+    name, image_size, *, num_classes=7, metadata_features=0, head=None, options=None, weights=None, augmentation=None,
+    colour_constancy=0,
 ):
     """Builds a registered model: its backbone, then the shared head.
 
@@ -98,6 +99,7 @@ def create_model(
         weights: for pretrained models only: "imagenet", a weights file, or None.
         augmentation: optional `keras.Sequential` of training-only preprocessing layers
             (`networks.augmentation.build_augmentation`) put in front of the backbone.
+        colour_constancy: power of the shades-of-grey layer put first (`networks.colour`); 0: none.
 
     Returns:
         A `keras.Model` named `name` (`<name>_meta` with metadata) whose backbone is the nested
@@ -120,4 +122,5 @@ def create_model(
     return build_classifier(
         backbone, image_size=image_size, num_classes=num_classes, metadata_features=metadata_features,
         head=head or HeadOptions(), name=f"{name}_meta" if metadata_features else name, augmentation=augmentation,
+        colour_constancy=colour_constancy,
     )

@@ -23,11 +23,11 @@ FILE_ONLY_SETTINGS = {
     "model_options", "head", "split_fractions", "balance_target", "max_oversampling", "class_weight_boost",
     "augment", "augmentation", "optimizer", "weight_decay", "schedule", "warmup_epochs", "label_smoothing",
     "focal_gamma", "melanoma_cost", "lr_patience", "lr_factor", "min_lr", "early_stopping_patience",
-    "selection_window", "head_epochs", "fine_tune_from_block", "fine_tune_lr_factor", "mixed_precision", "jit_compile",
+    "selection_window", "ema", "colour_constancy", "head_epochs", "fine_tune_from_block", "fine_tune_lr_factor", "mixed_precision", "jit_compile",
     "fold",
 }
 # Flags of `train` that are not settings.
-COMMAND_FLAGS = {"help", "config", "resume", "verbose", "folds", "seeds"}
+COMMAND_FLAGS = {"help", "config", "resume", "verbose", "settings", "folds", "seeds"}
 
 
 def train_parser():
@@ -50,6 +50,14 @@ def test_flags_become_overrides_and_help_shows_the_real_defaults():
     text = " ".join(train_parser().format_help().split())
     assert "learning rate (default: 0.001)" in text and f"(default: {TrainConfig.epochs})" in text
     assert "(default: None)" not in text
+
+
+def test_set_assigns_any_setting_in_yaml_and_a_flag_wins_over_it():
+    assert main.parse_settings(["ema=0.99", "augmentation={rotation: 0.5, zoom: 0.2}", "lr=1"]) == {
+        "ema": 0.99, "augmentation": {"rotation": 0.5, "zoom": 0.2}, "lr": 1,
+    }
+    config = load_config("densenet", TINY_CONFIG, main.parse_settings(["ema=0.99", "weights=none"]))
+    assert config.ema == 0.99 and config.weights is None and config.image_size == 32  # the rest from the file
 
 
 @pytest.mark.backend
@@ -124,6 +132,9 @@ def test_interrupted_run_resumes_without_losing_or_repeating_an_epoch(toy_dir, t
         (["--model", "cnn", "--config", "nowhere.yaml"], "error: nowhere.yaml: config file not found"),
         (["--model", "cnn", "--data-dir", "nowhere"], "error: nowhere: data folder not found"),
         (["--resume", "nowhere"], "error: nowhere: not a run folder"),
+        (["--model", "cnn", "--set", "ema"], "error: --set 'ema': expected KEY=VALUE, e.g. --set ema=0.99"),
+        (["--model", "cnn", "--set", "emma=0.9"], "error: command line: unknown setting 'emma'"),
+        (["--model", "cnn", "--set", "ema=2"], "error: ema is the moving average's momentum, in [0, 1)"),
         (["compare", "nowhere", "nowhere-else"], "error: nowhere: run folder not found"),
     ],
 )

@@ -10,6 +10,7 @@ from keras import layers
 
 import networks
 from networks import create_model, freeze_backbone, list_models, registry, unfreeze_top_blocks
+from networks.colour import ShadesOfGrey
 from conftest import TINY_CONFIG, run_main
 
 pytestmark = pytest.mark.backend
@@ -247,3 +248,35 @@ def test_a_model_registered_elsewhere_trains_saves_and_loads(plain_model, toy_di
     loaded = keras.saving.load_model(run_dir / "model.keras", compile=False)
     assert loaded.name == plain_model and loaded.get_layer("backbone").get_layer("block2_conv").filters == PlainOptions.filters
     assert len(pd.read_csv(run_dir / "predictions.csv")) > 0
+
+
+# === Shades-of-grey colour constancy ===
+
+
+def minkowski_light(images, power):
+    return np.mean((images / 255.0) ** power, axis=(1, 2)) ** (1 / power)
+
+
+def test_shades_of_grey_turns_a_coloured_light_grey_and_leaves_a_grey_one_alone():
+    rng = np.random.default_rng(0)
+    grey_lit = rng.uniform(20, 160, size=(2, 16, 16, 1)).repeat(3, axis=-1).astype("float32")
+    cast = (grey_lit * np.array([1.3, 1.0, 0.7], dtype="float32")).clip(0, 255)
+    layer = ShadesOfGrey(power=6)
+    balanced = keras.ops.convert_to_numpy(layer(cast))
+    light = minkowski_light(balanced, 6)
+    np.testing.assert_allclose(light, light[:, :1].repeat(3, axis=1), rtol=1e-3)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(layer(grey_lit)), grey_lit, rtol=1e-4, atol=1e-3)
+
+
+def test_model_with_colour_constancy_saves_and_loads(tmp_path):
+    model = create_model("cnn", 32, options={"filters": [8, 8, 8, 8, 8]}, colour_constancy=6)
+    images = np.random.default_rng(1).uniform(0, 255, size=(2, 32, 32, 3)).astype("float32")
+    model.save(tmp_path / "model.keras")
+    loaded = keras.saving.load_model(tmp_path / "model.keras")
+    assert loaded.get_layer("shades_of_grey").power == 6
+    np.testing.assert_allclose(loaded.predict(images, verbose=0), model.predict(images, verbose=0), rtol=1e-5)
+
+
+def test_shades_of_grey_refuses_a_power_below_one():
+    with pytest.raises(ValueError, match="at least 1"):
+        ShadesOfGrey(power=0.5)

@@ -64,9 +64,13 @@ def damaged_run(interrupted_run, tmp_path):
 # === 1. A resumed run is the run it would have been ===
 
 
-def test_resumed_run_is_identical_to_an_uninterrupted_one(toy_dir, tmp_path, monkeypatch):
-    # The head's dropout, the resampling and the class weights all draw from the seed.
-    arguments = ["--model", "cnn", "--config", TINY_CONFIG, "--epochs", 4, "--data-dir", toy_dir]
+@pytest.mark.parametrize("extra_settings", ["", "ema: 0.9"], ids=["plain", "weight averaging"])
+def test_resumed_run_is_identical_to_an_uninterrupted_one(toy_dir, tmp_path, monkeypatch, extra_settings):
+    # The head's dropout, the resampling and the class weights all draw from the seed; with weight
+    # averaging, the checkpoint holds the averaged weights in the model and the raw ones in the optimizer.
+    config = tmp_path / "config.yaml"
+    config.write_text(TINY_CONFIG.read_text() + extra_settings + "\n")
+    arguments = ["--model", "cnn", "--config", config, "--epochs", 4, "--data-dir", toy_dir]
     assert run_main(*arguments, "--output-dir", tmp_path / "whole") == 0
     restore = interrupt_after(monkeypatch, 2)
     assert run_main(*arguments, "--output-dir", tmp_path / "resumed") == 130

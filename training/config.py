@@ -70,6 +70,7 @@ class TrainConfig:
     class_weight_boost: dict = field(default_factory=lambda: {"mel": 1.5})
     augment: bool = True  # the eight square symmetries (quarter turns and flips), in the data pipeline
     augmentation: dict = field(default_factory=dict)  # AugmentationOptions fields, e.g. {rotation: 0.5, zoom: 0.2}
+    colour_constancy: int = 0  # shades of grey with this Minkowski power (6 is usual), in the model; 0: off
 
     # === Optimisation ===
     epochs: int = 60
@@ -77,6 +78,7 @@ class TrainConfig:
     lr: float = 1e-3
     optimizer: str = "adam"  # adam | adamw (decoupled weight decay)
     weight_decay: float = 0.0  # adamw only
+    ema: float = 0.0  # momentum of an exponential moving average of the weights, validated and kept; 0: off
     schedule: str = "plateau"  # plateau: cut lr when validation stalls | cosine: warm-up, then cosine decay to 0
     warmup_epochs: int = 0  # cosine: linear warm-up from 0 to lr over this many epochs
     loss: str = "crossentropy"  # crossentropy | focal | cost
@@ -166,6 +168,8 @@ class TrainConfig:
         _require(self.schedule in SCHEDULES, f"unknown schedule {self.schedule!r} (expected one of {', '.join(SCHEDULES)})")
         _require(self.weight_decay >= 0, f"weight_decay must be 0 or more; got {self.weight_decay}")
         _require(self.weight_decay == 0 or self.optimizer == "adamw", "weight_decay needs optimizer: adamw")
+        _require(self.colour_constancy == 0 or self.colour_constancy >= 1, f"colour_constancy is the shades-of-grey power, at least 1 (6 is usual; 0: off); got {self.colour_constancy}")
+        _require(0 <= self.ema < 1, f"ema is the moving average's momentum, in [0, 1) (0: off, e.g. 0.999); got {self.ema}")
         _require(0 <= self.warmup_epochs < self.epochs, f"warmup_epochs must be in [0, epochs); got {self.warmup_epochs}")
         _require(0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1); got {self.label_smoothing}")
         _require(self.label_smoothing == 0 or self.loss != "cost", "label_smoothing works with the crossentropy and focal losses only")
@@ -228,6 +232,9 @@ def load_config(model=None, config_file=None, overrides=None):
     Raises:
         ConfigError: unreadable file, unknown setting, or a value of the wrong type or range.
     """
+    unknown = sorted(set(overrides or {}) - set(TrainConfig.defaults()))
+    if unknown:
+        raise ConfigError(f"command line: unknown setting {', '.join(map(repr, unknown))} (see training/config.py for the settings)")
     values = {}
     if config_file is not None:
         values = read_yaml(config_file)
@@ -242,6 +249,27 @@ def load_config(model=None, config_file=None, overrides=None):
     values.update({key: value for key, value in (overrides or {}).items() if value is not None})
     values["model"] = model
     return _build(values, source=config_file or "command line").validate()
+
+
+def parse_settings(assignments):
+    """`KEY=VALUE` strings (`--set`) as overrides for `load_config`, each value read as YAML.
+
+        parse_settings(["ema=0.99", "augmentation={rotation: 0.5}"])  # {"ema": 0.99, "augmentation": {"rotation": 0.5}}
+
+    Raises:
+        ConfigError: an assignment without "=", or a value that is not YAML. Unknown keys and
+            bad values are refused later, by `load_config`, like a config file's.
+    """
+    settings = {}
+    for assignment in assignments:
+        key, equals, text = assignment.partition("=")
+        if not equals or not key.strip():
+            raise ConfigError(f"--set {assignment!r}: expected KEY=VALUE, e.g. --set ema=0.99")
+        try:
+            settings[key.strip()] = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            raise ConfigError(f"--set {assignment!r}: the value is not valid YAML ({str(error).splitlines()[0]})") from None
+    return settings
 
 
 def read_yaml(path):

@@ -66,6 +66,7 @@ def build_model(config, metadata_features):
         options=config.model_options,
         weights=config.weights if config.pretrained else None,
         augmentation=build_augmentation(config.augmentation_options, seed=config.seed),
+        colour_constancy=config.colour_constancy,
     )
 
 
@@ -99,7 +100,8 @@ def compile_model(model, config, learning_rate, weights, *, stage_steps=None, wa
 
 
 def make_optimizer(config, learning_rate, stage_steps=None, warmup_steps=0):
-    """Adam or AdamW, at a constant rate (cut by the plateau rule) or on a cosine schedule."""
+    """Adam or AdamW, at a constant rate (cut by the plateau rule) or on a cosine schedule, with
+    an exponential moving average of the weights if `config.ema`."""
     if config.schedule == "cosine":
         learning_rate = keras.optimizers.schedules.CosineDecay(
             0.0 if warmup_steps else learning_rate,
@@ -107,9 +109,10 @@ def make_optimizer(config, learning_rate, stage_steps=None, warmup_steps=0):
             warmup_target=learning_rate if warmup_steps else None,
             warmup_steps=warmup_steps,
         )
+    averaging = {"use_ema": config.ema > 0, "ema_momentum": config.ema or 0.99}
     if config.optimizer == "adamw":
-        return keras.optimizers.AdamW(learning_rate, weight_decay=config.weight_decay)
-    return keras.optimizers.Adam(learning_rate)
+        return keras.optimizers.AdamW(learning_rate, weight_decay=config.weight_decay, **averaging)
+    return keras.optimizers.Adam(learning_rate, **averaging)
 
 
 def fit(config, data, run_dir, *, resume=False, model=None, verbose="auto"):
@@ -159,6 +162,7 @@ def fit(config, data, run_dir, *, resume=False, model=None, verbose="auto"):
         f"{len(train.positions)} per epoch after '{config.balance}' balancing: "
         f"{len(train)} steps per epoch, up to {sum(stage.epochs for stage in stages)} epochs"
     )
+    checkpoint_loaded = resume
     recorder = EpochRecorder(run_dir, state, _read_history(run_dir, state.epochs_completed), config, train, val)
     for stage in stages:
         state = recorder.state
@@ -170,13 +174,17 @@ def fit(config, data, run_dir, *, resume=False, model=None, verbose="auto"):
             recorder.state = state = start_stage(state, stage)
         recorder.stage = stage
         train.set_epoch(state.epochs_completed)
+        # With EMA, validation, the kept model and the checkpoint hold the averaged weights; the
+        # checkpoint a run resumes from was saved with them in the model.
+        averaging = [SwapEMAWeights(averaged_in_model=checkpoint_loaded)] if config.ema else []
+        checkpoint_loaded = False
         model.fit(
             train,
             validation_data=val,
             initial_epoch=state.epochs_completed,
             epochs=state.stage_last_epoch(stage),
             class_weight=weights if weigh_samples else None,
-            callbacks=[recorder],
+            callbacks=[*averaging, recorder],
             verbose=verbose,
         )
     state = recorder.state
@@ -253,6 +261,20 @@ def _describe(stage, config):
 def _stage_boundaries(history):
     """Epochs after which a new stage began."""
     return [int(before["epoch"]) for before, after in zip(history, history[1:]) if after["stage"] != before["stage"]]
+
+
+class SwapEMAWeights(keras.callbacks.SwapEMAWeights):
+    """Keras's swap of the weights and their moving average at each epoch's end, so that
+    validation and the callbacks after it see the average, and back before the next epoch.
+
+    Args:
+        averaged_in_model: the model was loaded from a checkpoint, which holds the average in
+            the model's weights (and the raw weights in the optimizer): swap back first.
+    """
+
+    def __init__(self, averaged_in_model=False):
+        super().__init__(swap_on_epoch=True)
+        self._ema_weights_in_model = averaged_in_model
 
 
 class EpochRecorder(keras.callbacks.Callback):
