@@ -129,7 +129,7 @@ def write_summary(runs, output_dir, title, *, paired_over_runs=True, bootstrap_d
         "title": title,
         "n_test_images": len(y_true),
         "configurations": configurations,
-        "pairs": paired_tests(groups, comparison, ensemble_dirs) if paired_over_runs else [],
+        "pairs": paired_tests(groups, comparison, ensemble_dirs, over_runs=paired_over_runs),
         "paired_over_runs": paired_over_runs,
     }
     markdown_path, json_path, figure_path = (output_dir / name for name in SUMMARY_FILENAMES)
@@ -215,9 +215,10 @@ def size_ratio(run):
     return subsets.get("test", 0) / subsets.get("train", 1)
 
 
-def paired_tests(groups, comparison, ensemble_dirs):
-    """Every two configurations: the test over their matched runs' balanced accuracies, and the
-    ensembles' paired bootstrap and McNemar results from `comparison`."""
+def paired_tests(groups, comparison, ensemble_dirs, over_runs=True):
+    """Every two configurations: the test over their matched runs' balanced accuracies (unless
+    not `over_runs`: runs of different splits), and the ensembles' paired bootstrap and McNemar
+    results from `comparison`."""
     by_ensemble = {}
     if comparison is not None:
         names = {folder.name: label for folder, label in zip(ensemble_dirs, groups)}
@@ -225,7 +226,7 @@ def paired_tests(groups, comparison, ensemble_dirs):
     pairs = []
     for first, second in itertools.combinations(groups, 2):
         scores = [{(run["fold"], run["seed"]): run["balanced_accuracy"] for run in groups[label]} for label in (first, second)]
-        matched = sorted(set(scores[0]) & set(scores[1]), key=str)
+        matched = sorted(set(scores[0]) & set(scores[1]), key=str) if over_runs else []
         differences = [scores[1][key] - scores[0][key] for key in matched]
         folds = any(fold is not None for fold, _ in matched)
         if len(differences) < 2:
@@ -289,6 +290,9 @@ def render_summary(summary, figure_name):
             markdown_table(("configuration", *(names[key] for key in INTERVAL_METRICS)), out_of_fold, align="l" + "r" * len(INTERVAL_METRICS)),
         ]
     if summary["pairs"]:
+        unpaired = "" if summary["paired_over_runs"] else (
+            " The studies do not share their split (and folds), so their runs are not paired over folds or seeds."
+        )
         rows = []
         for pair in summary["pairs"]:
             test, ensembles = pair["paired_over_runs"], pair["ensembles"]
@@ -305,13 +309,10 @@ def render_summary(summary, figure_name):
             "Second minus first. Over runs matched on (fold, seed): the corrected resampled t-test of Nadeau & Bengio "
             "(2003) over folds, with variance factor 1/J + n_test/n_train (the fixed test subset over a fold run's "
             "training images), or the paired t-test over seeds. On the ensembles' test predictions: the paired "
-            f"bootstrap interval and p-value, and McNemar's exact test ([{COMPARISON_DIR}/]({COMPARISON_DIR}/comparison.md)).",
+            f"bootstrap interval and p-value, and McNemar's exact test ([{COMPARISON_DIR}/]({COMPARISON_DIR}/comparison.md)).{unpaired}",
             markdown_table(
                 ("first", "second", "mean Δ over runs", "paired over runs", "Δ ensembles [95%]", "bootstrap p", "McNemar p"),
                 rows, align="llrlrrr",
             ),
         ]
-    elif not summary["paired_over_runs"]:
-        sections += ["## Paired tests", "The studies do not share their split, so their runs are not paired over folds or seeds; "
-                     f"the ensembles are compared in [{COMPARISON_DIR}/]({COMPARISON_DIR}/comparison.md)."]
     return "\n\n".join(sections) + "\n"
