@@ -4,10 +4,13 @@ Examples:
     python main.py --model densenet --config configs/cpu.yaml      # train one model (train is the default)
     python main.py --model vgg16 --metadata --weights none          # VGG16 with the metadata head, from scratch
     python main.py --model all --config configs/cpu.yaml            # the study's four runs, then their comparison
+    python main.py --model all --folds 3                            # the four x 3 lesion-grouped folds, with fold ensembles
+    python main.py --model densenet --seeds 3                       # three seeds of one configuration on one split
     python main.py --resume results/runs/20261123-101500-densenet   # continue an interrupted run
-    python main.py --resume results/studies/20261123-101500          # continue an interrupted --model all
+    python main.py --resume results/studies/20261123-101500-all     # continue an interrupted study
     python main.py evaluate results/runs/RUN --data-dir DIR --labels LABELS.csv   # an external test set
     python main.py compare results/runs/RUN_A results/runs/RUN_B    # side-by-side, with paired tests
+    python main.py compare results/studies/STUDY_A results/studies/STUDY_B   # studies: ensembles and per-fold tests
     python main.py predict results/runs/RUN photo.jpg FOLDER/ --output predictions.csv --explain gradcam/
     python main.py serve results/runs/RUN --port 8000               # HTTP API and a page to try it (needs .[serve])
     python main.py --model densenet --config configs/cpu.yaml --track   # also log the run to MLflow (needs .[track])
@@ -15,8 +18,8 @@ Examples:
     python main.py tune --model densenet --config configs/cpu.yaml --trials 12   # KerasTuner search (needs .[tune])
 
 Each run leaves results/runs/<timestamp>-<model>[-meta]/ with its config, split, history, model,
-test predictions, metrics, plots and report.md; --model all also leaves
-results/studies/<timestamp>/ with study.json (its runs) and comparison/.
+test predictions, metrics, plots and report.md; a study (--model all, --folds, --seeds) also leaves
+results/studies/<timestamp>-<name>/ with study.yaml, study.json (its runs), split.csv and summary/.
 """
 
 import argparse
@@ -24,7 +27,6 @@ import contextlib
 import datetime
 import errno
 import importlib.util
-import json
 import os
 import sys
 import warnings
@@ -67,19 +69,19 @@ with native_stderr_silenced(QUIET):
     import evaluation  # noqa: E402
     import inference  # noqa: E402
     from common.errors import DataError, UserError  # noqa: E402
-    from common.files import new_folder, write_json  # noqa: E402
-    from common.run_folder import CONFIG_FILENAME, METRICS_FILENAME, REPORT_FILENAME, SPLIT_FILENAME  # noqa: E402
+    from common.run_folder import CONFIG_FILENAME, METRICS_FILENAME, REPORT_FILENAME  # noqa: E402
+    from common.study_folder import SUMMARY_DIR, finished_runs, is_study_dir  # noqa: E402
     from dataset import BALANCE_MODES  # noqa: E402
     from networks import get_model_entry, list_models  # noqa: E402
     from training import STUDY, ConfigError, TrainConfig, hardware_preset, load_config, prepare_run_data, resume_run, run_config, train_run  # noqa: E402
     from training.config import LOSSES, TUNERS, parse_settings  # noqa: E402
     from training.run import check_resume_overrides  # noqa: E402
+    from training.study import continue_study, start_study, unfinished_study  # noqa: E402
     from training.trainer import check_weights  # noqa: E402
 
 COMMANDS = ("train", "tune", "track", "evaluate", "compare", "predict", "serve")
 # `--model` picks the config file's `models:` entry, and "all" is the study: it is passed on its own.
 NOT_OVERRIDES = ("model",)
-STUDY_FILENAME = "study.json"
 # Errors of the machine, not of the code: reported in one line, like bad input.
 DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES)
 
@@ -103,7 +105,7 @@ def main(argv=None):
         return 2
     except KeyboardInterrupt:
         resume = {
-            "train": " (resume with `python main.py --resume RUN_DIR`, or STUDY_DIR for --model all)",
+            "train": " (resume with `python main.py --resume RUN_DIR`, or STUDY_DIR for a study)",
             "tune": " (continue the search with `python main.py tune --resume SEARCH_DIR`)",
         }
         print(f"\ninterrupted{resume.get(arguments.command, '')}", file=sys.stderr)
@@ -136,9 +138,12 @@ def build_parser():
     add_setting(what, "weights", help="vgg16: imagenet, none, or a weights file")
     what.add_argument(
         "--resume", type=Path, metavar="DIR",
-        help="continue an interrupted run from its last completed epoch, or an interrupted study (--model all) "
-        "from results/studies/<timestamp>, keeping its finished runs; only --data-dir, --cache-dir and --workers may change",
+        help="continue an interrupted run from its last completed epoch, or an interrupted study "
+        "(results/studies/<timestamp>-<name>), keeping its finished runs; only --data-dir, --cache-dir and --workers may change",
     )
+    study = train.add_argument_group("studies (several runs on one split, summarised in results/studies/<timestamp>-<name>/)")
+    study.add_argument("--folds", type=positive, metavar="K", help="lesion-grouped K-fold: one run per fold, each validating on its fold; the test subset stays fixed")
+    study.add_argument("--seeds", type=positive, metavar="N", help="N runs per configuration (and fold), with seeds seed, seed+1, ...")
     how = train.add_argument_group("how to train")
     add_setting(how, "epochs", type=int)
     add_setting(how, "batch_size", type=int)
@@ -213,8 +218,12 @@ def build_parser():
     )
     evaluate.set_defaults(handler=run_evaluate)
 
-    compare = commands.add_parser("compare", help="compare runs evaluated on the same test images", parents=[console])
-    compare.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR", help="two or more run folders with predictions.csv, trained on one split")
+    compare = commands.add_parser("compare", help="compare runs, or studies, evaluated on the same test images", parents=[console])
+    compare.add_argument(
+        "run_dirs", type=Path, nargs="+", metavar="RUN_OR_STUDY_DIR",
+        help="two or more run folders with predictions.csv trained on one split, or two or more study folders "
+        "(their configurations' ensembles, and tests paired over folds or seeds where the studies share a split)",
+    )
     compare.add_argument("--output", type=Path, metavar="DIR", help="default: results/comparisons/<timestamp>; an existing folder gets -2, -3, ...")
     compare.set_defaults(handler=run_compare)
 
@@ -252,6 +261,11 @@ def add_tracking_flags(parser):
         "config: tracking: mlflow)",
     )
     add_setting(group, "track_model", action="store_true", help="with --track, also log model.keras")
+def positive(text):
+    """An argparse type: an integer of at least 1."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return int(text)
 
 
 def add_setting(group, name, help=None, **options):
@@ -279,10 +293,10 @@ def run_train(arguments):
     # A flag wins over --set, and both over the config file.
     overrides = {**parse_settings(arguments.settings), **{k: v for k, v in setting_flags(arguments).items() if v is not None}}
     if arguments.resume:
-        if arguments.model or arguments.config:
-            raise ConfigError("--resume continues with the run's own config.yaml: drop --model and --config")
-        if (arguments.resume / STUDY_FILENAME).is_file():
-            continue_study(arguments.resume, overrides)
+        if arguments.model or arguments.config or arguments.folds or arguments.seeds:
+            raise ConfigError("--resume continues with the run's own config.yaml (or the study's plan): drop --model, --config, --folds and --seeds")
+        if is_study_dir(arguments.resume):
+            finish_study(arguments.resume, overrides)
         else:
             if (arguments.resume / METRICS_FILENAME).is_file():
                 raise DataError(
@@ -295,69 +309,54 @@ def run_train(arguments):
     if config_file is None:
         config_file, reason = hardware_preset()
         print(f"No --config: {reason}, so the preset {config_file.relative_to(config_file.parent.parent)} (--config chooses another)")
-    if arguments.model == "all":
-        train_study(config_file, overrides)
+    if arguments.model == "all" or arguments.folds or arguments.seeds:
+        train_study(arguments, config_file, overrides)
     else:
         finish(train_run(load_config(arguments.model, config_file, overrides)))
 
 
-def train_study(config_file, overrides):
-    """The study: four configurations on one split, then their comparison, in a new study folder.
+def train_study(arguments, config_file, overrides):
+    """A study: the configurations (--model all: the four) x folds (--folds) x seeds (--seeds), then its summary."""
+    if arguments.model == "all":
+        configs = [load_config(model, config_file, {**overrides, "metadata": metadata}) for model, metadata in STUDY]
+    else:
+        configs = [load_config(arguments.model, config_file, overrides)]
+    seeds = arguments.seeds or 1
+    name = "-".join(
+        [arguments.model if arguments.model == "all" else configs[0].configuration]
+        + ([f"{arguments.folds}folds"] if arguments.folds else [])
+        + ([f"{seeds}seeds"] if arguments.seeds else [])
+    )
+    settings = {
+        "models": [config.configuration for config in configs],
+        "config": str(config_file),
+        "flags": {key: value for key, value in overrides.items() if value is not None},
+    }
+    study_dir = unfinished_study(configs, folds=arguments.folds, seeds=seeds, settings=settings)
+    if study_dir is not None:
+        print(f"Continuing {study_dir}, which the same command started: its finished runs are kept")
+    else:
+        study_dir = start_study(configs, folds=arguments.folds, seeds=seeds, name=name, settings=settings)
+        print(f"Study folder: {study_dir} (continue it with `python main.py --resume {study_dir}`, or the same command, if it stops)")
+    finish_study(study_dir)
 
-    `study.json` in the folder holds the resolved configurations and, as they finish, their run
-    folders: `--resume STUDY_DIR` trains only the configurations without a finished run.
-    """
-    # Every config is checked before the first run starts.
-    configs = [load_config(model, config_file, {**overrides, "metadata": metadata}) for model, metadata in STUDY]
-    check_weights(configs)
-    data = prepare_run_data(configs[0])
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    study_dir = new_folder(Path(configs[0].output_dir) / "studies" / stamp)
-    write_json(study_dir / STUDY_FILENAME, {"configs": [config.to_dict() for config in configs], "runs": [None] * len(configs)})
-    print(f"Study folder: {study_dir} (continue it with `python main.py --resume {study_dir}` if it stops)")
-    continue_study(study_dir, data=data)
 
-
-def continue_study(study_dir, overrides=None, data=None):
-    """Trains the study's configurations that have no finished run yet, then compares all of them.
-
-    Args:
-        study_dir: the study's folder, with its `study.json`.
-        overrides: settings that may change (`RESUME_OVERRIDES`: where the data is, ...).
-        data: the first configuration's prepared data, if it is at hand.
-    """
-    study_file = Path(study_dir) / STUDY_FILENAME
-    try:
-        study = json.loads(study_file.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise DataError(f"{study_file}: damaged, not JSON ({error})") from None
-    changes = check_resume_overrides(overrides)
-    try:
-        configs = [TrainConfig.from_dict({**values, **changes}, study_file) for values in study["configs"]]
-        run_dirs = list(study["runs"])
-    except (KeyError, TypeError):
-        raise DataError(f"{study_file}: not a study file (expected 'configs' and 'runs')") from None
-    check_weights(configs)
-    data_by_size = {configs[0].image_size: data} if data else {}
-    for index, config in enumerate(configs):
-        if run_dirs[index] is not None:
-            print(f"{config.run_name}: finished in {run_dirs[index]}, kept")
-            continue
-        # Every run after the first trains on the first run's split.
-        config.split = config.split or (str(Path(run_dirs[0]) / SPLIT_FILENAME) if run_dirs[0] else None)
-        run = train_run(config, data=data_by_size.get(config.image_size), study=Path(study_dir).resolve().name)
-        finish(run)
-        data_by_size[config.image_size] = run.data
-        run_dirs[index] = str(run.run_dir)
-        write_json(study_file, {**study, "runs": run_dirs})
-    evaluation.compare_runs(run_dirs, Path(study_dir) / "comparison")
+def finish_study(study_dir, overrides=None):
+    """Trains and evaluates the study's unfinished runs, then writes its summary."""
+    continue_study(study_dir, finish, overrides)
+    if (study_dir / SUMMARY_DIR).exists():
+        print(f"{study_dir.name}: every run is finished; its summary is in {study_dir / SUMMARY_DIR}")
+        return
+    evaluation.summarize_study(study_dir)
 
 
 def finish(run):
     """Predicts the run's test subset with the kept model, then writes the gallery, metrics, plots and report."""
-    evaluation.predict_test_subset(
-        run.run_dir, run.data, with_metadata=run.config.metadata, batch_size=run.config.batch_size, workers=run.config.workers
-    )
+    options = {"with_metadata": run.config.metadata, "batch_size": run.config.batch_size, "workers": run.config.workers}
+    evaluation.predict_test_subset(run.run_dir, run.data, **options)
+    if run.config.fold is not None:
+        # The study's out-of-fold metrics pool every fold run's validation fold.
+        evaluation.predict_test_subset(run.run_dir, run.data, subset="val", **options)
     inference.write_gallery(run.run_dir, run.data)
     metrics = evaluation.evaluate_run(run.run_dir)
     run.tracker.finish(run.run_dir, with_model=run.config.track_model)
@@ -397,9 +396,8 @@ def run_track(arguments):
 
     run_dirs = []
     for folder in arguments.folders:
-        if (folder / STUDY_FILENAME).is_file():
-            study = json.loads((folder / STUDY_FILENAME).read_text(encoding="utf-8"))
-            run_dirs += [(Path(run_dir), folder.resolve().name) for run_dir in study.get("runs", []) if run_dir]
+        if is_study_dir(folder):
+            run_dirs += [(Path(run["run_dir"]), folder.resolve().name) for run in finished_runs(folder)]
         elif (folder / CONFIG_FILENAME).is_file():
             run_dirs.append((folder, None))
         else:
@@ -443,8 +441,15 @@ def print_beside_tta(plain, tta):
 
 def run_compare(arguments):
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    # compare_runs checks the runs before it creates the folder, and never reuses an existing one.
-    evaluation.compare_runs(arguments.run_dirs, arguments.output or Path("results") / "comparisons" / stamp)
+    output = arguments.output or Path("results") / "comparisons" / stamp
+    studies = [is_study_dir(folder) for folder in arguments.run_dirs]
+    if any(studies) and not all(studies):
+        raise UserError("compare takes run folders or study folders, not both: pass a study's runs, or only studies")
+    # Both check their inputs before they create the folder, and never reuse an existing one.
+    if all(studies):
+        evaluation.compare_studies(arguments.run_dirs, output)
+    else:
+        evaluation.compare_runs(arguments.run_dirs, output)
 
 
 def run_predict(arguments):

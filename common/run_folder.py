@@ -3,6 +3,7 @@
     <output_dir>/runs/<YYYYmmdd-HHMMSS>-<model>[-meta]/
         config.yaml  split.csv  environment.json  history.csv  training.json  model.keras
         metadata_encoder.json (hybrid head)  predictions.csv  metrics.json  *.png  report.md
+        val_predictions.csv (runs of a K-fold study: the validation fold)
         gallery/ (Grad-CAM thumbnails of the test subset)
         checkpoint/ (while training: the last epoch's model and state, for --resume)
         run.lock (while a process trains in the folder: its id and machine)
@@ -35,6 +36,8 @@ TRAINING_FILENAME = "training.json"  # the training summary: best epoch, wall ti
 MODEL_FILENAME = "model.keras"  # the kept epoch's model, without optimizer state
 ENCODER_FILENAME = "metadata_encoder.json"
 PREDICTIONS_FILENAME = "predictions.csv"
+# A fold run's validation fold, predicted by its kept model: the study's out-of-fold metrics.
+VAL_PREDICTIONS_FILENAME = "val_predictions.csv"
 METRICS_FILENAME = "metrics.json"
 REPORT_FILENAME = "report.md"
 GALLERY_FILE = "gallery/gallery.json"

@@ -18,7 +18,7 @@ from dataset.features import MetadataEncoder
 from dataset.images import find_data_dir, locate_images, read_image
 from dataset.metadata import CLASS_NAMES, class_indices, load_metadata
 from dataset.sampling import BALANCE_MODES, Balance, class_weights
-from dataset.split import load_split, make_split, save_split, split_summary
+from dataset.split import assign_folds, fold_subsets, load_split, make_split, save_split, split_summary
 
 _NEEDS_KERAS = {
     "ImageCache": "dataset.cache",
@@ -39,6 +39,7 @@ def __getattr__(name):
 
 __all__ = [
     "BALANCE_MODES",
+    "assign_folds",
     "Balance",
     "CLASS_NAMES",
     "ImageCache",
@@ -49,6 +50,7 @@ __all__ = [
     "class_weights",
     "evaluation_sequence",
     "find_data_dir",
+    "fold_subsets",
     "load_images",
     "load_metadata",
     "load_split",

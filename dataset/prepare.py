@@ -19,7 +19,7 @@ from dataset.images import find_data_dir, locate_images
 from dataset.metadata import METADATA_FILENAME, class_indices, load_metadata, stratified_subset
 from dataset.sampling import Balance
 from dataset.sequence import evaluation_sequence, training_sequence
-from dataset.split import DEFAULT_FRACTIONS, load_split, make_split
+from dataset.split import DEFAULT_FRACTIONS, fold_subsets, load_split, make_split
 
 
 @dataclass
@@ -68,6 +68,7 @@ def prepare_data(
     image_size=128,
     seed=0,
     split_file=None,
+    fold=None,
     split_fractions=DEFAULT_FRACTIONS,
     limit=None,
     drop_missing_images=False,
@@ -84,7 +85,9 @@ def prepare_data(
         data_dir: the HAM10000 folder; default $HAM10000_DIR, then `find_data_dir`'s defaults.
         image_size: side of the decoded square images.
         seed: fixes the split (and the `limit` subset).
-        split_file: a `split.csv` to reuse instead of making a new split.
+        split_file: a `split.csv` to reuse instead of making a new split; with `limit`, its
+            images are the subset (a study's runs of other seeds use their first run's split).
+        fold: with a `split_file` that has folds: validate on this fold, train on the others.
         split_fractions: train, val and test shares for a new split.
         limit: keep a stratified subset of this many images (for smoke runs).
         drop_missing_images: leave out missing or unreadable images instead of failing.
@@ -93,9 +96,15 @@ def prepare_data(
     """
     data_dir = find_data_dir(data_dir)
     metadata = load_metadata(data_dir / METADATA_FILENAME)
-    if limit is not None:
+    if split_file and limit is not None:
+        # The subset the split was made from, whichever seed this run has.
+        named = load_split(split_file)["image_id"]
+        metadata = metadata[metadata["image_id"].isin(named)].reset_index(drop=True)
+    elif limit is not None:
         metadata = stratified_subset(metadata, limit, seed)
     split = load_split(split_file, metadata) if split_file else make_split(metadata, split_fractions, seed)
+    if fold is not None:
+        split = fold_subsets(split, fold)
 
     paths = locate_images(metadata["image_id"].tolist(), data_dir, drop_missing=drop_missing_images)
     cache = load_images(paths, image_size, cache_dir=cache_dir, drop_unreadable=drop_missing_images, verbose=verbose)

@@ -17,9 +17,11 @@ from evaluation.labels import read_labels
 from evaluation.metrics import compute_metrics, expected_calibration_error
 from evaluation.predictions import predictions_frame, read_predictions, write_predictions
 from evaluation.report import evaluate_run, evaluate_tta, write_evaluation
+from evaluation.study import compare_studies, summarize_study
 
 __all__ = [
     "compare_runs",
+    "compare_studies",
     "compute_metrics",
     "evaluate_external",
     "evaluate_run",
@@ -30,6 +32,7 @@ __all__ = [
     "predictions_frame",
     "read_labels",
     "read_predictions",
+    "summarize_study",
     "write_evaluation",
     "write_predictions",
 ]

@@ -13,7 +13,7 @@ import networks  # noqa: F401  (registers the custom layers that saved models re
 
 from common.errors import DataError
 from common.files import new_folder
-from common.run_folder import MODEL_FILENAME, PREDICTIONS_FILENAME, TTA_DIR
+from common.run_folder import MODEL_FILENAME, PREDICTIONS_FILENAME, TTA_DIR, VAL_PREDICTIONS_FILENAME
 from dataset.augment import DIHEDRAL_TRANSFORMS
 from dataset.metadata import CLASS_NAMES
 from evaluation.predictions import predictions_frame, write_predictions
@@ -55,8 +55,11 @@ def predict_probabilities(model, sequence, verbose=0, tta=False):
     return probabilities
 
 
-def predict_test_subset(run_dir, data, *, with_metadata, batch_size=32, workers=2, tta=False):
+def predict_test_subset(run_dir, data, *, with_metadata, batch_size=32, workers=2, tta=False, subset="test"):
     """Predicts the test subset of a run's split with its kept model and writes `predictions.csv`.
+
+    With `subset="val"`, the validation subset instead, into `val_predictions.csv` (a fold run's
+    out-of-fold predictions).
 
     Args:
         run_dir: a trained run's folder, with `model.keras`.
@@ -69,13 +72,14 @@ def predict_test_subset(run_dir, data, *, with_metadata, batch_size=32, workers=
     Returns:
         The path of the `predictions.csv` written.
     """
-    rows, _, labels = data.subset("test")
-    test = data.sequence("test", batch_size=batch_size, with_metadata=with_metadata, workers=workers)
-    probabilities = predict_probabilities(load_run_model(run_dir), test, tta=tta)
+    rows, _, labels = data.subset(subset)
+    images = data.sequence(subset, batch_size=batch_size, with_metadata=with_metadata, workers=workers)
+    probabilities = predict_probabilities(load_run_model(run_dir), images, tta=tta)
     frame = predictions_frame(rows["image_id"].tolist(), labels, probabilities)
     folder = new_folder(Path(run_dir) / TTA_DIR) if tta else Path(run_dir)
-    write_predictions(folder / PREDICTIONS_FILENAME, frame)
-    return folder / PREDICTIONS_FILENAME
+    path = folder / (PREDICTIONS_FILENAME if subset == "test" else VAL_PREDICTIONS_FILENAME)
+    write_predictions(path, frame)
+    return path
 
 
 def predict_batch(model, images, metadata=None, *, tta=False):

@@ -25,9 +25,10 @@ FILE_ONLY_SETTINGS = {
     "focal_gamma", "melanoma_cost", "lr_patience", "lr_factor", "min_lr", "early_stopping_patience",
     "selection_window", "ema", "colour_constancy", "head_epochs", "fine_tune_from_block", "fine_tune_lr_factor", "mixed_precision", "jit_compile",
     "tensorboard",
+    "fold",
 }
 # Flags of `train` that are not settings.
-COMMAND_FLAGS = {"help", "config", "resume", "verbose", "settings"}
+COMMAND_FLAGS = {"help", "config", "resume", "verbose", "settings", "folds", "seeds"}
 
 
 def train_parser():
@@ -88,10 +89,12 @@ def test_predictions_hold_each_test_image_exactly_once(study):
 @pytest.mark.backend
 def test_model_all_writes_the_study_and_its_comparison(study):
     (study_dir,) = (study / "studies").iterdir()
+    assert study_dir.name.endswith("-all")
     runs = json.loads((study_dir / "study.json").read_text())["runs"]
-    assert sorted(runs) == sorted(str(run) for run in (study / "runs").iterdir())
-    for name in ("comparison.md", "comparison.json", "comparison.png"):
-        assert (study_dir / "comparison" / name).stat().st_size > 0
+    assert sorted(run["run_dir"] for run in runs) == sorted(str(run) for run in (study / "runs").iterdir())
+    assert all(run["finished"] for run in runs)
+    for name in ("summary.md", "summary.json", "spread.png", "comparison/comparison.md", "comparison/comparison.png"):
+        assert (study_dir / "summary" / name).stat().st_size > 0
 
 
 @pytest.mark.backend

@@ -60,3 +60,13 @@ def test_model_comparison_runs_on_the_toy_study(study, tmp_path):
     # Each direction shows its images and their table, or says that no run made that confusion.
     for tag in ("melanoma-called-nevus", "nevus-called-melanoma"):
         assert tagged_cell(notebook, tag).outputs, tag
+
+
+def test_model_comparison_shows_a_study_s_runs_as_dots_with_their_mean(study, tmp_path):
+    (study_dir,) = (study / "studies").iterdir()
+    notebook = run_notebook("model_comparison.ipynb", tmp_path, STUDY_DIR=str(study_dir), OUTPUT_DIR=str(tmp_path / "comparison"))
+    spread = tagged_cell(notebook, "study-spread")
+    assert shows_figure(spread)
+    for name in ("cnn", "densenet", "vgg16", "vgg16-meta"):
+        assert name in text_of(spread) and name in text_of(tagged_cell(notebook, "metrics-table"))
+    assert shows_figure(tagged_cell(notebook, "training-curves"))

@@ -135,27 +135,6 @@ def test_weights_failure_leaves_no_run_folder(weights, toy_dir, tmp_path, monkey
     assert not (tmp_path / "out" / "runs").exists()
 
 
-def test_interrupted_study_continues_with_its_finished_runs(toy_dir, tmp_path, monkeypatch, capsys):
-    arguments = ["--model", "all", "--config", TINY_CONFIG, "--data-dir", toy_dir, "--limit", 40]
-    restore = interrupt_after(monkeypatch, 2)  # during the second run, densenet
-    assert run_main(*arguments, "--output-dir", tmp_path) == 130
-    restore()
-    (study_dir,) = (tmp_path / "studies").iterdir()
-    (cnn,) = (tmp_path / "runs").glob("*-cnn")
-    cnn_model = (cnn / "model.keras").stat().st_mtime_ns
-    capsys.readouterr()
-
-    assert run_main("--resume", study_dir) == 0
-    assert f"cnn: finished in {cnn}, kept" in capsys.readouterr().out
-    assert (cnn / "model.keras").stat().st_mtime_ns == cnn_model  # not retrained
-    study = json.loads((study_dir / "study.json").read_text())
-    assert [run.rsplit("-", 1)[-1] for run in study["runs"]] == ["cnn", "densenet", "vgg16", "meta"]
-    comparison = json.loads((study_dir / "comparison" / "comparison.json").read_text())
-    assert [run["run_dir"] for run in comparison["runs"]] == study["runs"]
-    splits = [pd.read_csv(f"{run}/split.csv") for run in study["runs"]]
-    assert all(split.equals(splits[0]) for split in splits)
-
-
 # === 5. compare checks first and never overwrites ===
 
 
@@ -316,7 +295,7 @@ def test_resume_refuses_settings_it_cannot_change(damaged_run, capsys):
     assert run_main("--resume", damaged_run, "--epochs", 10, "--lr", 0.1) == 2
     assert "it can change data_dir, cache_dir, workers, not epochs, lr" in only_line(capsys)
     assert run_main("--resume", damaged_run, "--model", "vgg16") == 2
-    assert "drop --model and --config" in only_line(capsys)
+    assert "drop --model, --config, --folds and --seeds" in only_line(capsys)
     with pytest.raises(ConfigError, match="not epochs"):
         resume_run(damaged_run, {"epochs": 10})
 

@@ -59,6 +59,7 @@ class TrainConfig:
     data_dir: typing.Optional[str] = None
     cache_dir: typing.Optional[str] = None
     split: typing.Optional[str] = None  # a split.csv to reuse
+    fold: typing.Optional[int] = None  # with a split that has folds (--folds K): validate on this fold, train on the others
     split_fractions: tuple = DEFAULT_FRACTIONS
     limit: typing.Optional[int] = None  # a stratified subset of this many images (smoke runs)
     drop_missing_images: bool = False
@@ -124,8 +125,13 @@ class TrainConfig:
         }
 
     @property
-    def run_name(self):
+    def configuration(self):
+        """What is trained, without the fold: "densenet", "vgg16-meta", ..."""
         return f"{self.model}-meta" if self.metadata else self.model
+
+    @property
+    def run_name(self):
+        return self.configuration if self.fold is None else f"{self.configuration}-fold{self.fold}"
 
     @property
     def pretrained(self):
@@ -155,6 +161,7 @@ class TrainConfig:
             self.image_size <= MAX_IMAGE_SIZE,
             f"image_size {self.image_size} is too large: at most {MAX_IMAGE_SIZE} (HAM10000's images are 600 x 450 px)",
         )
+        _require(self.fold is None or (self.fold >= 0 and self.split is not None), f"fold must be 0 or more, with a split file that has folds (split); got fold {self.fold}")
         _require(self.limit is None or self.limit >= 10, f"limit must be at least 10 images; got {self.limit}")
         _require(self.lr > 0, f"lr must be positive; got {self.lr}")
         _require(0 < self.lr_factor < 1, f"lr_factor must be between 0 and 1; got {self.lr_factor}")

@@ -42,6 +42,7 @@ def prepare_run_data(config, verbose=True):
         image_size=config.image_size,
         seed=config.seed,
         split_file=config.split,
+        fold=config.fold,
         split_fractions=config.split_fractions,
         limit=config.limit,
         drop_missing_images=config.drop_missing_images,
@@ -50,7 +51,7 @@ def prepare_run_data(config, verbose=True):
     )
 
 
-def train_run(config, data=None, verbose="auto", study=None):
+def train_run(config, data=None, verbose="auto", study=None, on_start=None):
     """Trains one configuration in a new run folder.
 
     Args:
@@ -58,6 +59,7 @@ def train_run(config, data=None, verbose="auto", study=None):
         data: prepared data to reuse (same image size and split), or None to prepare it.
         verbose: Keras's progress output.
         study: the name of the study the run is part of (an MLflow tag), or None.
+        on_start: called with the run folder once it is made, before training (a study records it).
 
     Returns:
         A `TrainedRun`: the run folder, the config, and the `PreparedData` it trained on.
@@ -70,6 +72,8 @@ def train_run(config, data=None, verbose="auto", study=None):
     model = build_model(config, data.encoder.size if config.metadata else 0)
     run_dir = create_run_dir(config.output_dir, config.run_name)
     print(f"Run folder: {run_dir}")
+    if on_start is not None:
+        on_start(run_dir)
     with run_lock(run_dir):
         config.save(run_dir / CONFIG_FILENAME)
         save_split(data.split, run_dir / SPLIT_FILENAME)

@@ -240,7 +240,7 @@ def _load_checkpoint(path):
         raise DataError(f"{path}: checkpoint file not found; the run cannot be resumed, start it again")
     try:
         return keras.saving.load_model(path)
-    except (OSError, ValueError, zipfile.BadZipFile) as error:
+    except (OSError, ValueError, zipfile.BadZipFile):
         if not zipfile.is_zipfile(path):
             raise DataError(f"{path}: damaged checkpoint (not a .keras archive); the run cannot be resumed, start it again") from None
         raise
