@@ -73,8 +73,8 @@ with native_stderr_silenced(QUIET):
     from common.study_folder import SUMMARY_DIR, finished_runs, is_study_dir  # noqa: E402
     from dataset import BALANCE_MODES  # noqa: E402
     from networks import get_model_entry, list_models  # noqa: E402
-    from training import STUDY, ConfigError, TrainConfig, hardware_preset, load_config, prepare_run_data, resume_run, run_config, train_run  # noqa: E402
-    from training.config import LOSSES, TUNERS, parse_settings  # noqa: E402
+    from training import ConfigError, TrainConfig, hardware_preset, load_config, prepare_run_data, resume_run, run_config, train_run  # noqa: E402
+    from training.config import LOSSES, TUNERS, parse_settings, study_configurations  # noqa: E402
     from training.run import check_resume_overrides  # noqa: E402
     from training.study import continue_study, start_study, unfinished_study  # noqa: E402
     from training.trainer import check_weights  # noqa: E402
@@ -117,7 +117,7 @@ def build_parser():
     models = "\n".join(f"  {name:<9} {get_model_entry(name).description}" for name in list_models())
     parser = argparse.ArgumentParser(
         prog="main.py",
-        description=__doc__.split("\n")[0] + f"\n\nmodels:\n{models}\n  all       the study: cnn, densenet, vgg16, vgg16 --metadata",
+        description=__doc__.split("\n")[0] + f"\n\nmodels:\n{models}\n  all       the study: the config file's `study:` list (configs/cpu.yaml: cnn, densenet, vgg16_bn, vgg16_bn-meta), else cnn, densenet, vgg16, vgg16-meta",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="`python main.py COMMAND --help` describes each command; train is the default.",
     )
@@ -318,7 +318,7 @@ def run_train(arguments):
 def train_study(arguments, config_file, overrides):
     """A study: the configurations (--model all: the four) x folds (--folds) x seeds (--seeds), then its summary."""
     if arguments.model == "all":
-        configs = [load_config(model, config_file, {**overrides, "metadata": metadata}) for model, metadata in STUDY]
+        configs = [load_config(model, config_file, {**overrides, "metadata": metadata}) for model, metadata in study_configurations(config_file)]
     else:
         configs = [load_config(arguments.model, config_file, overrides)]
     seeds = arguments.seeds or 1

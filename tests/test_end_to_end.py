@@ -1,6 +1,6 @@
 """The CPU preset on the full dataset: each study configuration must learn, not just run.
 
-Slow (up to about 25 minutes per configuration on 2 cores), so not in the default run:
+Slow (about 15 minutes per configuration on 2 cores), so not in the default run:
 
     pytest -m slow                     # all four configurations
     pytest -m slow -k densenet         # one
@@ -11,7 +11,7 @@ import json
 import pytest
 
 from conftest import REPO_ROOT, run_main
-from training.config import STUDY
+from training.config import study_configurations
 
 CPU_CONFIG = REPO_ROOT / "configs" / "cpu.yaml"
 # What a logistic regression on colour histograms plus metadata reaches on a lesion-grouped split
@@ -20,22 +20,11 @@ CPU_CONFIG = REPO_ROOT / "configs" / "cpu.yaml"
 BASELINE_BALANCED_ACCURACY = 0.55
 
 
-# Measured in the reference study (results/reference/, seed 0); these miss the baseline today.
-KNOWN_SHORTFALLS = {
-    "cnn": "0.541 [0.492, 0.589] in the reference study: within noise of the baseline, not above it",
-    "vgg16": "0.244 in the reference study: VGG16 from scratch (no ImageNet weights offline) at 32 px barely learns in 25 min",
-    "vgg16-meta": "0.428 in the reference study: the metadata head adds 0.18 to vgg16, but its image branch is as starved",
-}
-
-
-def configuration(model, metadata):
-    name = f"{model}-meta" if metadata else model
-    marks = [pytest.mark.xfail(reason=KNOWN_SHORTFALLS[name], strict=False)] if name in KNOWN_SHORTFALLS else []
-    return pytest.param(model, metadata, id=name, marks=marks)
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize(("model", "metadata"), [configuration(*study_run) for study_run in STUDY])
+@pytest.mark.parametrize(
+    ("model", "metadata"),
+    [pytest.param(model, metadata, id=f"{model}-meta" if metadata else model) for model, metadata in study_configurations(CPU_CONFIG)],
+)
 def test_cpu_preset_beats_the_colour_histogram_baseline(model, metadata, ham_dir, tmp_path):
     arguments = ["--model", model, "--config", CPU_CONFIG, "--data-dir", ham_dir, "--output-dir", tmp_path]
     assert run_main(*arguments, *(["--metadata"] if metadata else [])) == 0

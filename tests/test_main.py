@@ -9,7 +9,7 @@ import main
 import training.config
 from common.errors import DataError
 from conftest import REPO_ROOT, TINY_CONFIG, copy_toy_dir, run_main
-from training import TrainConfig, load_config, trainer
+from training import ConfigError, TrainConfig, load_config, trainer
 
 RUN_FILES = (
     "config.yaml", "split.csv", "environment.json", "history.csv", "training.json", "model.keras",
@@ -181,3 +181,14 @@ def test_without_config_the_preset_fits_the_hardware(kind, preset, monkeypatch, 
     assert run_main("--model", "densenet", "--seed", 3) == 2
     assert trained == [load_config("densenet", REPO_ROOT / "configs" / preset, {"seed": 3})]
     assert f"so the preset configs/{preset}" in capsys.readouterr().out
+
+
+def test_a_config_file_may_name_the_study_s_configurations(tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text(TINY_CONFIG.read_text() + "study: [cnn, vgg16_bn-meta]\n")
+    assert training.config.study_configurations(config) == (("cnn", False), ("vgg16_bn", True))
+    assert load_config("cnn", config).image_size == 32  # `study:` is not a run's setting
+    assert training.config.study_configurations(TINY_CONFIG) == training.config.STUDY
+    config.write_text("study: [cnn, resnet-meta]\n")
+    with pytest.raises(ConfigError, match="unknown model resnet-meta under 'study'"):
+        training.config.study_configurations(config)

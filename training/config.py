@@ -38,8 +38,10 @@ SCHEDULES = ("plateau", "cosine")
 TRACKERS = ("mlflow",)
 TUNERS = ("bayesian", "hyperband")  # KerasTuner's oracles that `python main.py tune` offers
 AUTO = "auto"
-# The four configurations of the study, in the order `--model all` trains them.
+# The four configurations of the study, in the order `--model all` trains them, unless the config
+# file's `study:` names others (the CPU preset: VGG16-BN for VGG16, which needs ImageNet weights).
 STUDY = (("cnn", False), ("densenet", False), ("vgg16", False), ("vgg16", True))
+METADATA_SUFFIX = "-meta"
 # HAM10000's images are 600 x 450: a larger side only upsamples them, and the cache of 10,015
 # images at this size already takes 31 GB.
 MAX_IMAGE_SIZE = 1024
@@ -249,6 +251,7 @@ def load_config(model=None, config_file=None, overrides=None):
     values = {}
     if config_file is not None:
         values = read_yaml(config_file)
+    values.pop("study", None)  # `study_configurations`'s
     per_model = values.pop("models", None) or {}
     if not isinstance(per_model, dict):
         raise ConfigError(f"{config_file}: 'models' must map model names to settings")
@@ -260,6 +263,25 @@ def load_config(model=None, config_file=None, overrides=None):
     values.update({key: value for key, value in (overrides or {}).items() if value is not None})
     values["model"] = model
     return _build(values, source=config_file or "command line").validate()
+
+
+def study_configurations(config_file=None):
+    """The (model, metadata) pairs that `--model all` trains: the config file's `study:` list of
+    run names (`[cnn, densenet, vgg16_bn, vgg16_bn-meta]`), else `STUDY`.
+
+    Raises:
+        ConfigError: `study:` is not a list of known models, each optionally ending in "-meta".
+    """
+    names = read_yaml(config_file).get("study") if config_file is not None else None
+    if names is None:
+        return STUDY
+    if not isinstance(names, list) or not names or not all(isinstance(name, str) for name in names):
+        raise ConfigError(f"{config_file}: 'study' must list run names, e.g. [cnn, densenet, vgg16_bn, vgg16_bn-meta]")
+    pairs = [(name.removesuffix(METADATA_SUFFIX), name.endswith(METADATA_SUFFIX)) for name in names]
+    unknown = [name for name, (model, _) in zip(names, pairs) if model not in list_models()]
+    if unknown:
+        raise ConfigError(f"{config_file}: unknown model {', '.join(unknown)} under 'study' (available: {', '.join(list_models())}, each optionally with {METADATA_SUFFIX})")
+    return tuple(pairs)
 
 
 def parse_settings(assignments):
