@@ -9,7 +9,9 @@ What each one adds to the square symmetries that the training sequence already a
 - rotation: any angle, not only quarter turns (a dermoscopic image has no up or down);
 - zoom with independent height and width factors: scale and aspect jitter, so that the model sees
   lesions at several sizes and both in HAM10000's squashed 4:3 frames and in square crops;
-- colour jitter: brightness, contrast, saturation and hue vary with the dermatoscope and camera.
+- colour jitter: brightness, contrast, saturation and hue vary with the dermatoscope and camera;
+- RandAugment (Cubuk et al., 2020): a few transforms drawn at random per image from a fixed list
+  (shear, translation, solarisation, equalisation, ...) at one shared magnitude.
 """
 
 from dataclasses import dataclass
@@ -31,6 +33,8 @@ class AugmentationOptions:
         saturation: largest change of saturation. Keras's saturation factor is 0.5 for the
             image as it is (0: grey, 1: fully saturated), so it is drawn from
             [0.5 - saturation, 0.5 + saturation].
+        rand_augment: magnitude of `keras.layers.RandAugment` (0 to 1); 0: off.
+        rand_augment_ops: how many of its transforms each image gets.
     """
 
     rotation: float = 0.0
@@ -39,16 +43,20 @@ class AugmentationOptions:
     contrast: float = 0.0
     saturation: float = 0.0
     hue: float = 0.0
+    rand_augment: float = 0.0
+    rand_augment_ops: int = 2
 
     def __post_init__(self):
-        for name in ("rotation", "zoom", "brightness", "contrast", "saturation", "hue"):
+        if self.rand_augment_ops < 1:
+            raise ValueError(f"augmentation rand_augment_ops must be at least 1; got {self.rand_augment_ops}")
+        for name in ("rotation", "zoom", "brightness", "contrast", "saturation", "hue", "rand_augment"):
             value, limit = getattr(self, name), 0.5 if name == "saturation" else 1
             if not 0 <= value <= limit:
                 raise ValueError(f"augmentation {name} must be between 0 and {limit}; got {value}")
 
     @property
     def active(self):
-        return any((self.rotation, self.zoom, self.brightness, self.contrast, self.saturation, self.hue))
+        return any((self.rotation, self.zoom, self.brightness, self.contrast, self.saturation, self.hue, self.rand_augment))
 
 
 def build_augmentation(options, seed=None):
@@ -79,6 +87,12 @@ def build_augmentation(options, seed=None):
                 hue_factor=options.hue or None,
                 seed=seed,
                 name="random_colour_jitter",
+            )
+        )
+    if options.rand_augment:
+        transforms.append(
+            layers.RandAugment(
+                value_range=(0, 255), num_ops=options.rand_augment_ops, factor=options.rand_augment, seed=seed, name="rand_augment"
             )
         )
     return keras.Sequential(transforms, name="augmentation")

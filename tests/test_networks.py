@@ -199,6 +199,16 @@ def test_augmentation_is_training_only_and_keeps_colours_on_average():
     np.testing.assert_allclose(augmented.mean(axis=(0, 1, 2)), images.mean(axis=(0, 1, 2)), atol=12)
 
 
+def test_rand_augment_is_training_only_and_changes_images():
+    augmentation = networks.build_augmentation(networks.AugmentationOptions(rand_augment=0.5, rand_augment_ops=2), seed=0)
+    assert [layer.name for layer in augmentation.layers] == ["rand_augment"]
+    images = augmentation_batch()
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(augmentation(images, training=False)), images)
+    augmented = keras.ops.convert_to_numpy(augmentation(images, training=True))
+    assert augmented.shape == images.shape and not np.allclose(augmented, images)
+    assert augmented.min() >= 0 and augmented.max() <= 255
+
+
 def test_no_augmentation_when_every_strength_is_zero():
     assert networks.build_augmentation(networks.AugmentationOptions()) is None
     with pytest.raises(ValueError, match="augmentation saturation must be between 0 and 0.5; got 0.8"):
