@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from common.files import write_text  # noqa: E402
 from networks import get_model_entry  # noqa: E402
-from training import load_config  # noqa: E402
+from training import TrainConfig, load_config  # noqa: E402
 from training.config import read_yaml  # noqa: E402
 
 # Settings that say where things are or how fast they run, not what is learnt.
@@ -51,7 +51,9 @@ def read_runs(folders, base_file):
     """One row per finished run: its model, seed, difference from the base, kept-epoch score and wall time."""
     rows = []
     for run_dir in sorted(path.parent for folder in folders for path in Path(folder).rglob("training.json")):
-        config = read_yaml(run_dir / "config.yaml")
+        # A setting added after the run was made is absent from its config.yaml; the run had its
+        # default (new settings default to what the code did before them).
+        config = {**TrainConfig.defaults(), **read_yaml(run_dir / "config.yaml")}
         base = load_config(config["model"], base_file).to_dict()
         summary = json.loads((run_dir / "training.json").read_text(encoding="utf-8"))
         history = pd.read_csv(run_dir / "history.csv")
