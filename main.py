@@ -353,10 +353,10 @@ def finish_study(study_dir, overrides=None):
 def finish(run):
     """Predicts the run's test subset with the kept model, then writes the gallery, metrics, plots and report."""
     options = {"with_metadata": run.config.metadata, "batch_size": run.config.batch_size, "workers": run.config.workers}
-    evaluation.predict_test_subset(run.run_dir, run.data, **options)
+    evaluation.predict_subset(run.run_dir, run.data, **options)
     if run.config.fold is not None:
         # The study's out-of-fold metrics pool every fold run's validation fold.
-        evaluation.predict_test_subset(run.run_dir, run.data, subset="val", **options)
+        evaluation.predict_subset(run.run_dir, run.data, subset="val", **options)
     inference.write_gallery(run.run_dir, run.data)
     metrics = evaluation.evaluate_run(run.run_dir)
     run.tracker.finish(run.run_dir, with_model=run.config.track_model)
@@ -424,7 +424,7 @@ def run_evaluate(arguments):
     print(f"Wrote the evaluation of {metrics['n_images']} test images to {arguments.run_dir}")
     if arguments.tta:
         config = run_config(arguments.run_dir, {"cache_dir": arguments.cache_dir and str(arguments.cache_dir)})
-        predictions = evaluation.predict_test_subset(
+        predictions = evaluation.predict_subset(
             arguments.run_dir, prepare_run_data(config), with_metadata=config.metadata,
             batch_size=config.batch_size, workers=config.workers, tta=True,
         )

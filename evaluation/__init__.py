@@ -5,14 +5,14 @@
     compare_runs([run_a, run_b], "results/comparison")              # comparison.md/.json/.png
     evaluate_external(run_a, "data/isic2018-test", "data/isic2018-test/GroundTruth.csv")
 
-Everything but `evaluation.inference` (`predict_test_subset`) and `evaluate_external` works from
+Everything but `evaluation.inference` (`predict_subset`) and `evaluate_external` works from
 the files in the run folder (`predictions.csv` first of all), never from `training`; those two
 load the run's model.
 """
 
 from evaluation.compare import compare_runs
 from evaluation.external import evaluate_external
-from evaluation.inference import predict_probabilities, predict_test_subset
+from evaluation.inference import predict_probabilities, predict_subset
 from evaluation.labels import read_labels
 from evaluation.metrics import compute_metrics, expected_calibration_error
 from evaluation.predictions import predictions_frame, read_predictions, write_predictions
@@ -28,7 +28,7 @@ __all__ = [
     "evaluate_tta",
     "expected_calibration_error",
     "predict_probabilities",
-    "predict_test_subset",
+    "predict_subset",
     "predictions_frame",
     "read_labels",
     "read_predictions",

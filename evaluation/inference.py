@@ -55,8 +55,8 @@ def predict_probabilities(model, sequence, verbose=0, tta=False):
     return probabilities
 
 
-def predict_test_subset(run_dir, data, *, with_metadata, batch_size=32, workers=2, tta=False, subset="test"):
-    """Predicts the test subset of a run's split with its kept model and writes `predictions.csv`.
+def predict_subset(run_dir, data, *, with_metadata, batch_size=32, workers=2, tta=False, subset="test"):
+    """Predicts the test subset of a run's split (or `subset`) with its kept model and writes `predictions.csv`.
 
     With `subset="val"`, the validation subset instead, into `val_predictions.csv` (a fold run's
     out-of-fold predictions).
