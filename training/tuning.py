@@ -164,7 +164,10 @@ def continue_search(search_dir, overrides=None, trials=None):
         oracle = keras_tuner.oracles.HyperbandOracle(max_epochs=trial_config.epochs, factor=3, **common)
         oracle.max_trials = search["trials"]
     else:
-        oracle = keras_tuner.oracles.BayesianOptimizationOracle(max_trials=search["trials"], **common)
+        # KerasTuner's default is 3 random trials per hyper-parameter (21 here): a CPU-sized search
+        # would never leave random search. A third of the trials, at least 2, start the model.
+        initial = max(2, search["trials"] // 3)
+        oracle = keras_tuner.oracles.BayesianOptimizationOracle(max_trials=search["trials"], num_initial_points=initial, **common)
     tuner = RunTuner(oracle, search_dir, trial_config, search)
     tuner.search(verbose=0)
     best = tuner.oracle.get_best_trials(1)
