@@ -61,7 +61,11 @@ def test_a_stopped_search_resumes_without_redoing_trials_and_never_predicts_the_
     (search_dir,) = (tmp_path / "tuning").iterdir()
     assert list(json.loads((search_dir / "tuning.json").read_text())["results"]) == ["0"]
 
-    assert run_main("tune", "--resume", search_dir) == 0
+    # Closed at the one finished trial: best.yaml from it, and the interrupted trial is not re-run.
+    assert run_main("tune", "--resume", search_dir, "--trials", "1") == 0
+    assert len(trained) == 2 and (search_dir / "best.yaml").is_file()
+
+    assert run_main("tune", "--resume", search_dir, "--trials", "3") == 0
     # Trial 0 was kept; the interrupted trial 1 ran again, with the values it had, then trial 2.
     assert len(trained) == 4 and trained[1] == trained[2]
     results = json.loads((search_dir / "tuning.json").read_text())["results"]

@@ -169,7 +169,9 @@ def continue_search(search_dir, overrides=None, trials=None):
         initial = max(2, search["trials"] // 3)
         oracle = keras_tuner.oracles.BayesianOptimizationOracle(max_trials=search["trials"], num_initial_points=initial, **common)
     tuner = RunTuner(oracle, search_dir, trial_config, search)
-    tuner.search(verbose=0)
+    if len(search["results"]) < search["trials"]:
+        # KerasTuner would first re-run a trial that was interrupted, even past the number asked for.
+        tuner.search(verbose=0)
     best = tuner.oracle.get_best_trials(1)
     if not best or best[0].score is None:
         raise UserError(f"{search_dir}: no trial finished, so there is no best setting (see the errors above)")
