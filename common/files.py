@@ -11,7 +11,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from common.errors import UserError
+from common.errors import DataError, UserError
 
 
 @contextlib.contextmanager
@@ -86,6 +86,22 @@ def write_text(path, text):
 def write_bytes(path, data):
     with atomic_path(path) as temporary:
         temporary.write_bytes(data)
+
+
+def read_json(path, missing, damaged_remedy=""):
+    """The JSON value in `path`.
+
+    Raises:
+        DataError: the file does not exist (with the message `missing`), or is not JSON (naming
+            the file, then `damaged_remedy`).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(missing)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise DataError(f"{path}: damaged, not JSON ({error}){damaged_remedy}") from None
 
 
 def write_json(path, data):

@@ -11,10 +11,10 @@ The runs themselves are ordinary run folders in <output_dir>/runs/. Training wri
 folder (`training.study`), evaluation reads it; this module owns its layout.
 """
 
-import json
 from pathlib import Path
 
 from common.errors import DataError
+from common.files import read_json
 
 STUDY_FILENAME = "study.json"
 SETTINGS_FILENAME = "study.yaml"
@@ -33,12 +33,7 @@ def read_study(study_dir):
         DataError: the file is missing, damaged, or not a study's state.
     """
     path = Path(study_dir) / STUDY_FILENAME
-    if not path.is_file():
-        raise DataError(f"{study_dir}: not a study folder (no {STUDY_FILENAME})")
-    try:
-        study = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise DataError(f"{path}: damaged, not JSON ({error})") from None
+    study = read_json(path, f"{study_dir}: not a study folder (no {STUDY_FILENAME})")
     runs = study.get("runs") if isinstance(study, dict) else None
     if not isinstance(runs, list) or not all(isinstance(run, dict) and set(RUN_KEYS) <= set(run) for run in runs):
         raise DataError(f"{path}: not a study's state (expected 'runs', each with {', '.join(RUN_KEYS)})")

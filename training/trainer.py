@@ -10,7 +10,6 @@ is what a resumed run trusts. A run killed at any moment resumes from its last c
 
 import dataclasses
 import importlib.util
-import json
 import shutil
 import sys
 import time
@@ -21,7 +20,7 @@ import keras
 import numpy as np
 
 from common.errors import DataError
-from common.files import atomic_path, write_json
+from common.files import atomic_path, read_json, write_json
 from common.run_folder import (
     CHECKPOINT_DIR, METRIC_COLUMNS, MODEL_FILENAME, STATE_FILENAME, TENSORBOARD_DIR, TRAINING_FILENAME, read_history,
     write_history,
@@ -37,12 +36,10 @@ from training.rules import MONITOR, EpochRules, TrainingState, judge_epoch, plan
 def load_state(run_dir):
     """The `TrainingState` of an interrupted run's last completed epoch; DataError if there is none."""
     path = Path(run_dir) / CHECKPOINT_DIR / STATE_FILENAME
-    if not path.is_file():
-        raise DataError(f"{run_dir}: no checkpoint to resume from ({CHECKPOINT_DIR}/{STATE_FILENAME} is missing)")
-    try:
-        values = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise DataError(f"{path}: damaged, not JSON ({error}); the run cannot be resumed, start it again") from None
+    values = read_json(
+        path, f"{run_dir}: no checkpoint to resume from ({CHECKPOINT_DIR}/{STATE_FILENAME} is missing)",
+        "; the run cannot be resumed, start it again",
+    )
     known = [item.name for item in dataclasses.fields(TrainingState)]
     if not isinstance(values, dict) or set(values) - set(known):
         unknown = sorted(set(values) - set(known)) if isinstance(values, dict) else values
