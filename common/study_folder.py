@@ -7,7 +7,8 @@
         split.csv    the split every run trains on (with a `fold` column for --folds)
         summary/     summary.md, summary.json, spread.png, ensembles/, comparison/
 
-The runs themselves are ordinary run folders in <output_dir>/runs/. Training writes the study
+The runs themselves are ordinary run folders in <output_dir>/runs/; a study kept with its runs
+inside it (results/reference/) names them relative to the study folder. Training writes the study
 folder (`training.study`), evaluation reads it; this module owns its layout.
 """
 
@@ -41,9 +42,13 @@ def read_study(study_dir):
 
 
 def finished_runs(study_dir):
-    """The study's evaluated runs, as {"configuration", "fold", "seed", "run_dir"} in planned order."""
+    """The study's evaluated runs, as {"configuration", "fold", "seed", "run_dir"} in planned order.
+
+    A run folder given relative to the study folder (a study moved with its runs, such as
+    results/reference/) is resolved against it.
+    """
     return [
-        {key: run[key] for key in ("configuration", "fold", "seed", "run_dir")}
+        {**{key: run[key] for key in ("configuration", "fold", "seed")}, "run_dir": str(Path(study_dir) / run["run_dir"])}
         for run in read_study(study_dir)["runs"]
         if run["finished"]
     ]

@@ -30,7 +30,7 @@ from scipy import stats
 
 from common.errors import DataError
 from common.files import new_folder, write_json, write_text
-from common.run_folder import METRICS_FILENAME, PREDICTIONS_FILENAME, SPLIT_FILENAME, VAL_PREDICTIONS_FILENAME
+from common.run_folder import METRICS_FILENAME, PREDICTIONS_FILENAME, SPLIT_FILENAME, VAL_PREDICTIONS_FILENAME, read_training_summary
 from common.study_folder import SUMMARY_DIR, finished_runs
 from dataset.metadata import CLASS_NAMES, class_indices
 from dataset.split import load_split
@@ -129,7 +129,7 @@ def write_summary(runs, output_dir, title, *, paired_over_runs=True, bootstrap_d
         "title": title,
         "n_test_images": len(y_true),
         "configurations": configurations,
-        "pairs": paired_tests(groups, comparison, ensemble_dirs, over_runs=paired_over_runs),
+        "pairs": paired_tests(groups, comparison, ensemble_dirs, len(y_true), over_runs=paired_over_runs),
         "paired_over_runs": paired_over_runs,
     }
     markdown_path, json_path, figure_path = (output_dir / name for name in SUMMARY_FILENAMES)
@@ -209,13 +209,15 @@ def paired_t_test(differences):
     return nadeau_bengio_test(differences, 0.0)
 
 
-def size_ratio(run):
-    """n_test / n_train of a run, from its own split.csv (the subsets as the run used them)."""
-    subsets = load_split(Path(run["run_dir"]) / SPLIT_FILENAME)["subset"].value_counts()
-    return subsets.get("test", 0) / subsets.get("train", 1)
+def size_ratio(run, n_test):
+    """n_test / n_train of a run: its training images as its `training.json` counts them."""
+    train_images = read_training_summary(run["run_dir"]).get("train_images")
+    if not train_images:
+        raise DataError(f"{run['run_dir']}: training.json does not give the number of training images (train_images)")
+    return n_test / train_images
 
 
-def paired_tests(groups, comparison, ensemble_dirs, over_runs=True):
+def paired_tests(groups, comparison, ensemble_dirs, n_test, over_runs=True):
     """Every two configurations: the test over their matched runs' balanced accuracies (unless
     not `over_runs`: runs of different splits), and the ensembles' paired bootstrap and McNemar
     results from `comparison`."""
@@ -232,7 +234,7 @@ def paired_tests(groups, comparison, ensemble_dirs, over_runs=True):
         if len(differences) < 2:
             test = None
         elif folds:
-            ratio = size_ratio(groups[first][0])
+            ratio = size_ratio(groups[first][0], n_test)
             test = {"name": "corrected resampled t-test (Nadeau & Bengio)", "test_train_ratio": ratio, **nadeau_bengio_test(differences, ratio)}
         else:
             test = {"name": "paired t-test over seeds", **paired_t_test(differences)}

@@ -2,6 +2,7 @@
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from conftest import TINY_CONFIG, run_main
 from common.errors import DataError
 from dataset import assign_folds, class_indices, fold_subsets, load_split, make_split, prepare_data, save_split
 from evaluation import compute_metrics, read_predictions
-from evaluation.study import nadeau_bengio_test, paired_t_test
+from evaluation.study import nadeau_bengio_test, paired_t_test, summarize_study
 from test_reliability import interrupt_after
 
 
@@ -98,6 +99,22 @@ def test_ensemble_is_the_mean_of_the_members_probabilities(fold_study):
     metrics = json.loads((study_dir / "summary" / "ensembles" / "cnn" / "metrics.json").read_text())
     assert metrics["balanced_accuracy"] == pytest.approx(compute_metrics(y_true, expected, bootstrap_draws=0)["balanced_accuracy"])
     assert metrics["intervals"]["balanced_accuracy"]["draws"] > 0
+
+
+def test_a_study_moved_with_its_runs_is_summarised_as_where_it_was_made(fold_study, tmp_path):
+    # As results/reference/ is kept: the runs inside the study folder, study.json naming them relatively.
+    _, study_dir, _, _ = fold_study
+    moved = tmp_path / "reference"
+    shutil.copytree(study_dir, moved, ignore=shutil.ignore_patterns("summary"))
+    study = json.loads((moved / "study.json").read_text())
+    for run in study["runs"]:
+        shutil.copytree(run["run_dir"], moved / "runs" / Path(run["run_dir"]).name, ignore=shutil.ignore_patterns("*.keras", "checkpoint"))
+        run["run_dir"] = f"runs/{Path(run['run_dir']).name}"
+    (moved / "study.json").write_text(json.dumps(study))
+    summarize_study(moved, verbose=False)
+    made, remade = (json.loads((folder / "summary" / "summary.json").read_text()) for folder in (study_dir, moved))
+    for key in ("spread", "ensemble", "out_of_fold"):
+        assert remade["configurations"]["cnn"][key] == made["configurations"]["cnn"][key]
 
 
 def test_killed_study_resumes_without_retraining_its_finished_runs(fold_study):
