@@ -78,6 +78,7 @@ def measure(name, size, data, batch_size, steps, repeats):
     config = load_config(name, None, {"image_size": size, "batch_size": batch_size, "weights": "none"})
     train = data.sequence("train", batch_size=batch_size, balance=Balance("combined", 1000), augment=True, seed=0)
     weights = class_weights(train.epoch_labels)
+    train.class_weights = [weights[index] for index in range(len(CLASS_NAMES))]  # as training weighs the images
     model = build_model(config, 0)
     compile_model(model, config, config.lr, weights)
 
@@ -92,13 +93,13 @@ def measure(name, size, data, batch_size, steps, repeats):
 
     def compute_ceiling(steps=steps):
         start = time.perf_counter()
-        for images, labels in batches[:steps]:
-            model.train_on_batch(images, labels, class_weight=weights)
+        for images, labels, sample_weights in batches[:steps]:
+            model.train_on_batch(images, labels, sample_weight=sample_weights)
         return steps * batch_size / (time.perf_counter() - start)
 
     def fit_on_sequence(steps=steps):
         start = time.perf_counter()
-        model.fit(train, epochs=1, steps_per_epoch=steps, class_weight=weights, verbose=0)
+        model.fit(train, epochs=1, steps_per_epoch=steps, verbose=0)
         return steps * batch_size / (time.perf_counter() - start)
 
     for warm_up in (compute_ceiling, fit_on_sequence):

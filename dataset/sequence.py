@@ -16,13 +16,14 @@ import time
 import keras
 import numpy as np
 
-from dataset.augment import random_dihedral
+from dataset.augment import mix_batch, random_dihedral
 from dataset.metadata import CLASS_NAMES
 from dataset.sampling import Balance
 
 
 class LesionSequence(keras.utils.PyDataset):
-    """Batches of `(images, one_hot_labels)`, or `((images, metadata), one_hot_labels)`.
+    """Batches of `(images, one_hot_labels)`, or `((images, metadata), one_hot_labels)`, with a
+    third element, each image's weight, once `class_weights` is set.
 
     Args:
         images: (n, size, size, 3) uint8 array of all decoded images, usually the memory-mapped
@@ -34,6 +35,8 @@ class LesionSequence(keras.utils.PyDataset):
         batch_size: images per batch; the last batch may be smaller.
         balance: how to resample each epoch (`Balance`); None or mode "none" keeps every row once.
         augment: apply random quarter turns and flips.
+        mixup: alpha of MixUp's Beta distribution (`dataset.augment.mix_batch`); 0: off.
+        cutmix: alpha of CutMix's Beta distribution; 0: off.
         shuffle: reorder the rows every epoch.
         seed: fixes every draw.
         epoch: the epoch to start at (a resumed run passes its number of completed epochs).
@@ -51,6 +54,8 @@ class LesionSequence(keras.utils.PyDataset):
         batch_size=32,
         balance=None,
         augment=False,
+        mixup=0.0,
+        cutmix=0.0,
         shuffle=False,
         seed=0,
         epoch=0,
@@ -71,7 +76,12 @@ class LesionSequence(keras.utils.PyDataset):
         self.batch_size = batch_size
         self.balance = balance or Balance("none")
         self.augment = augment
+        self.mixup = mixup
+        self.cutmix = cutmix
         self.shuffle = shuffle
+        # Per class; each image's weight is its label times these, which for a mixed label mixes
+        # the two images' weights as MixUp and CutMix mix their labels.
+        self.class_weights = None
         self.seed = seed
         # Seconds spent in __getitem__ by all workers together: how hard the input pipeline works.
         self.fetch_seconds = 0.0
@@ -103,13 +113,17 @@ class LesionSequence(keras.utils.PyDataset):
             raise IndexError(f"batch {index} out of range for a sequence of {len(self)} batches")
         positions = self.positions[index * self.batch_size : (index + 1) * self.batch_size]
         images = self.images[self.rows[positions]]
+        rng = np.random.default_rng([self.seed, self.epoch, index])
         if self.augment:
-            images = random_dihedral(images, np.random.default_rng([self.seed, self.epoch, index]))
+            images = random_dihedral(images, rng)
         images = images.astype(np.float32)
         labels = np.eye(len(CLASS_NAMES), dtype=np.float32)[self.labels[positions]]
-        if self.metadata is None:
-            return images, labels
-        return (images, self.metadata[positions]), labels
+        metadata = None if self.metadata is None else self.metadata[positions]
+        images, labels, metadata = mix_batch(images, labels, rng, mixup=self.mixup, cutmix=self.cutmix, metadata=metadata)
+        inputs = images if metadata is None else (images, metadata)
+        if self.class_weights is None:
+            return inputs, labels
+        return inputs, labels, labels @ np.asarray(self.class_weights, dtype=np.float32)
 
     @property
     def epoch_labels(self):
@@ -122,11 +136,13 @@ class LesionSequence(keras.utils.PyDataset):
         return self.rows[self.positions]
 
 
-def training_sequence(images, rows, labels, *, metadata=None, batch_size=32, balance=None, augment=True, seed=0, epoch=0, workers=2):
+def training_sequence(
+    images, rows, labels, *, metadata=None, batch_size=32, balance=None, augment=True, mixup=0.0, cutmix=0.0, seed=0, epoch=0, workers=2,
+):
     """The training subset: resampled by class and shuffled every epoch, augmented."""
     return LesionSequence(
         images, rows, labels, metadata=metadata, batch_size=batch_size, balance=balance,
-        augment=augment, shuffle=True, seed=seed, epoch=epoch, workers=workers,
+        augment=augment, mixup=mixup, cutmix=cutmix, shuffle=True, seed=seed, epoch=epoch, workers=workers,
     )
 
 

@@ -23,7 +23,7 @@ FILE_ONLY_SETTINGS = {
     "model_options", "head", "split_fractions", "balance_target", "max_oversampling", "class_weight_boost",
     "augment", "augmentation", "optimizer", "weight_decay", "schedule", "warmup_epochs", "label_smoothing",
     "focal_gamma", "melanoma_cost", "lr_patience", "lr_factor", "min_lr", "early_stopping_patience",
-    "selection_window", "ema", "colour_constancy", "head_epochs", "fine_tune_from_block", "fine_tune_lr_factor", "mixed_precision", "jit_compile",
+    "selection_window", "ema", "colour_constancy", "mixup", "cutmix", "head_epochs", "fine_tune_from_block", "fine_tune_lr_factor", "mixed_precision", "jit_compile",
     "tensorboard",
     "fold",
 }

@@ -64,10 +64,13 @@ def damaged_run(interrupted_run, tmp_path):
 # === 1. A resumed run is the run it would have been ===
 
 
-@pytest.mark.parametrize("extra_settings", ["", "ema: 0.9"], ids=["plain", "weight averaging"])
+@pytest.mark.parametrize(
+    "extra_settings", ["", "ema: 0.9", "mixup: 0.2\ncutmix: 1.0"], ids=["plain", "weight averaging", "mixup and cutmix"]
+)
 def test_resumed_run_is_identical_to_an_uninterrupted_one(toy_dir, tmp_path, monkeypatch, extra_settings):
     # The head's dropout, the resampling and the class weights all draw from the seed; with weight
-    # averaging, the checkpoint holds the averaged weights in the model and the raw ones in the optimizer.
+    # averaging, the checkpoint holds the averaged weights in the model and the raw ones in the optimizer;
+    # MixUp and CutMix draw from the sequence's (seed, epoch, batch) generator.
     config = tmp_path / "config.yaml"
     config.write_text(TINY_CONFIG.read_text() + extra_settings + "\n")
     arguments = ["--model", "cnn", "--config", config, "--epochs", 4, "--data-dir", toy_dir]

@@ -112,3 +112,47 @@ def test_evaluation_sequence_keeps_a_partial_last_batch():
     assert len(sequence) == 3 and len(sequence[2][0]) == 2
     with pytest.raises(IndexError):
         sequence[3]
+
+
+@pytest.mark.parametrize("method", ["mixup", "cutmix"])
+def test_mixing_mixes_each_image_and_its_label_in_the_same_proportion(method):
+    # Image i is flat at 10 * its class: a mixed image's mean is its label's mix of those values,
+    # exactly, for a blend (MixUp) and for a pasted box (CutMix) alike.
+    labels = np.arange(7).repeat(3)
+    images = np.broadcast_to((10.0 * labels)[:, None, None, None], (len(labels), 8, 8, 3)).astype(np.uint8)
+    sequence = training_sequence(
+        images, np.arange(len(labels)), labels, batch_size=len(labels), augment=False, seed=3, **{method: 1.0},
+    )
+    for epoch in range(3):
+        sequence.set_epoch(epoch)
+        mixed_images, mixed_labels = sequence[0]
+        np.testing.assert_allclose(mixed_labels.sum(axis=1), 1.0, rtol=1e-6)
+        np.testing.assert_allclose(mixed_images.mean(axis=(1, 2, 3)), mixed_labels @ (10.0 * np.arange(7)), atol=1e-3)
+        assert (mixed_labels.max(axis=1) < 1).any()  # some images were mixed, not just reordered
+    again = training_sequence(images, np.arange(len(labels)), labels, batch_size=len(labels), augment=False, seed=3, **{method: 1.0})
+    again.set_epoch(2)
+    np.testing.assert_array_equal(again[0][0], mixed_images)  # drawn from (seed, epoch, batch) alone
+
+
+def test_mixing_mixes_the_metadata_as_the_labels():
+    labels = np.arange(7).repeat(2)
+    metadata = np.stack([labels, -labels], axis=1).astype(np.float32)
+    images = np.zeros((len(labels), 8, 8, 3), dtype=np.uint8)
+    sequence = training_sequence(images, np.arange(len(labels)), labels, metadata=metadata, batch_size=len(labels), augment=False, mixup=1.0)
+    (_, mixed_metadata), mixed_labels = sequence[0]
+    np.testing.assert_allclose(mixed_metadata, mixed_labels @ np.stack([np.arange(7), -np.arange(7)], axis=1), atol=1e-5)
+
+
+def test_class_weights_weigh_each_image_by_its_label_mixed_ones_too():
+    labels = np.arange(7).repeat(4)
+    images = np.zeros((len(labels), 8, 8, 3), dtype=np.uint8)
+    weights = np.arange(1.0, 8.0)
+    plain = training_sequence(images, np.arange(len(labels)), labels, batch_size=7, augment=False)
+    plain.class_weights = weights
+    _, one_hot, sample_weights = plain[0]
+    np.testing.assert_array_equal(sample_weights, weights[one_hot.argmax(axis=1)])  # what fit's class_weight gives
+    mixed = training_sequence(images, np.arange(len(labels)), labels, batch_size=7, augment=False, mixup=0.4)
+    mixed.class_weights = weights
+    _, soft, sample_weights = mixed[0]
+    np.testing.assert_allclose(sample_weights, soft @ weights, rtol=1e-6)
+    assert not np.allclose(sample_weights, weights[soft.argmax(axis=1)])

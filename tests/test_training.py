@@ -162,6 +162,7 @@ def test_cosine_schedule_warms_up_then_decays_to_zero():
         ({"schedule": "step"}, "unknown schedule 'step'"),
         ({"warmup_epochs": 5, "epochs": 5}, "warmup_epochs must be in [0, epochs); got 5"),
         ({"label_smoothing": 1.0}, "label_smoothing must be in [0, 1); got 1.0"),
+        ({"cutmix": -1.0}, "mixup and cutmix must be 0 (off) or positive; got mixup 0.0, cutmix -1.0"),
         ({"augmentation": {"rotate": 0.5}}, "unknown augmentation option 'rotate' (expected rotation, zoom,"),
     ],
 )

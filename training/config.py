@@ -75,6 +75,8 @@ class TrainConfig:
     augment: bool = True  # the eight square symmetries (quarter turns and flips), in the data pipeline
     augmentation: dict = field(default_factory=dict)  # AugmentationOptions fields, e.g. {rotation: 0.5, zoom: 0.2}
     colour_constancy: int = 0  # shades of grey with this Minkowski power (6 is usual), in the model; 0: off
+    mixup: float = 0.0  # MixUp of training batches, alpha of its Beta distribution (0.2 is usual); 0: off
+    cutmix: float = 0.0  # CutMix of training batches, alpha of its Beta distribution (1.0 is usual); 0: off; with mixup: either, at even odds
 
     # === Optimisation ===
     epochs: int = 60
@@ -180,6 +182,7 @@ class TrainConfig:
         _require(self.colour_constancy == 0 or self.colour_constancy >= 1, f"colour_constancy is the shades-of-grey power, at least 1 (6 is usual; 0: off); got {self.colour_constancy}")
         _require(0 <= self.ema < 1, f"ema is the moving average's momentum, in [0, 1) (0: off, e.g. 0.999); got {self.ema}")
         _require(0 <= self.warmup_epochs < self.epochs, f"warmup_epochs must be in [0, epochs); got {self.warmup_epochs}")
+        _require(self.mixup >= 0 and self.cutmix >= 0, f"mixup and cutmix must be 0 (off) or positive; got mixup {self.mixup}, cutmix {self.cutmix}")
         _require(0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1); got {self.label_smoothing}")
         _require(self.label_smoothing == 0 or self.loss != "cost", "label_smoothing works with the crossentropy and focal losses only")
         _require(

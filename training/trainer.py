@@ -137,7 +137,7 @@ def fit(config, data, run_dir, *, resume=False, model=None, verbose="auto", trac
     train = data.sequence(
         "train", batch_size=config.batch_size, with_metadata=config.metadata,
         balance=Balance(config.balance, config.balance_target, config.max_oversampling),
-        augment=config.augment, seed=config.seed, workers=config.workers,
+        augment=config.augment, mixup=config.mixup, cutmix=config.cutmix, seed=config.seed, workers=config.workers,
     )
     val = data.sequence("val", batch_size=config.batch_size, with_metadata=config.metadata, workers=config.workers)
     # From the first epoch's resampling, in a resumed run too.
@@ -147,6 +147,10 @@ def fit(config, data, run_dir, *, resume=False, model=None, verbose="auto", trac
         else {index: 1.0 for index in range(len(CLASS_NAMES))}
     )
     weigh_samples = weighs_samples(config.loss)
+    if weigh_samples:
+        # The sequence weighs each image by its label (`class_weight` of `fit` would weigh a mixed
+        # label by its larger part only); for one-hot labels the two are the same.
+        train.class_weights = [weights[index] for index in range(len(CLASS_NAMES))]
     stages = plan_stages(config)
 
     if resume:
@@ -187,7 +191,6 @@ def fit(config, data, run_dir, *, resume=False, model=None, verbose="auto", trac
             validation_data=val,
             initial_epoch=state.epochs_completed,
             epochs=state.stage_last_epoch(stage),
-            class_weight=weights if weigh_samples else None,
             callbacks=[*averaging, *callbacks],
             verbose=verbose,
         )
