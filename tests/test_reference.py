@@ -1,26 +1,56 @@
-"""The reference study in results/reference/ is complete, and the README quotes it as it is."""
+"""The reference study in results/reference/ is complete, its summary is what its runs' predictions
+give, and the README quotes it as it is."""
 
 import json
 
+import pytest
+
 from conftest import REPO_ROOT
+from common.study_folder import finished_runs, read_study
+from evaluation.study import write_summary
 
 REFERENCE = REPO_ROOT / "results" / "reference"
-STUDY_RUNS = ["cnn", "densenet", "vgg16", "vgg16-meta"]
-RUN_FILES = ("config.yaml", "history.csv", "training.json", "predictions.csv", "metrics.json", "report.md")
+CONFIGURATIONS = ["cnn", "densenet", "vgg16_bn", "vgg16_bn-meta"]
+FOLDS = 3
+RUN_FILES = (
+    "config.yaml", "environment.json", "history.csv", "training.json", "predictions.csv", "val_predictions.csv", "metrics.json",
+)
 
 
-def test_reference_holds_the_four_runs_without_weights():
+def test_reference_is_a_finished_study_of_four_configurations_by_three_folds_without_weights():
+    study = read_study(REFERENCE)
+    assert [(run["configuration"], run["fold"], run["finished"]) for run in study["runs"]] == [
+        (configuration, fold, True) for configuration in CONFIGURATIONS for fold in range(FOLDS)
+    ]
     runs = sorted(path for path in (REFERENCE / "runs").iterdir() if path.is_dir())
-    assert [run.name for run in runs] == STUDY_RUNS
+    assert sorted(run["run_dir"] for run in study["runs"]) == [f"runs/{run.name}" for run in runs]
     for run in runs:
         assert [name for name in RUN_FILES if not (run / name).is_file()] == [], run.name
-        assert list(run.glob("*.keras")) == [], run.name
-    comparison = json.loads((REFERENCE / "comparison" / "comparison.json").read_text())
-    assert [run["label"] for run in comparison["runs"]] == STUDY_RUNS
+        assert list(run.rglob("*.keras")) == [], run.name
 
 
-def test_readme_results_table_is_the_comparisons():
-    comparison = (REFERENCE / "comparison" / "comparison.md").read_text()
-    runs_table = comparison.split("## Runs", 1)[1].split("##", 1)[0].strip()
-    assert runs_table.count("\n") == len(STUDY_RUNS) + 1
-    assert runs_table in (REPO_ROOT / "README.md").read_text()
+@pytest.fixture(scope="module")
+def remade_summary(tmp_path_factory):
+    """The summary written again from the committed runs' predictions, as summary.json holds it."""
+    summary = write_summary(
+        finished_runs(REFERENCE), tmp_path_factory.mktemp("reference") / "summary", f"Study {REFERENCE.name}", verbose=False,
+    )
+    return json.loads(json.dumps(summary))
+
+
+def test_reference_summary_is_recomputed_from_its_runs(remade_summary):
+    committed = json.loads((REFERENCE / "summary" / "summary.json").read_text())
+    assert list(committed["configurations"]) == CONFIGURATIONS
+    for label, configuration in committed["configurations"].items():
+        for key in ("spread", "ensemble", "out_of_fold"):
+            assert remade_summary["configurations"][label][key] == configuration[key], (label, key)
+    assert [pair["paired_over_runs"] for pair in remade_summary["pairs"]] == [pair["paired_over_runs"] for pair in committed["pairs"]]
+
+
+def test_readme_results_tables_are_the_summary_s():
+    summary = (REFERENCE / "summary" / "summary.md").read_text()
+    readme = (REPO_ROOT / "README.md").read_text()
+    for section in ("## Spread over folds and seeds", "## Ensembles", "## Paired tests"):
+        table = next(block for block in summary.split(section, 1)[1].split("\n\n") if block.startswith("|"))
+        assert table.count("\n") >= len(CONFIGURATIONS) + 1
+        assert table in readme, section
