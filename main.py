@@ -60,6 +60,10 @@ def native_stderr_silenced(silenced):
 QUIET = VERBOSE_FLAG not in sys.argv[1:]
 if QUIET:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# TensorFlow turns its oneDNN kernels on by default only on recent Intel CPUs; elsewhere (an AMD
+# EPYC, say) it uses slower ones: on oneDNN a densenet epoch of the CPU preset takes 49 s there
+# instead of 61, a vgg16_bn epoch 36 s instead of 90. `TF_ENABLE_ONEDNN_OPTS=0` turns it off.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 with native_stderr_silenced(QUIET):
     try:
         import keras  # noqa: F401

@@ -9,8 +9,9 @@ test subset, each image:
 each with and without test-time augmentation (the eight rotations and reflections).
 
     python benchmarks/framing.py results/runs/RUN [--data-dir DIR] [--output framing.json]
+    python benchmarks/framing.py results/runs/RUN --subset val   # to choose a setting by it
 
-A report, not a choice: nothing here selects a setting, so reading the test subset is fine.
+On the test subset it is a report, not a choice; a setting is chosen on `--subset val`.
 """
 
 import argparse
@@ -21,15 +22,18 @@ import sys
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # as main.py
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+import yaml  # noqa: E402
 from PIL import Image  # noqa: E402
 from sklearn.metrics import balanced_accuracy_score  # noqa: E402
 
 from dataset import CLASS_NAMES, find_data_dir, load_metadata, locate_images, read_image  # noqa: E402
 from dataset.metadata import METADATA_FILENAME  # noqa: E402
+from dataset.split import fold_subsets  # noqa: E402
 from inference import Predictor  # noqa: E402
 
 
@@ -60,12 +64,16 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--data-dir", type=Path, help="HAM10000 folder (default: as main.py finds it)")
+    parser.add_argument("--subset", choices=("test", "val"), default="test", help="the run's subset to score (default: test)")
     parser.add_argument("--output", type=Path, help="write the table as JSON")
     arguments = parser.parse_args()
 
     predictor = Predictor.load(arguments.run_dir)
     split = pd.read_csv(arguments.run_dir / "split.csv")
-    test = split[split["subset"] == "test"]
+    fold = yaml.safe_load((arguments.run_dir / "config.yaml").read_text()).get("fold")
+    if fold is not None:  # a fold run validates on its fold
+        split = fold_subsets(split, fold)
+    test = split[split["subset"] == arguments.subset]
     data_dir = find_data_dir(arguments.data_dir)
     metadata = load_metadata(data_dir / METADATA_FILENAME).set_index("image_id").loc[test["image_id"]].reset_index()
     paths = locate_images(test["image_id"].tolist(), data_dir)
@@ -80,7 +88,8 @@ def main():
             results[f"{framing}{' + TTA' if tta else ''}"] = round(float(score), 4)
             print(f"{framing:15s} {'TTA' if tta else '   '} balanced accuracy {score:.3f}", flush=True)
     if arguments.output:
-        arguments.output.write_text(json.dumps({"run": arguments.run_dir.name, "test_images": len(test), "balanced_accuracy": results}, indent=2))
+        summary = {"run": arguments.run_dir.name, "subset": arguments.subset, "images": len(test), "balanced_accuracy": results}
+        arguments.output.write_text(json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":

@@ -37,6 +37,8 @@ def environment():
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
+        # TensorFlow's oneDNN kernels change speed and the last bits of the numbers.
+        "tf_enable_onednn_opts": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
         "packages": packages,
         "git": git_state(),
     }
