@@ -18,6 +18,14 @@ TINY_CONFIG = REPO_ROOT / "configs" / "tiny.yaml"
 TOY_IMAGES = 80
 
 
+def pytest_collection_modifyitems(items):
+    """Under pytest-xdist (the README's test command runs two workers), the tests that read the toy
+    study share one worker, so that its 4 trainings run once rather than once per worker."""
+    for item in items:
+        if "study" in item.fixturenames:
+            item.add_marker(pytest.mark.xdist_group("study"))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def isolated_cache(tmp_path_factory):
     """Caches built by tests go to a temporary folder, never to ~/.cache.

@@ -117,14 +117,16 @@ def test_a_real_run_with_slow_batches_warns_that_the_model_waits_for_data(toy_di
 
     def slow_batch(self, index):
         if self.shuffle:  # the training batch, as a slow disk or decoder would make it
-            time.sleep(1.0)
+            time.sleep(3.0)
         return make_batch(self, index)
 
     monkeypatch.setattr(LesionSequence, "_make_batch", slow_batch)
-    # One step per epoch, so that the sleep outweighs the step however busy the machine is.
+    # One step per epoch, so that the sleep outweighs the step however busy the machine is, and
+    # one worker: the input share divides the sequence's time by the workers, as if they all
+    # fetched at once, which one batch per epoch does not give them.
     arguments = [
         "--model", "cnn", "--config", TINY_CONFIG, "--epochs", 2, "--batch-size", 128,
-        "--data-dir", toy_dir, "--output-dir", tmp_path,
+        "--data-dir", toy_dir, "--output-dir", tmp_path, "--set", "workers=1",
     ]
     assert run_main(*arguments) == 0
     (run_dir,) = (tmp_path / "runs").iterdir()
