@@ -8,7 +8,10 @@ for data) and, on a GPU, runs the augmentation on the device beside the network.
 What each one adds to the square symmetries that the training sequence already applies:
 - rotation: any angle, not only quarter turns (a dermoscopic image has no up or down);
 - zoom with independent height and width factors: scale and aspect jitter, so that the model sees
-  lesions at several sizes and both in HAM10000's squashed 4:3 frames and in square crops;
+  lesions at several sizes;
+- aspect: a further zoom into the width alone, up to the proportions of a square crop: HAM10000's
+  4:3 frames are squashed to a square, so a source that crops its images square shows every
+  lesion a third wider than the training images do, unless training shows both;
 - colour jitter: brightness, contrast, saturation and hue vary with the dermatoscope and camera;
 - RandAugment (Cubuk et al., 2020): a few transforms drawn at random per image from a fixed list
   (shear, translation, solarisation, equalisation, ...) at one shared magnitude.
@@ -28,6 +31,8 @@ class AugmentationOptions:
         rotation: largest rotation, as a fraction of a full turn (0.5: any angle).
         zoom: largest zoom in or out, as a fraction of the side; height and width are drawn
             independently, which also jitters the aspect ratio.
+        aspect: largest further zoom into the width alone, as a fraction of the side (0.25 turns
+            a 4:3 frame squashed to a square into its central square's proportions).
         brightness, contrast, hue: colour jitter factors of `keras.layers.RandomColorJitter`
             (fractions of the value range).
         saturation: largest change of saturation. Keras's saturation factor is 0.5 for the
@@ -39,6 +44,7 @@ class AugmentationOptions:
 
     rotation: float = 0.0
     zoom: float = 0.0
+    aspect: float = 0.0
     brightness: float = 0.0
     contrast: float = 0.0
     saturation: float = 0.0
@@ -49,14 +55,14 @@ class AugmentationOptions:
     def __post_init__(self):
         if self.rand_augment_ops < 1:
             raise ValueError(f"augmentation rand_augment_ops must be at least 1; got {self.rand_augment_ops}")
-        for name in ("rotation", "zoom", "brightness", "contrast", "saturation", "hue", "rand_augment"):
+        for name in ("rotation", "zoom", "aspect", "brightness", "contrast", "saturation", "hue", "rand_augment"):
             value, limit = getattr(self, name), 0.5 if name == "saturation" else 1
             if not 0 <= value <= limit:
                 raise ValueError(f"augmentation {name} must be between 0 and {limit}; got {value}")
 
     @property
     def active(self):
-        return any((self.rotation, self.zoom, self.brightness, self.contrast, self.saturation, self.hue, self.rand_augment))
+        return any((self.rotation, self.zoom, self.aspect, self.brightness, self.contrast, self.saturation, self.hue, self.rand_augment))
 
 
 def build_augmentation(options, seed=None):
@@ -71,10 +77,12 @@ def build_augmentation(options, seed=None):
     transforms = []
     if options.rotation:
         transforms.append(layers.RandomRotation(options.rotation, fill_mode="reflect", seed=seed, name="random_rotation"))
-    if options.zoom:
+    if options.zoom or options.aspect:
+        # Keras's negative factors zoom in: a width factor of -0.25 shows the central 75% of the width.
         transforms.append(
             layers.RandomZoom(
-                (-options.zoom, options.zoom), (-options.zoom, options.zoom), fill_mode="reflect", seed=seed, name="random_zoom"
+                (-options.zoom, options.zoom), (-options.zoom - options.aspect, options.zoom), fill_mode="reflect", seed=seed,
+                name="random_zoom",
             )
         )
     if options.brightness or options.contrast or options.saturation or options.hue:

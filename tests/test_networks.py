@@ -199,6 +199,19 @@ def test_augmentation_is_training_only_and_keeps_colours_on_average():
     np.testing.assert_allclose(augmented.mean(axis=(0, 1, 2)), images.mean(axis=(0, 1, 2)), atol=12)
 
 
+def test_aspect_stretches_the_width_alone_up_to_a_square_crop_s_proportions():
+    # A vertical stripe 8 columns wide in the middle of each image.
+    images = np.zeros((16, 32, 32, 3), dtype="float32")
+    images[:, :, 12:20] = 255.0
+    augmentation = networks.build_augmentation(networks.AugmentationOptions(aspect=0.25), seed=0)
+    augmented = keras.ops.convert_to_numpy(augmentation(images, training=True))
+    # The height is untouched: each column is still one value from top to bottom.
+    np.testing.assert_allclose(augmented.std(axis=1), 0, atol=1e-3)
+    # The width is only ever zoomed into, by at most a third (a 4:3 frame's centre square).
+    widths = (augmented[:, 0, :, 0] > 127).sum(axis=1)
+    assert widths.min() >= 8 and widths.max() <= round(8 / 0.75) and widths.max() > 8
+
+
 def test_rand_augment_is_training_only_and_changes_images():
     augmentation = networks.build_augmentation(networks.AugmentationOptions(rand_augment=0.5, rand_augment_ops=2), seed=0)
     assert [layer.name for layer in augmentation.layers] == ["rand_augment"]
