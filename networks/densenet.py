@@ -16,6 +16,8 @@ from keras import layers
 
 from networks.registry import register_backbone
 
+STEM_STRIDES = (1, 2, 4)
+
 
 @dataclass(frozen=True)
 class DenseNetOptions:
@@ -26,7 +28,11 @@ class DenseNetOptions:
         growth_rate: channels each layer adds (k in the paper).
         compression: fraction of channels a transition keeps (theta; 0.5 in DenseNet-BC).
         bottleneck_factor: the 1x1 bottleneck has bottleneck_factor * growth_rate channels.
-        stem_filters: channels of the 7x7 stem convolution (2k in the paper).
+        stem_filters: channels of the stem convolution (2k in the paper).
+        stem_stride: how much the stem shrinks the image before the first block: 4, the paper's
+            ImageNet stem (7x7 convolution at stride 2, 3x3 max pooling at stride 2); 2, a 3x3
+            convolution at stride 2; 1, the paper's CIFAR stem (a 3x3 convolution). Small images
+            keep more of their detail for the blocks with a smaller stride, at more computation.
         batch_norm_momentum: momentum of the batch-norm moving statistics used at inference.
     """
 
@@ -35,25 +41,30 @@ class DenseNetOptions:
     compression: float = 0.5
     bottleneck_factor: int = 4
     stem_filters: int = 64
+    stem_stride: int = 4
     batch_norm_momentum: float = 0.9
 
     def __post_init__(self):
+        if self.stem_stride not in STEM_STRIDES:
+            raise ValueError(f"DenseNet stem_stride must be one of {', '.join(map(str, STEM_STRIDES))}; got {self.stem_stride}")
         if not 0 < self.compression <= 1:
             raise ValueError(f"DenseNet compression must be in (0, 1]; got {self.compression}")
 
 
 @register_backbone("densenet", options=DenseNetOptions, description="DenseNet-BC (Huang et al., 2017), trained from scratch")
 def densenet_backbone(image_size, options):
-    """Stem (7x7 conv stride 2, 3x3 max pool stride 2), dense blocks with transitions between
-    them, and a final batch norm and ReLU: an overall stride of 32, as in the paper's ImageNet
-    models.
+    """Stem, dense blocks with transitions between them, and a final batch norm and ReLU. With the
+    ImageNet stem (stem_stride 4) and four blocks, an overall stride of 32, as in the paper's
+    ImageNet models.
     """
     image = keras.Input((image_size, image_size, 3))
     x = layers.Rescaling(1 / 255, name="rescale")(image)
-    x = layers.Conv2D(options.stem_filters, 7, strides=2, padding="same", use_bias=False, name="stem_conv")(x)
+    kernel, conv_stride = (7, 2) if options.stem_stride == 4 else (3, options.stem_stride)
+    x = layers.Conv2D(options.stem_filters, kernel, strides=conv_stride, padding="same", use_bias=False, name="stem_conv")(x)
     x = layers.BatchNormalization(momentum=options.batch_norm_momentum, name="stem_bn")(x)
     x = layers.ReLU(name="stem_relu")(x)
-    x = layers.MaxPooling2D(3, strides=2, padding="same", name="stem_pool")(x)
+    if options.stem_stride == 4:
+        x = layers.MaxPooling2D(3, strides=2, padding="same", name="stem_pool")(x)
     for block, size in enumerate(options.block_sizes, start=1):
         for layer in range(1, size + 1):
             x = _dense_layer(x, options, name=f"block{block}_layer{layer}")

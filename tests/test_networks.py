@@ -63,6 +63,17 @@ def test_unknown_model_option():
         create_model("densenet", 32, options={"depth": 3})
 
 
+@pytest.mark.parametrize(("stem_stride", "first_block_side"), [(4, 16), (2, 32), (1, 64)])
+def test_densenet_stem_stride_sets_the_first_block_s_resolution(stem_stride, first_block_side):
+    options = {**TINY_OPTIONS["densenet"], "stem_stride": stem_stride}
+    backbone = create_model("densenet", 64, head=TINY_HEAD, options=options).get_layer("backbone")
+    assert backbone.get_layer("block1_layer1_concat").output.shape[1:3] == (first_block_side, first_block_side)
+    # Three transitions halve it three times.
+    assert backbone.output.shape[1:3] == (first_block_side // 8, first_block_side // 8)
+    with pytest.raises(ValueError, match="DenseNet stem_stride must be one of 1, 2, 4; got 3"):
+        create_model("densenet", 64, options={"stem_stride": 3})
+
+
 @pytest.mark.parametrize("metadata_features", [0, METADATA_FEATURES], ids=["image", "metadata"])
 @pytest.mark.parametrize("name", list_models())
 def test_forward_and_one_training_step(name, metadata_features):
