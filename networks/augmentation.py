@@ -103,4 +103,12 @@ def build_augmentation(options, seed=None):
                 value_range=(0, 255), num_ops=options.rand_augment_ops, factor=options.rand_augment, seed=seed, name="rand_augment"
             )
         )
-    return keras.Sequential(transforms, name="augmentation")
+    augmentation = keras.Sequential(transforms, name="augmentation")
+    if keras.backend.backend() == "jax":
+        # Keras marks its geometric layers as unfit for XLA because TensorFlow's image transform
+        # has no XLA kernel; under JAX they are plain jax.numpy and compile. Left marked, they
+        # switch off jit for the whole model, and a JAX training step runs op by op, about ten
+        # times slower (README, Backends).
+        for layer in augmentation._flatten_layers(include_self=False):
+            layer.supports_jit = True
+    return augmentation

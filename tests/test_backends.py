@@ -23,6 +23,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # when run as a script
 
 from conftest import REPO_ROOT, TINY_CONFIG, run_main  # noqa: E402
+from dataset.metadata import CLASS_NAMES  # noqa: E402
+from networks.augmentation import AugmentationOptions, build_augmentation  # noqa: E402
 from training.devices import compute_device  # noqa: E402
 
 BACKENDS = ("tensorflow", "jax")
@@ -44,6 +46,26 @@ def test_runs_record_the_backend_the_device_and_what_auto_chose(study):
         training = json.loads((run / "training.json").read_text())
         assert training["precision"] == ("mixed_float16" if device["kind"] == "gpu" else "float32")
         assert training["jit_compile"] == expected_jit_compile(backend, device["kind"])
+
+
+@pytest.mark.backend
+def test_augmentation_layers_leave_jit_compilation_to_the_backend():
+    # Keras marks its geometric layers unfit for XLA (TensorFlow's transform has none); under JAX
+    # that would switch jit off for the whole model and run each step op by op, ten times slower.
+    options = AugmentationOptions(
+        rotation=0.5, zoom=0.2, aspect=0.25, brightness=0.1, contrast=0.1, saturation=0.1, hue=0.02, rand_augment=0.5
+    )
+    model = keras.Sequential([
+        keras.Input((32, 32, 3)),
+        build_augmentation(options, seed=0),
+        keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dense(len(CLASS_NAMES), activation="softmax"),
+    ])
+    model.compile(optimizer="adam", loss="categorical_crossentropy")
+    images = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
+    loss = model.train_on_batch(images, np.eye(len(CLASS_NAMES))[:4])
+    assert np.isfinite(loss)
+    assert model.jit_compile == expected_jit_compile(keras.backend.backend(), compute_device()["kind"])
 
 
 @pytest.mark.backend
