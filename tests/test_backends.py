@@ -53,7 +53,7 @@ def test_augmentation_layers_leave_jit_compilation_to_the_backend():
     # Keras marks its geometric layers unfit for XLA (TensorFlow's transform has none); under JAX
     # that would switch jit off for the whole model and run each step op by op, ten times slower.
     options = AugmentationOptions(
-        rotation=0.5, zoom=0.2, aspect=0.25, brightness=0.1, contrast=0.1, saturation=0.1, hue=0.02, rand_augment=0.5
+        rotation=0.5, zoom=0.2, aspect=0.25, brightness=0.1, contrast=0.1, saturation=0.1, hue=0.02
     )
     model = keras.Sequential([
         keras.Input((32, 32, 3)),
