@@ -28,8 +28,11 @@ from networks import get_model_entry  # noqa: E402
 from training import TrainConfig, load_config  # noqa: E402
 from training.config import read_yaml  # noqa: E402
 
-# Settings that say where things are or how fast they run, not what is learnt.
-NOT_THE_RECIPE = ("seed", "split", "output_dir", "data_dir", "cache_dir", "workers", "mixed_precision", "jit_compile")
+# Settings that say where things are, how fast they run or what is logged, not what is learnt.
+NOT_THE_RECIPE = (
+    "seed", "split", "output_dir", "data_dir", "cache_dir", "workers", "mixed_precision", "jit_compile",
+    "tracking", "track_model", "tensorboard",
+)
 SPLIT = "results/reference/split.csv"
 
 
