@@ -9,7 +9,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-import networks  # noqa: F401  (registers the custom layers that saved models refer to)
+import networks  # also registers the custom layers that saved models refer to
 
 from common.errors import DataError
 from common.files import new_folder
@@ -24,7 +24,7 @@ def load_run_model(run_dir):
     model_path = Path(run_dir) / MODEL_FILENAME
     if not model_path.is_file():
         raise DataError(f"{model_path}: model file not found (is {Path(run_dir).name} a finished training run?)")
-    return keras.saving.load_model(model_path, compile=False)
+    return networks.let_augmentation_compile(keras.saving.load_model(model_path, compile=False))
 
 
 def predict_probabilities(model, sequence, verbose=0, tta=False):

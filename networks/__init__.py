@@ -8,7 +8,7 @@ Importing the package registers every model; add a new one by writing a module w
 """
 
 from networks import cnn, densenet, vgg16, vgg16_bn  # noqa: F401  (registers the models)
-from networks.augmentation import AugmentationOptions, build_augmentation
+from networks.augmentation import AugmentationOptions, build_augmentation, let_augmentation_compile
 from networks.finetune import freeze_backbone, unfreeze_top_blocks
 from networks.heads import HeadOptions
 from networks.registry import create_model, get_model_entry, list_models, model_options
@@ -20,6 +20,7 @@ __all__ = [
     "create_model",
     "freeze_backbone",
     "get_model_entry",
+    "let_augmentation_compile",
     "list_models",
     "model_options",
     "unfreeze_top_blocks",

@@ -65,6 +65,9 @@ class AugmentationOptions:
         return any((self.rotation, self.zoom, self.aspect, self.brightness, self.contrast, self.saturation, self.hue, self.rand_augment))
 
 
+AUGMENTATION_NAME = "augmentation"
+
+
 def build_augmentation(options, seed=None):
     """A `keras.Sequential` of the active transforms, or None when every strength is 0.
 
@@ -103,12 +106,25 @@ def build_augmentation(options, seed=None):
                 value_range=(0, 255), num_ops=options.rand_augment_ops, factor=options.rand_augment, seed=seed, name="rand_augment"
             )
         )
-    augmentation = keras.Sequential(transforms, name="augmentation")
-    if keras.backend.backend() == "jax":
-        # Keras marks its geometric layers as unfit for XLA because TensorFlow's image transform
-        # has no XLA kernel; under JAX they are plain jax.numpy and compile. Left marked, they
-        # switch off jit for the whole model, and a JAX training step runs op by op, about ten
-        # times slower (README, Backends).
-        for layer in augmentation._flatten_layers(include_self=False):
-            layer.supports_jit = True
-    return augmentation
+    return keras.Sequential(transforms, name=AUGMENTATION_NAME)
+
+
+def let_augmentation_compile(model):
+    """Under JAX, marks the model's augmentation layers fit for jit compilation; returns the model.
+
+    Keras marks its geometric layers unfit for XLA because TensorFlow's image transform has no XLA
+    kernel; under JAX they are plain jax.numpy and compile. Left marked, they switch jit off for
+    the whole model, and a JAX training step runs op by op, about ten times slower (README,
+    Backends). The mark is not saved: a model loaded from a file (a resumed run's checkpoint, a
+    kept model) needs this again before it is compiled or predicts.
+    """
+    if keras.backend.backend() != "jax":
+        return model
+    for layer in model._flatten_layers():
+        if layer.name == AUGMENTATION_NAME:
+            for transform in layer._flatten_layers(include_self=False):
+                transform.supports_jit = True
+    # A loaded model has resolved "auto" already, with the marks it was loaded with; under JAX
+    # "auto" means jit wherever every layer supports it (`compile` resolves it again anyway).
+    model.jit_compile = True
+    return model

@@ -24,8 +24,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # when run as a
 
 from conftest import REPO_ROOT, TINY_CONFIG, run_main  # noqa: E402
 from dataset.metadata import CLASS_NAMES  # noqa: E402
-from networks.augmentation import AugmentationOptions, build_augmentation  # noqa: E402
+from common.run_folder import MODEL_FILENAME  # noqa: E402
+from evaluation.inference import load_run_model  # noqa: E402
+from networks import AugmentationOptions, build_augmentation, create_model  # noqa: E402
+from training import TrainConfig  # noqa: E402
 from training.devices import compute_device  # noqa: E402
+from training.trainer import compile_model  # noqa: E402
 
 BACKENDS = ("tensorflow", "jax")
 METADATA_FEATURES = 20
@@ -49,23 +53,28 @@ def test_runs_record_the_backend_the_device_and_what_auto_chose(study):
 
 
 @pytest.mark.backend
-def test_augmentation_layers_leave_jit_compilation_to_the_backend():
+def test_augmentation_layers_leave_jit_compilation_to_the_backend(tmp_path):
     # Keras marks its geometric layers unfit for XLA (TensorFlow's transform has none); under JAX
     # that would switch jit off for the whole model and run each step op by op, ten times slower.
+    # The mark is not saved, so a resumed checkpoint and a kept model are checked too.
     options = AugmentationOptions(
         rotation=0.5, zoom=0.2, aspect=0.25, brightness=0.1, contrast=0.1, saturation=0.1, hue=0.02
     )
-    model = keras.Sequential([
-        keras.Input((32, 32, 3)),
-        build_augmentation(options, seed=0),
-        keras.layers.GlobalAveragePooling2D(),
-        keras.layers.Dense(len(CLASS_NAMES), activation="softmax"),
-    ])
-    model.compile(optimizer="adam", loss="categorical_crossentropy")
+    model = create_model("cnn", 32, options={"filters": [4, 4, 4, 4, 4]}, augmentation=build_augmentation(options, seed=0))
+    config, weights = TrainConfig(), {index: 1.0 for index in range(len(CLASS_NAMES))}
+    expected = expected_jit_compile(keras.backend.backend(), compute_device()["kind"])
     images = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
-    loss = model.train_on_batch(images, np.eye(len(CLASS_NAMES))[:4])
-    assert np.isfinite(loss)
-    assert model.jit_compile == expected_jit_compile(keras.backend.backend(), compute_device()["kind"])
+    labels = np.eye(len(CLASS_NAMES))[:4]
+
+    compile_model(model, config, 1e-3, weights)
+    assert np.isfinite(model.train_on_batch(images, labels)[0])
+    assert model.jit_compile == expected
+    model.save(tmp_path / MODEL_FILENAME)
+
+    resumed = keras.saving.load_model(tmp_path / MODEL_FILENAME)  # as a resumed run loads its checkpoint
+    compile_model(resumed, config, 1e-3, weights)
+    assert resumed.jit_compile == expected
+    assert load_run_model(tmp_path).jit_compile == expected
 
 
 @pytest.mark.backend

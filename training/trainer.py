@@ -13,6 +13,7 @@ import importlib.util
 import shutil
 import sys
 import time
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from common.run_folder import (
     write_history,
 )
 from dataset import CLASS_NAMES, Balance, class_weights
-from networks import build_augmentation, create_model, freeze_backbone, unfreeze_top_blocks
+from networks import build_augmentation, create_model, freeze_backbone, let_augmentation_compile, unfreeze_top_blocks
 from training.devices import compute_device
 from training.diagnostics import check_finite, first_warnings
 from training.losses import make_loss, weighs_samples
@@ -90,6 +91,7 @@ def compile_model(model, config, learning_rate, weights, *, stage_steps=None, wa
         config.loss, weights, focal_gamma=config.focal_gamma, melanoma_cost=config.melanoma_cost,
         label_smoothing=config.label_smoothing,
     )
+    let_augmentation_compile(model)  # before "auto" jit_compile is resolved
     model.compile(
         optimizer=make_optimizer(config, learning_rate, stage_steps, warmup_steps),
         loss=loss,
@@ -239,7 +241,11 @@ def _load_checkpoint(path):
     if not path.is_file():
         raise DataError(f"{path}: checkpoint file not found; the run cannot be resumed, start it again")
     try:
-        return keras.saving.load_model(path)
+        with warnings.catch_warnings():
+            # Under JAX the saved compile settings ask for jit before the augmentation layers are
+            # marked fit for it; `compile_model` marks them and compiles the model again.
+            warnings.filterwarnings("ignore", message="Model doesn't support `jit_compile=True`")
+            return keras.saving.load_model(path)
     except (OSError, ValueError, zipfile.BadZipFile):
         if not zipfile.is_zipfile(path):
             raise DataError(f"{path}: damaged checkpoint (not a .keras archive); the run cannot be resumed, start it again") from None
