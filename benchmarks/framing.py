@@ -27,13 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-import yaml  # noqa: E402
 from PIL import Image  # noqa: E402
 from sklearn.metrics import balanced_accuracy_score  # noqa: E402
 
 from dataset import CLASS_NAMES, find_data_dir, load_metadata, locate_images, read_image  # noqa: E402
 from dataset.metadata import METADATA_FILENAME  # noqa: E402
-from dataset.split import fold_subsets  # noqa: E402
 from inference import Predictor  # noqa: E402
 
 
@@ -69,26 +67,23 @@ def main():
     arguments = parser.parse_args()
 
     predictor = Predictor.load(arguments.run_dir)
-    split = pd.read_csv(arguments.run_dir / "split.csv")
-    fold = yaml.safe_load((arguments.run_dir / "config.yaml").read_text()).get("fold")
-    if fold is not None:  # a fold run validates on its fold
-        split = fold_subsets(split, fold)
-    test = split[split["subset"] == arguments.subset]
+    split = pd.read_csv(arguments.run_dir / "split.csv")  # the run's own subsets: a fold run's val is its fold
+    chosen = split[split["subset"] == arguments.subset]
     data_dir = find_data_dir(arguments.data_dir)
-    metadata = load_metadata(data_dir / METADATA_FILENAME).set_index("image_id").loc[test["image_id"]].reset_index()
-    paths = locate_images(test["image_id"].tolist(), data_dir)
-    labels = np.array([CLASS_NAMES.index(dx) for dx in test["dx"]])
+    metadata = load_metadata(data_dir / METADATA_FILENAME).set_index("image_id").loc[chosen["image_id"]].reset_index()
+    paths = locate_images(chosen["image_id"].tolist(), data_dir)
+    labels = np.array([CLASS_NAMES.index(dx) for dx in chosen["dx"]])
 
     results = {}
     for framing, reframe in FRAMINGS.items():
-        images = np.stack([decode(paths[image_id], predictor.image_size, reframe) for image_id in test["image_id"]])
+        images = np.stack([decode(paths[image_id], predictor.image_size, reframe) for image_id in chosen["image_id"]])
         for tta in (False, True):
             probabilities = predictor.predict(images, metadata, tta=tta)
             score = balanced_accuracy_score(labels, probabilities.argmax(axis=1))
             results[f"{framing}{' + TTA' if tta else ''}"] = round(float(score), 4)
             print(f"{framing:15s} {'TTA' if tta else '   '} balanced accuracy {score:.3f}", flush=True)
     if arguments.output:
-        summary = {"run": arguments.run_dir.name, "subset": arguments.subset, "images": len(test), "balanced_accuracy": results}
+        summary = {"run": arguments.run_dir.name, "subset": arguments.subset, "images": len(chosen), "balanced_accuracy": results}
         arguments.output.write_text(json.dumps(summary, indent=2))
 
 
