@@ -15,7 +15,7 @@ from training import ConfigError, load_config, plan_stages
 from training.environment import environment
 from training.losses import CostSensitiveCrossentropy, make_loss, melanoma_cost_matrix, weighs_samples
 from training.metrics import BalancedAccuracy
-from training.trainer import make_optimizer
+from training.trainer import make_optimizer, steady_seconds
 
 
 def write_yaml(tmp_path, text):
@@ -143,6 +143,12 @@ def test_environment_records_versions_backend_device_and_commit():
     assert info["packages"]["keras"] == keras.__version__
     assert len(info["git"]["commit"] or "") == 40
     json.dumps(info)
+
+
+def test_first_epoch_estimate_counts_the_tracing_step_as_an_average_one():
+    # 10 steps in 30 s, the first (tracing) 12 s: the other 9 average 2 s, so a steady epoch is 20 s.
+    assert steady_seconds(30.0, 12.0, 10) == pytest.approx(20.0)
+    assert steady_seconds(30.0, 12.0, 1) == 30.0 and steady_seconds(30.0, None, 10) == 30.0
 
 
 def test_cosine_schedule_warms_up_then_decays_to_zero():

@@ -327,6 +327,8 @@ class EpochRecorder(keras.callbacks.Callback):
         self._train_seconds = None
         self._fetch_seconds = None
         self._first_step_seconds = None
+        self._first_val_step_seconds = None
+        self._val_steps = 0
         self._estimated = False
 
     def warnings(self):
@@ -353,6 +355,13 @@ class EpochRecorder(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         if batch == 0 and self._first_step_seconds is None:
             self._first_step_seconds = time.perf_counter() - self._started
+
+    def on_test_batch_end(self, batch, logs=None):
+        if self._estimated or self._train_seconds is None:
+            return
+        self._val_steps = batch + 1
+        if batch == 0:
+            self._first_val_step_seconds = time.perf_counter() - self._started - self._train_seconds
 
     def _input_share(self, seconds):
         """The share of the epoch's training phase the model spent waiting for its input pipeline:
@@ -406,15 +415,24 @@ class EpochRecorder(keras.callbacks.Callback):
         if not self._estimated:
             self._estimated = True
             remaining = self.params["epochs"] - (epoch + 1)
-            # The first step also traces and compiles the model: count it as an average step.
-            steps = self.params.get("steps") or 1
-            typical = seconds if steps < 2 else (seconds - self._first_step_seconds) * steps / (steps - 1)
+            # The first training step and the first validation step also trace and compile the
+            # model: count each as an average step of its phase.
+            train_seconds = self._train_seconds or seconds
+            typical = steady_seconds(train_seconds, self._first_step_seconds, self.params.get("steps") or 1)
+            typical += steady_seconds(seconds - train_seconds, self._first_val_step_seconds, self._val_steps)
             seconds_left = remaining * typical
             estimate = f"{seconds_left:.0f} s" if seconds_left < 90 else f"{seconds_left / 60:.0f} min"
             print(
                 f"\nEpoch {epoch + 1} took {seconds:.0f} s; this stage has at most {remaining} more "
                 f"(about {estimate}; early stopping may end it sooner)"
             )
+
+
+def steady_seconds(seconds, first_step_seconds, steps):
+    """A phase's time with its first step counted as the mean of the others."""
+    if steps < 2 or first_step_seconds is None:
+        return seconds
+    return (seconds - first_step_seconds) * steps / (steps - 1)
 
 
 def reseed(model, seed, epoch):
