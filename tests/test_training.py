@@ -3,6 +3,7 @@
 import datetime
 import json
 import re
+import sys
 
 import keras
 import numpy as np
@@ -142,6 +143,8 @@ def test_environment_records_versions_backend_device_and_commit():
     assert info["device"]["kind"] in ("cpu", "gpu", "tpu", "mps") and info["device"]["name"]
     assert info["packages"]["keras"] == keras.__version__
     assert len(info["git"]["commit"] or "") == 40
+    if sys.platform == "linux":
+        assert info["cpu"]  # the model name, e.g. "AMD EPYC"
     json.dumps(info)
 
 

@@ -36,6 +36,8 @@ def environment():
         "device": compute_device(),
         "python": platform.python_version(),
         "platform": platform.platform(),
+        # Epoch times differ about 2x between 2-core machines of different CPU families.
+        "cpu": processor_name(),
         "cpu_count": os.cpu_count(),
         # TensorFlow's oneDNN kernels change speed and the last bits of the numbers.
         "tf_enable_onednn_opts": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
@@ -46,6 +48,17 @@ def environment():
 
 def write_environment(run_dir):
     write_json(Path(run_dir) / ENVIRONMENT_FILENAME, environment())
+
+
+def processor_name():
+    """The CPU's model name: Linux's /proc/cpuinfo, elsewhere whatever `platform` knows (or None)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
 
 
 def git_state():
