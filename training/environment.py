@@ -12,7 +12,7 @@ import keras
 
 from common.files import write_json
 from common.run_folder import ENVIRONMENT_FILENAME
-from training.devices import compute_device
+from training.devices import compute_device, cpu_name
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RECORDED_PACKAGES = (
@@ -36,8 +36,8 @@ def environment():
         "device": compute_device(),
         "python": platform.python_version(),
         "platform": platform.platform(),
-        # Epoch times differ about 2x between 2-core machines of different CPU families.
-        "cpu": processor_name(),
+        # The host's CPU even when a GPU computes: the input pipeline and XLA compile on it.
+        "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
         # TensorFlow's oneDNN kernels change speed and the last bits of the numbers.
         "tf_enable_onednn_opts": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
@@ -48,17 +48,6 @@ def environment():
 
 def write_environment(run_dir):
     write_json(Path(run_dir) / ENVIRONMENT_FILENAME, environment())
-
-
-def processor_name():
-    """The CPU's model name: Linux's /proc/cpuinfo, elsewhere whatever `platform` knows (or None)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or None
 
 
 def git_state():
