@@ -34,11 +34,15 @@ NOT_THE_RECIPE = (
     "tracking", "track_model", "tensorboard",
 )
 SPLIT = "results/reference/split.csv"
+# What only a pretrained run's two stages read: a run from scratch ignores them.
+TWO_STAGE_SETTINGS = ("head_epochs", "fine_tune_from_block", "fine_tune_lr_factor", "fine_tune_batch_norm")
 
 
 def recipe_difference(config, base):
     """The settings of `config` (a run's config.yaml) that differ from `base`, as {name: value}."""
-    ignored = NOT_THE_RECIPE + (() if get_model_entry(config["model"]).pretrained else ("weights",))
+    takes_weights = get_model_entry(config["model"]).pretrained
+    two_stages = takes_weights and config.get("weights") not in (None, "none")
+    ignored = NOT_THE_RECIPE + (() if takes_weights else ("weights",)) + (() if two_stages else TWO_STAGE_SETTINGS)
     return {
         name: value for name, value in config.items()
         if name not in ignored and _comparable(value) != _comparable(base.get(name))

@@ -4,13 +4,17 @@ For each model and image size (batch 32 by default) it measures:
     (a) the training sequence alone: balancing, shuffling, augmentation, float conversion;
     (b) training steps on batches already in memory: the compute ceiling of that model here;
     (c) `fit` on the real training sequence;
-and prints (c)/(b), which is 1.0 when the pipeline costs nothing. Warm-up steps are excluded;
+and prints (c)/(b), which is 1.0 when the pipeline costs nothing. A pretrained model is measured in
+the stages asked for (`--stages`): "scratch" (every layer trains, batch norm included), "head" (the
+backbone frozen: stage one) and "fine-tune" (every block trains at its lower rate, batch norm
+frozen: stage two as the presets run it). Warm-up steps are excluded;
 each number is the median of several repetitions. It also times the image-cache build and
 measures a training run's peak private memory at two dataset sizes, which shows that memory
 does not grow with the dataset: the images stay in the memory-mapped cache.
 
-    python benchmarks/throughput.py                         # every model at 64 and 128 px
+    python benchmarks/throughput.py                         # the study's models at 64 and 128 px
     python benchmarks/throughput.py --models cnn --sizes 64 --repeats 5
+    python benchmarks/throughput.py --models efficientnet_lite0 --sizes 96 128 160 --stages head fine-tune
     KERAS_BACKEND=jax python benchmarks/throughput.py       # the same on another backend
 
 Targets: (c)/(b) >= 0.9 for every model and size; (a) >= 10x the fastest model's (b).
@@ -35,21 +39,26 @@ import keras  # noqa: E402
 
 from common.files import write_json  # noqa: E402
 from dataset import CLASS_NAMES, Balance, class_weights, prepare_data  # noqa: E402
-from networks import list_models  # noqa: E402
+from networks import freeze_backbone, get_model_entry, list_models, unfreeze_top_blocks  # noqa: E402
 from training import load_config  # noqa: E402
 from training.devices import compute_device, cpu_name  # noqa: E402
 from training.trainer import build_model, compile_model  # noqa: E402
 
 
+STAGES = ("scratch", "head", "fine-tune")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="+", default=list_models(), choices=list_models())
+    parser.add_argument("--models", nargs="+", default=["cnn", "densenet", "vgg16_bn", "efficientnet_lite0"], choices=list_models())
+    parser.add_argument("--stages", nargs="+", default=["scratch"], choices=STAGES, help="for pretrained models (default: scratch)")
     parser.add_argument("--sizes", nargs="+", type=int, default=[64, 128])
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=10, help="timed training steps per repetition")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--data-dir", help="HAM10000 folder (default: as main.py finds it)")
     parser.add_argument("--output", type=Path, help="also write the results as JSON here")
+    parser.add_argument("--skip-memory", action="store_true", help="leave out the peak-memory runs")
     parser.add_argument("--memory-probe", nargs=2, type=int, metavar=("SIZE", "IMAGES"), help=argparse.SUPPRESS)
     arguments = parser.parse_args()
     if arguments.memory_probe:
@@ -62,10 +71,11 @@ def main():
         print_row("cache", results["cache"][-1])
         data = prepare_data(arguments.data_dir, image_size=size, verbose=False)
         for name in arguments.models:
-            row = measure(name, size, data, arguments.batch_size, arguments.steps, arguments.repeats)
-            results["throughput"].append(row)
-            print_row("throughput", row)
-        for images in (2000, None):
+            for stage in arguments.stages if get_model_entry(name).pretrained else ["scratch"]:
+                row = measure(name, size, data, arguments.batch_size, arguments.steps, arguments.repeats, stage)
+                results["throughput"].append(row)
+                print_row("throughput", row)
+        for images in () if arguments.skip_memory else (2000, None):
             row = run_memory_probe(size, images, arguments)
             results["memory"].append(row)
             print_row("memory", row)
@@ -74,14 +84,19 @@ def main():
         write_json(arguments.output, results)
 
 
-def measure(name, size, data, batch_size, steps, repeats):
-    """(a), (b) and (c) for one model at one size, in images per second."""
+def measure(name, size, data, batch_size, steps, repeats, stage="scratch"):
+    """(a), (b) and (c) for one model at one size (and training stage), in images per second."""
+    # Random weights train as fast as ImageNet's: the stage, not the values, sets the cost.
     config = load_config(name, None, {"image_size": size, "batch_size": batch_size, "weights": "none"})
     train = data.sequence("train", batch_size=batch_size, balance=Balance("combined", 1000), augment=True, seed=0)
     weights = class_weights(train.epoch_labels)
     train.class_weights = [weights[index] for index in range(len(CLASS_NAMES))]  # as training weighs the images
     model = build_model(config, 0)
-    compile_model(model, config, config.lr, weights)
+    if stage == "head":
+        freeze_backbone(model)
+    elif stage == "fine-tune":
+        unfreeze_top_blocks(model, 1, get_model_entry(name).blocks)
+    compile_model(model, config, config.lr, weights, backbone_lr_factor=0.1 if stage == "fine-tune" else 1.0)
 
     def sequence_alone():
         start = time.perf_counter()
@@ -114,6 +129,7 @@ def measure(name, size, data, batch_size, steps, repeats):
     medians = {key: statistics.median(values) for key, values in samples.items()}
     return {
         "model": name,
+        "stage": stage,
         "image_size": size,
         "parameters": int(model.count_params()),
         "sequence_images_per_s": round(medians["sequence"], 1),
@@ -213,11 +229,11 @@ def print_summary(results):
         f"\nKeras {machine_['keras']} on {machine_['backend']}, computing on {device['kind']} ({device['name']}); "
         f"{machine_['cpu']}, {machine_['cores']} cores; batch {results['batch_size']}\n"
     )
-    print("| backend | model | size | (a) sequence img/s | (b) compute img/s | (c) fit img/s | (c)/(b) |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+    print("| backend | model | stage | size | (a) sequence img/s | (b) compute img/s | (c) fit img/s | (c)/(b) |")
+    print("|---|---|---|---:|---:|---:|---:|---:|")
     for row in results["throughput"]:
         print(
-            f"| {machine_['backend']} | {row['model']} | {row['image_size']} | {row['sequence_images_per_s']:,.0f} | {row['compute_images_per_s']:,.1f} "
+            f"| {machine_['backend']} | {row['model']} | {row.get('stage', 'scratch')} | {row['image_size']} | {row['sequence_images_per_s']:,.0f} | {row['compute_images_per_s']:,.1f} "
             f"| {row['fit_images_per_s']:,.1f} | {row['fit_over_compute']:.2f} |"
         )
     for size in sorted({row["image_size"] for row in results["throughput"]}):
@@ -228,7 +244,7 @@ def print_summary(results):
     print("\n| size | cache build s | images | cache MB | peak private MB (2,000 images) | peak private MB (all) |")
     print("|---:|---:|---:|---:|---:|---:|")
     for cache in results["cache"]:
-        memory = [row for row in results["memory"] if row["image_size"] == cache["image_size"]]
+        memory = [row for row in results["memory"] if row["image_size"] == cache["image_size"]] or [{"peak_private_mb": "–"}]
         print(
             f"| {cache['image_size']} | {cache['seconds']} | {cache['images']:,} | {cache['cache_mb']} "
             f"| {memory[0]['peak_private_mb']} | {memory[-1]['peak_private_mb']} |"

@@ -192,8 +192,13 @@ def configuration_rows(config, training):
         ("seed", config.get("seed")),
         ("wall time", format_duration(training.get("wall_time_s"))),
         ("parameters", parameter_count(training)),
+        *((f"stage {stage['stage']} (epochs {stage_epochs(stage)})", stage["trains"]) for stage in training.get("stages") or () if len(training["stages"]) > 1),
     )
     return [(name, str(value)) for name, value in rows if value is not None]
+
+
+def stage_epochs(stage):
+    return "none" if not stage.get("epochs") else "{}–{}".format(*stage["epochs"])
 
 
 def parameter_count(training):

@@ -114,9 +114,11 @@ class GradCAM:
 
 
 def last_feature_map_layer(model):
-    """The layer of the map to explain: the last 4-D output at least `MIN_SIDE` positions wide.
+    """The layer of the map to explain: the last 4-D output at least `MIN_SIDE` positions wide
+    that the rest of the model is computed from alone.
 
-    Without one (a very small input), the last 4-D output with more than one position.
+    Without one (a very small input), the last such output with more than one position. A branch
+    of a multi-branch block (Inception's) is no such map: its siblings reach the output around it.
     """
     maps = [
         layer for layer in model.layers
@@ -124,9 +126,20 @@ def last_feature_map_layer(model):
     ]
     for smallest in (MIN_SIDE, 2):
         wide_enough = [layer for layer in maps if min(layer.output.shape[1] or smallest, layer.output.shape[2] or smallest) >= smallest]
-        if wide_enough:
-            return wide_enough[-1]
+        for layer in reversed(wide_enough):
+            if _cuts(model, layer):
+                return layer
     raise ValueError(f"{model.name} has no convolutional feature map with more than one position for Grad-CAM")
+
+
+def _cuts(model, layer):
+    """Whether every path from the image to the output passes through the layer's output."""
+    others = [tensor for tensor in model.inputs if len(tensor.shape) != 4]
+    try:
+        keras.Model([layer.output, *others], model.output)
+    except ValueError:  # "not connected to inputs": a path goes around the layer
+        return False
+    return True
 
 
 def _gradients(score, features):

@@ -7,14 +7,16 @@ Importing the package registers every model; add a new one by writing a module w
 `@register_backbone` function and importing it here (the README's "Adding a model").
 """
 
-from networks import cnn, densenet, vgg16, vgg16_bn  # noqa: F401  (registers the models)
+from networks import applications, cnn, densenet, efficientnet_lite, vgg16, vgg16_bn  # noqa: F401  (registers the models)
 from networks.augmentation import AugmentationOptions, build_augmentation, let_augmentation_compile
-from networks.finetune import freeze_backbone, unfreeze_top_blocks
+from networks.finetune import Blocks, backbone_variables, freeze_backbone, unfreeze_top_blocks
 from networks.heads import HeadOptions
 from networks.registry import create_model, get_model_entry, list_models, model_options
 
 __all__ = [
     "AugmentationOptions",
+    "Blocks",
+    "backbone_variables",
     "build_augmentation",
     "HeadOptions",
     "create_model",

@@ -13,7 +13,7 @@ from typing import Callable
 
 import keras
 
-from networks.finetune import BACKBONE
+from networks.finetune import BACKBONE, Blocks
 from networks.heads import HeadOptions, build_classifier
 
 _REGISTRY = {}
@@ -32,6 +32,8 @@ class ModelEntry:
         pretrained: whether the model accepts `weights` ("imagenet" or a file); such a model is
             trained in two stages (head first, then the top of the backbone).
         min_image_size: the smallest input side the model can take.
+        blocks: how the backbone's layer names give the blocks that fine-tuning unfreezes from
+            `fine_tune_from_block` up.
     """
 
     name: str
@@ -40,15 +42,16 @@ class ModelEntry:
     description: str
     pretrained: bool = False
     min_image_size: int = 32
+    blocks: Blocks = Blocks()
 
 
-def register_backbone(name, *, options, description, pretrained=False, min_image_size=32):
+def register_backbone(name, *, options, description, pretrained=False, min_image_size=32, blocks=Blocks()):
     """Decorator that registers a backbone function as the model `name` (see `ModelEntry`)."""
 
     def add(backbone):
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is registered twice")
-        _REGISTRY[name] = ModelEntry(name, backbone, options, description, pretrained, min_image_size)
+        _REGISTRY[name] = ModelEntry(name, backbone, options, description, pretrained, min_image_size, blocks)
         return backbone
 
     return add

@@ -8,12 +8,10 @@ He initialisation and standardised inputs (see `_he_initialise`).
 """
 
 from dataclasses import dataclass
-from pathlib import Path
-
 import keras
 from keras import layers, ops
 
-from common.errors import UserError
+from networks.applications import application_backbone
 from networks.registry import register_backbone
 
 # The ImageNet VGG16 weights expect Caffe-style input: BGR channels minus these channel means.
@@ -72,28 +70,11 @@ def vgg16_backbone(image_size, options, weights):
         UserError: the weights file does not exist or does not fit, or "imagenet" was asked for
             and the download failed (offline); the message says how to go on.
     """
-    if weights is not None and weights != "imagenet" and not Path(weights).is_file():
-        raise UserError(f"VGG16 weights file not found: {weights} (pass 'imagenet', 'none' or an existing weights file)")
-    image = keras.Input((image_size, image_size, 3))
-    preprocessed = VGGPreprocessing(standardize=weights is None, name="vgg_preprocessing")(image)
-    try:
-        # With `input_tensor`, the backbone starts at `image`: one flat model, preprocessing
-        # included, whose weighted layers still line up with the weights file's.
-        vgg = keras.applications.VGG16(include_top=False, weights=weights, input_tensor=preprocessed)
-    except Exception as error:
-        if "URL fetch failure" in str(error):
-            raise UserError(
-                "could not download the ImageNet VGG16 weights (no internet?): download "
-                "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5 elsewhere and pass --weights "
-                "PATH, or pass --weights none to train from scratch"
-            ) from None
-        if weights not in (None, "imagenet"):
-            first_line = str(error).strip().splitlines()[0]
-            raise UserError(f"{weights}: not weights of VGG16 without its top ({first_line})") from None
-        raise
+    preprocessing = VGGPreprocessing(standardize=weights is None, name="vgg_preprocessing")
+    vgg = application_backbone(keras.applications.VGG16, image_size, weights, preprocessing, "VGG16")
     if weights is None:
         _he_initialise(vgg)
-    return keras.Model(image, vgg.output, name="backbone")
+    return vgg
 
 
 def _he_initialise(vgg):

@@ -10,7 +10,6 @@ import pytest
 
 from conftest import REPO_ROOT
 from inference.gradcam import GradCAM, overlay_heatmap
-from networks import list_models
 from networks.heads import HeadOptions
 from networks.registry import create_model, model_options
 
@@ -30,7 +29,7 @@ def tiny_model(name, metadata_features=0):
 
 
 @pytest.mark.parametrize("metadata_features", [0, 5])
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", ["cnn", "densenet", "vgg16", "vgg16_bn", "efficientnet_lite0"])
 def test_every_architecture_gets_a_finite_heatmap_of_the_input_size(name, metadata_features):
     model = tiny_model(name, metadata_features)
     images = np.random.default_rng(0).uniform(0, 255, (2, SIZE, SIZE, 3)).astype("float32")

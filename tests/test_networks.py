@@ -15,6 +15,8 @@ from conftest import TINY_CONFIG, run_main
 
 pytestmark = pytest.mark.backend
 
+# The networks written or adapted here; the pretrained zoo has its own test (test_pretrained.py).
+STUDY_MODELS = ("cnn", "densenet", "vgg16", "vgg16_bn")
 # Small versions of each architecture: the same code, built and trained in seconds.
 TINY_OPTIONS = {
     "cnn": {"filters": [8, 16, 16, 32, 32]},
@@ -44,12 +46,14 @@ def toy_batch(metadata_features, size=2, seed=0):
     return images, labels
 
 
-def test_registry_lists_the_study_models():
-    assert list_models() == ["cnn", "densenet", "vgg16", "vgg16_bn"]
+def test_registry_lists_the_study_models_and_the_pretrained_ones():
+    names = list_models()
+    assert set(STUDY_MODELS) | {"efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "densenet121", "convnext_tiny"} <= set(names)
+    assert names == sorted(names) and len(names) == 4 + 3 + 19
 
 
 def test_unknown_model_error_lists_valid_names():
-    with pytest.raises(ValueError, match=r"unknown model 'resnet' \(available: cnn, densenet, vgg16, vgg16_bn\)"):
+    with pytest.raises(ValueError, match=r"unknown model 'resnet' \(available: cnn, convnext_tiny, densenet, densenet121, "):
         create_model("resnet", 32)
 
 
@@ -75,7 +79,7 @@ def test_densenet_stem_stride_sets_the_first_block_s_resolution(stem_stride, fir
 
 
 @pytest.mark.parametrize("metadata_features", [0, METADATA_FEATURES], ids=["image", "metadata"])
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", STUDY_MODELS)
 def test_forward_and_one_training_step(name, metadata_features):
     model = tiny_model(name, metadata_features)
     inputs, labels = toy_batch(metadata_features)
@@ -101,7 +105,7 @@ def test_metadata_changes_the_prediction(name):
     assert not np.allclose(a, b)
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", STUDY_MODELS)
 def test_save_and_load_give_identical_predictions(name, tmp_path):
     model = tiny_model(name, METADATA_FEATURES)
     inputs, _ = toy_batch(METADATA_FEATURES)
@@ -165,7 +169,7 @@ def test_two_stage_fine_tuning_flags():
     assert head < {w.path for w in model.trainable_weights}
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", STUDY_MODELS)
 def test_default_parameter_counts_near_their_targets(name):
     count = create_model(name, 128).count_params()
     assert abs(count - TARGET_PARAMETERS[name]) / TARGET_PARAMETERS[name] < 0.2

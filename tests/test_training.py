@@ -79,7 +79,8 @@ def test_unknown_model_and_unknown_setting(tmp_path):
 def test_stages_of_a_pretrained_and_a_scratch_model():
     pretrained = plan_stages(load_config("vgg16", None, {"head_epochs": 3, "epochs": 10, "lr": 1e-3}))
     assert [(s.number, s.epochs, s.backbone) for s in pretrained] == [(1, 3, "frozen"), (2, 10, "top blocks")]
-    assert pretrained[1].lr == pytest.approx(1e-4)
+    # The head keeps the rate; the backbone learns at a tenth of it.
+    assert pretrained[1].lr == pytest.approx(1e-3) and pretrained[1].backbone_lr_factor == pytest.approx(0.1)
     scratch = plan_stages(load_config("vgg16", None, {"weights": "none", "epochs": 10}))
     assert [(s.number, s.epochs, s.backbone) for s in scratch] == [(1, 10, "all")]
 

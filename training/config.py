@@ -53,7 +53,7 @@ class TrainConfig:
     model: str = "densenet"
     metadata: bool = False  # the hybrid head: age, sex and site beside the image
     image_size: int = 128
-    weights: typing.Optional[str] = "imagenet"  # pretrained models (vgg16): "imagenet", "none" or a file
+    weights: typing.Optional[str] = "imagenet"  # pretrained models (vgg16, efficientnet_lite0, ...): "imagenet", "none" or a file
     model_options: dict = field(default_factory=dict)  # architecture options, e.g. {growth_rate: 24}
     head: dict = field(default_factory=dict)  # HeadOptions fields, e.g. {pooling: avg, dropout: 0.3}
 
@@ -99,8 +99,9 @@ class TrainConfig:
 
     # === Two-stage fine-tuning (pretrained backbones only) ===
     head_epochs: int = 5  # stage one: backbone frozen, only the head trains
-    fine_tune_from_block: int = 5  # stage two: this backbone block and those above train
-    fine_tune_lr_factor: float = 0.1  # stage two's learning rate is lr times this
+    fine_tune_from_block: int = 1  # stage two: this backbone block and those above train (1: all blocks)
+    fine_tune_lr_factor: float = 0.1  # stage two: the backbone learns at lr times this, the head at lr
+    fine_tune_batch_norm: bool = False  # stage two: the unfrozen blocks' batch norm trains too (else it keeps its ImageNet statistics)
 
     # === Hardware ===
     mixed_precision: typing.Union[bool, str] = AUTO  # auto: on where there is a GPU
@@ -171,6 +172,7 @@ class TrainConfig:
         _require(0 < self.lr_factor < 1, f"lr_factor must be between 0 and 1; got {self.lr_factor}")
         _require(0 < self.fine_tune_lr_factor <= 1, f"fine_tune_lr_factor must be in (0, 1]; got {self.fine_tune_lr_factor}")
         _require(self.head_epochs >= 0, f"head_epochs must be 0 or more; got {self.head_epochs}")
+        _require(self.fine_tune_from_block >= 1, f"fine_tune_from_block must be 1 (every block) or more; got {self.fine_tune_from_block}")
         _require(self.lr_patience >= 1 and self.early_stopping_patience >= 1, "lr_patience and early_stopping_patience must be at least 1")
         _require(self.max_oversampling >= 1, f"max_oversampling must be at least 1; got {self.max_oversampling}")
         _require(self.balance in BALANCE_MODES, f"unknown balance {self.balance!r} (expected one of {', '.join(BALANCE_MODES)})")

@@ -2,8 +2,9 @@
 and early stopping.
 
 A run has one stage, or two for a pretrained backbone:
-    1. head only, backbone frozen, at `lr`, for `head_epochs` epochs;
-    2. the top backbone blocks join, at `lr * fine_tune_lr_factor`, for up to `epochs` epochs.
+    1. head only, backbone frozen (its batch norm in inference mode), at `lr`, for `head_epochs` epochs;
+    2. the backbone's blocks from `fine_tune_from_block` up join the head, for up to `epochs`
+       epochs: the head at `lr`, the backbone at `lr * fine_tune_lr_factor`.
 After each epoch `judge_epoch` says, from the state and the validation scores so far, whether the
 epoch is the new kept one (the best mean score over the last `selection_window` epochs, over the
 whole run), whether the learning rate is cut (`lr_patience` epochs without improvement in the
@@ -27,13 +28,14 @@ class Stage:
     epochs: int  # at most; early stopping may end the stage sooner
     lr: float
     backbone: str  # which layers train: "all", "frozen" (head only) or "top blocks"
+    backbone_lr_factor: float = 1.0  # "top blocks": the backbone trains at lr times this
 
 
 def plan_stages(config):
     """The run's stages; epochs are numbered continuously across them."""
     if not config.pretrained:
         return [Stage(1, config.epochs, config.lr, "all")]
-    fine_tune = Stage(2 if config.head_epochs else 1, config.epochs, config.lr * config.fine_tune_lr_factor, "top blocks")
+    fine_tune = Stage(2 if config.head_epochs else 1, config.epochs, config.lr, "top blocks", config.fine_tune_lr_factor)
     if config.head_epochs == 0:
         return [fine_tune]
     return [Stage(1, config.head_epochs, config.lr, "frozen"), fine_tune]

@@ -20,18 +20,22 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from common.errors import DataError
+from common.errors import ConfigError, DataError
 from common.files import atomic_path, read_json, write_json
 from common.run_folder import (
     CHECKPOINT_DIR, METRIC_COLUMNS, MODEL_FILENAME, STATE_FILENAME, TENSORBOARD_DIR, TRAINING_FILENAME, read_history,
     write_history,
 )
 from dataset import CLASS_NAMES, Balance, class_weights
-from networks import build_augmentation, create_model, freeze_backbone, let_augmentation_compile, unfreeze_top_blocks
+from networks import (
+    backbone_variables, build_augmentation, create_model, freeze_backbone, get_model_entry, let_augmentation_compile,
+    unfreeze_top_blocks,
+)
 from training.devices import compute_device
 from training.diagnostics import check_finite, first_warnings
 from training.losses import make_loss, weighs_samples
 from training.metrics import BalancedAccuracy
+from training.optimizers import ScaledRatesAdam, ScaledRatesAdamW, scaled_indices
 from training.rules import MONITOR, EpochRules, TrainingState, judge_epoch, plan_stages, start_stage
 
 def load_state(run_dir):
@@ -53,11 +57,15 @@ def save_state(run_dir, state):
 
 
 def build_model(config, metadata_features):
-    """The configured network; `metadata_features` is 0 unless the hybrid head is on."""
+    """The configured network; `metadata_features` is 0 unless the hybrid head is on.
+
+    Raises:
+        ConfigError: `fine_tune_from_block` is above the pretrained backbone's last block.
+    """
     keras.config.set_dtype_policy("mixed_float16" if _use_mixed_precision(config) else "float32")
     # Fixes the initial weights (and dropout) for a given seed.
     keras.utils.set_random_seed(config.seed)
-    return create_model(
+    model = create_model(
         config.model,
         config.image_size,
         num_classes=len(CLASS_NAMES),
@@ -68,6 +76,12 @@ def build_model(config, metadata_features):
         augmentation=build_augmentation(config.augmentation_options, seed=config.seed),
         colour_constancy=config.colour_constancy,
     )
+    if config.pretrained:
+        # Checked now, not when fine-tuning begins after the head's epochs.
+        last = max(get_model_entry(config.model).blocks.numbers(model.get_layer("backbone")).values())
+        if config.fine_tune_from_block > last:
+            raise ConfigError(f"fine_tune_from_block {config.fine_tune_from_block} is above {config.model}'s last block, {last} (its blocks are 1 to {last})")
+    return model
 
 
 def check_weights(configs):
@@ -85,24 +99,27 @@ def check_weights(configs):
             checked.add(key)
 
 
-def compile_model(model, config, learning_rate, weights, *, stage_steps=None, warmup_steps=0):
-    """Compiles for one stage; `stage_steps` (the stage's optimizer steps) sizes a cosine schedule."""
+def compile_model(model, config, learning_rate, weights, *, stage_steps=None, warmup_steps=0, backbone_lr_factor=1.0):
+    """Compiles for one stage; `stage_steps` (the stage's optimizer steps) sizes a cosine schedule;
+    the backbone's trainable variables learn at `backbone_lr_factor` times the rate."""
     loss = make_loss(
         config.loss, weights, focal_gamma=config.focal_gamma, melanoma_cost=config.melanoma_cost,
         label_smoothing=config.label_smoothing,
     )
     let_augmentation_compile(model)  # before "auto" jit_compile is resolved
+    scaled = scaled_indices(model, backbone_variables(model)) if backbone_lr_factor != 1 else ()
     model.compile(
-        optimizer=make_optimizer(config, learning_rate, stage_steps, warmup_steps),
+        optimizer=make_optimizer(config, learning_rate, stage_steps, warmup_steps, scaled, backbone_lr_factor),
         loss=loss,
         metrics=[keras.metrics.CategoricalAccuracy(name="accuracy"), BalancedAccuracy(len(CLASS_NAMES))],
         jit_compile=config.jit_compile,
     )
 
 
-def make_optimizer(config, learning_rate, stage_steps=None, warmup_steps=0):
+def make_optimizer(config, learning_rate, stage_steps=None, warmup_steps=0, scaled_variables=(), lr_factor=1.0):
     """Adam or AdamW, at a constant rate (cut by the plateau rule) or on a cosine schedule, with
-    an exponential moving average of the weights if `config.ema`."""
+    an exponential moving average of the weights if `config.ema`; the variables at the indices
+    `scaled_variables` learn at `lr_factor` times the rate (`training.optimizers`)."""
     if config.schedule == "cosine":
         learning_rate = keras.optimizers.schedules.CosineDecay(
             0.0 if warmup_steps else learning_rate,
@@ -110,10 +127,13 @@ def make_optimizer(config, learning_rate, stage_steps=None, warmup_steps=0):
             warmup_target=learning_rate if warmup_steps else None,
             warmup_steps=warmup_steps,
         )
-    averaging = {"use_ema": config.ema > 0, "ema_momentum": config.ema or 0.99}
+    options = {"use_ema": config.ema > 0, "ema_momentum": config.ema or 0.99}
+    if scaled_variables:
+        options.update(scaled_variables=scaled_variables, lr_factor=lr_factor)
     if config.optimizer == "adamw":
-        return keras.optimizers.AdamW(learning_rate, weight_decay=config.weight_decay, **averaging)
-    return keras.optimizers.Adam(learning_rate, **averaging)
+        adamw = ScaledRatesAdamW if scaled_variables else keras.optimizers.AdamW
+        return adamw(learning_rate, weight_decay=config.weight_decay, **options)
+    return (ScaledRatesAdam if scaled_variables else keras.optimizers.Adam)(learning_rate, **options)
 
 
 def fit(config, data, run_dir, *, resume=False, model=None, verbose="auto", tracker=None):
@@ -214,6 +234,7 @@ def fit(config, data, run_dir, *, resume=False, model=None, verbose="auto", trac
         "train_images_per_epoch": int(len(train.positions)),
         "class_weights": {CLASS_NAMES[i]: round(w, 4) for i, w in weights.items()} if weigh_samples else None,
         "stage_boundaries": _stage_boundaries(recorder.history),
+        "stages": stage_records(stages, recorder.history, config),
         "diagnostics": recorder.warnings(),
     }
     _keep_for_inference(run_dir / MODEL_FILENAME)
@@ -271,18 +292,41 @@ def _start_stage(model, stage, state, config, weights, run_dir, steps_per_epoch)
     if stage.backbone == "frozen":
         freeze_backbone(model)
     elif stage.backbone == "top blocks":
-        unfreeze_top_blocks(model, config.fine_tune_from_block)
+        unfreeze_top_blocks(model, config.fine_tune_from_block, get_model_entry(config.model).blocks, config.fine_tune_batch_norm)
     warmup_epochs = config.warmup_epochs if stage.number == 1 else 0
-    compile_model(model, config, stage.lr, weights, stage_steps=stage.epochs * steps_per_epoch, warmup_steps=warmup_epochs * steps_per_epoch)
-    print(f"Stage {stage.number}: training {_describe(stage, config)} at lr {stage.lr:g} for up to {stage.epochs} epochs")
+    compile_model(
+        model, config, stage.lr, weights, stage_steps=stage.epochs * steps_per_epoch,
+        warmup_steps=warmup_epochs * steps_per_epoch, backbone_lr_factor=stage.backbone_lr_factor,
+    )
+    print(f"Stage {stage.number}: training {describe_stage(stage, config)} for up to {stage.epochs} epochs")
 
 
-def _describe(stage, config):
+def describe_stage(stage, config):
+    """What a stage trains, at which rates, in words (the log and `training.json`)."""
     if stage.backbone == "frozen":
-        return "the head only (backbone frozen)"
+        return f"the head only at lr {stage.lr:g} (backbone frozen, its batch norm in inference mode)"
     if stage.backbone == "top blocks":
-        return f"the head and backbone blocks {config.fine_tune_from_block} and above"
-    return "all layers"
+        norm = "trained" if config.fine_tune_batch_norm else "frozen"
+        return (
+            f"the head at lr {stage.lr:g} and backbone blocks {config.fine_tune_from_block} and above at lr "
+            f"{stage.lr * stage.backbone_lr_factor:g} (their batch norm {norm})"
+        )
+    return f"all layers at lr {stage.lr:g}"
+
+
+def stage_records(stages, history, config):
+    """Each stage as `training.json` records it: what trained, its rates, the epochs it ran."""
+    records = []
+    for stage in stages:
+        epochs = [int(row["epoch"]) for row in history if row["stage"] == stage.number]
+        records.append({
+            "stage": stage.number,
+            "trains": describe_stage(stage, config),
+            "lr": stage.lr,
+            "backbone_lr": 0.0 if stage.backbone == "frozen" else stage.lr * stage.backbone_lr_factor,
+            "epochs": [epochs[0], epochs[-1]] if epochs else None,
+        })
+    return records
 
 
 def _stage_boundaries(history):
