@@ -67,7 +67,7 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 with native_stderr_silenced(QUIET):
     try:
         import keras  # noqa: F401
-    except ImportError as error:  # e.g. KERAS_BACKEND=torch without torch
+    except (ImportError, ValueError) as error:  # KERAS_BACKEND=torch without torch; a name Keras does not know (a typo)
         backend = os.environ.get("KERAS_BACKEND", "tensorflow")
         sys.exit(f"error: Keras cannot load its backend {backend!r} ({error}): install it, or set KERAS_BACKEND to an installed one (tensorflow, jax)")
     import evaluation  # noqa: E402

@@ -260,11 +260,15 @@ def test_damaged_run_folder_is_one_line_naming_the_file(damage, message, damaged
     assert not (damaged_run / LOCK_FILENAME).exists()
 
 
-def test_missing_keras_backend_is_one_line():
-    environment = {**os.environ, "KERAS_BACKEND": "torch"}
+@pytest.mark.parametrize(
+    "backend, reason", [("torch", "No module named 'torch'"), ("nosuchbackend", "Unable to import backend : nosuchbackend")],
+    ids=["not installed", "typo"],
+)
+def test_missing_or_misspelt_keras_backend_is_one_line(backend, reason):
+    environment = {**os.environ, "KERAS_BACKEND": backend}
     result = subprocess.run([sys.executable, "main.py", "--help"], cwd=REPO_ROOT, env=environment, capture_output=True, text=True)
     assert result.returncode == 1
-    assert result.stderr.startswith("error: Keras cannot load its backend 'torch' (No module named 'torch')")
+    assert result.stderr.startswith(f"error: Keras cannot load its backend {backend!r} ({reason})")
     assert result.stderr.count("\n") == 1
 
 
