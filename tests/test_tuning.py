@@ -12,7 +12,7 @@ import evaluation
 import inference
 import training.run
 from dataset import PreparedData
-from tests.conftest import TINY_CONFIG, run_main
+from tests.conftest import REPO_ROOT, TINY_CONFIG, run_main
 from training import load_config
 
 keras_tuner = pytest.importorskip("keras_tuner", reason="tuning needs the .[tune] extra")
@@ -39,6 +39,12 @@ def test_search_space_values_become_a_valid_config():
     assert tuning.apply_values(load_config("vgg16_bn", TINY_CONFIG), {"width": 0.5}).model_options["width"] == 0.5
     vgg16 = load_config("vgg16", TINY_CONFIG, {"loss": "cost", "weights": "imagenet"})
     assert not {"width", "label_smoothing", "augmentation"} & set(tuning.search_space(vgg16).values)
+
+
+def test_a_hyperband_budget_shorter_than_the_preset_s_warm_up_shortens_it():
+    config = load_config("cnn", REPO_ROOT / "configs" / "cpu.yaml", {"epochs": 27})  # warmup_epochs: 2
+    assert tuning.apply_values(config, {"tuner/epochs": 1}).warmup_epochs == 0  # Hyperband's first round
+    assert tuning.apply_values(config, {"tuner/epochs": 9}).warmup_epochs == 2
 
 
 def test_a_stopped_search_resumes_without_redoing_trials_and_never_predicts_the_test_subset(toy_dir, tmp_path, monkeypatch, capsys):

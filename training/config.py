@@ -270,9 +270,15 @@ def load_config(model=None, config_file=None, overrides=None):
     # The first one given: an empty name (`--model ""`) is refused as unknown, not taken for the default.
     model = next(name for name in (model, (overrides or {}).get("model"), values.get("model"), TrainConfig.model) if name is not None)
     values.update(per_model.get(model) or {})
-    values.update({key: value for key, value in (overrides or {}).items() if value is not None})
+    given = {key: value for key, value in (overrides or {}).items() if value is not None}
+    values.update(given)
     values["model"] = model
-    return _build(values, source=config_file or "command line").validate()
+    config = _build(values, source=config_file or "command line")
+    if "epochs" in given and "warmup_epochs" not in given and config.warmup_epochs >= config.epochs >= 1:
+        # A preset's warm-up under a shorter run (`--epochs 1`, the quickest check): shortened, not refused.
+        print(f"Note: warmup_epochs {config.warmup_epochs} of {config_file} shortened to {config.epochs - 1} to fit epochs {config.epochs}")
+        config.warmup_epochs = config.epochs - 1
+    return config.validate()
 
 
 def study_configurations(config_file=None):

@@ -87,8 +87,9 @@ def apply_values(config, values):
             name: round(min(strength * values["augmentation"], AUGMENTATION_LIMITS[name]), 4)
             for name, strength in config.augmentation.items()
         }
-    if "tuner/epochs" in values:  # Hyperband: the trial's budget
+    if "tuner/epochs" in values:  # Hyperband: the trial's budget, with as much of the warm-up as it holds
         changes["epochs"] = values["tuner/epochs"]
+        changes["warmup_epochs"] = min(config.warmup_epochs, values["tuner/epochs"] - 1)
     return TrainConfig.from_dict({**config.to_dict(), **changes}, "tuning")
 
 
