@@ -275,6 +275,18 @@ def test_missing_or_misspelt_keras_backend_is_one_line(backend, reason):
 # === 10. Messages that say what happened ===
 
 
+@pytest.mark.parametrize("damaged", ["predictions.csv", "history.csv"])
+def test_an_extra_field_in_the_first_row_is_one_line_naming_the_file(damaged, tmp_path, capsys):
+    runs = [write_run(tmp_path / name, *toy_predictions()) for name in ("a", "b")]
+    path = runs[0] / damaged
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([lines[0], lines[1] + ",", *lines[2:]]) + "\n")  # sed -i '2s/$/,/'
+    assert run_main("evaluate", runs[0]) == 2
+    assert f"{damaged}: not a readable CSV file (line 2 has more fields than the header's" in only_line(capsys)
+    assert run_main("compare", *runs, "--output", tmp_path / "comparison") == 2
+    assert f"{damaged}: not a readable CSV file (line 2" in only_line(capsys)
+
+
 def test_unknown_head_option_names_it():
     with pytest.raises(ConfigError, match=r"^unknown head option 'size' \(expected pooling, dense_units, dropout, metadata_units\)$"):
         load_config("cnn", None, {"head": {"size": 3}})
