@@ -287,6 +287,18 @@ def test_an_extra_field_in_the_first_row_is_one_line_naming_the_file(damaged, tm
     assert f"{damaged}: not a readable CSV file (line 2" in only_line(capsys)
 
 
+@pytest.mark.parametrize("damage", [b"", "half", b"<html>not found</html>"], ids=["empty", "truncated", "not a zip"])
+@pytest.mark.parametrize("command", [["predict", "IMAGE"], ["serve", "--port", "0"], ["evaluate", "--tta"]], ids=lambda command: command[0])
+def test_damaged_model_file_is_one_line_saying_so(command, damage, study, real_toy_dir, tmp_path, capsys):
+    run_dir = shutil.copytree(next((study / "runs").glob("*-cnn")), tmp_path / "run")
+    model = run_dir / "model.keras"
+    model.write_bytes(model.read_bytes()[: model.stat().st_size // 2] if damage == "half" else damage)
+    image = next((real_toy_dir / "images").iterdir())
+    arguments = [image if argument == "IMAGE" else argument for argument in command[1:]]
+    assert run_main(command[0], run_dir, *arguments) == 2
+    assert "model.keras: damaged, not a .keras archive (copy the run's model.keras again, or train the run again)" in only_line(capsys)
+
+
 def test_unknown_head_option_names_it():
     with pytest.raises(ConfigError, match=r"^unknown head option 'size' \(expected pooling, dense_units, dropout, metadata_units\)$"):
         load_config("cnn", None, {"head": {"size": 3}})
