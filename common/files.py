@@ -42,6 +42,12 @@ def process_alive(pid):
     return True
 
 
+def blocking_file(path):
+    """`path`, or the nearest folder above it, where it exists as a file, not a folder; None if there is none."""
+    path = Path(path)
+    return next((parent for parent in (path, *path.parents) if parent.exists() and not parent.is_dir()), None)
+
+
 def check_writable(folder):
     """Raises UserError unless files can be written in `folder` (created if missing)."""
     folder = Path(folder)
@@ -63,7 +69,7 @@ def new_folder(path):
             (read-only or full disk, no permission).
     """
     path = Path(path)
-    blocking = next((parent for parent in (path, *path.parents) if parent.exists() and not parent.is_dir()), None)
+    blocking = blocking_file(path)
     if blocking is not None:
         raise UserError(f"{blocking}: is a file, not a folder (pass a folder that does not exist yet)")
     attempt = 1

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from common.errors import DataError
-from common.files import write_csv, write_json
+from common.files import blocking_file, write_csv, write_json
 from common.run_folder import METRICS_FILENAME, MODEL_FILENAME
 from common.tables import read_csv
 from dataset.features import MetadataEncoder
@@ -255,14 +255,17 @@ def check_output_path(path):
     """Checks, before any work, that predictions can be written to `path`.
 
     Raises:
-        DataError: the suffix is neither .csv nor .json, or the file exists (earlier results are
-            never overwritten).
+        DataError: the suffix is neither .csv nor .json, the file exists (earlier results are
+            never overwritten), or a folder above it is a file.
     """
     path = Path(path)
     if path.suffix.lower() not in OUTPUT_SUFFIXES:
         raise DataError(f"{path}: the output must be a .csv or .json file")
     if path.exists():
         raise DataError(f"{path}: already exists; choose another name (earlier predictions are never overwritten)")
+    blocking = blocking_file(path.parent)
+    if blocking is not None:
+        raise DataError(f"{blocking}: is a file, not a folder, so {path} cannot be written (choose another --output)")
     return path
 
 

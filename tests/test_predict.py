@@ -105,6 +105,8 @@ def test_output_files_and_explanations(study, real_toy_dir, tmp_path):
         (lambda tmp, run: [run, empty_folder(tmp / "empty")], "no images in this folder"),
         (lambda tmp, run: [tmp, image_file(tmp / "a.png")], "model file not found"),
         (lambda tmp, run: [run, image_file(tmp / "a.png"), "--output", tmp / "out.txt"], "must be a .csv or .json"),
+        # Checked before the model is loaded: the output's folder is a file.
+        (lambda tmp, run: [tmp, image_file(tmp / "a.png"), "--output", text_file(tmp / "file") / "p.csv"], "file: is a file, not a folder"),
         (lambda tmp, run: [run, image_file(tmp / "a.png"), "--metadata", text_file(tmp / "m.csv")], "missing column 'image_id'"),
     ],
 )
