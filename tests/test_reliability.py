@@ -190,10 +190,48 @@ def test_image_size_above_the_limit_is_refused():
 
 def test_cache_the_disk_cannot_hold_is_refused(toy_dir, tmp_path, monkeypatch):
     paths = locate_images(sorted(path.stem for path in (toy_dir / "images").glob("*.jpg")), toy_dir)
-    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**12, 10**12 - 1000, 1000))
-    with pytest.raises(DataError, match=r"the image cache needs 0.0 GB and the disk has 0.0 GB free"):
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**12, 10**12 - 100_000, 100_000))
+    # 80 images of 32 x 32 x 3 bytes: sizes below a gigabyte in MB, not "0.0 GB".
+    with pytest.raises(DataError, match=r"the image cache needs 0.2 MB and the disk has 0.1 MB free"):
         load_images(paths, 32, cache_dir=tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("where", ["--cache-dir", "HAM10000_CACHE"])
+def test_image_cache_in_a_file_is_one_line(where, toy_dir, tmp_path, monkeypatch, capsys):
+    file = tmp_path / "file"
+    file.write_text("")
+    arguments = ["--model", "cnn", "--config", TINY_CONFIG, "--data-dir", toy_dir, "--output-dir", tmp_path / "out"]
+    if where == "--cache-dir":
+        arguments += ["--cache-dir", file / "cache"]
+    else:
+        monkeypatch.setenv("HAM10000_CACHE", str(file))
+    assert run_main(*arguments) == 2
+    assert f"{file}: is a file, not a folder, so the image cache cannot go to" in only_line(capsys)
+    assert not (tmp_path / "out" / "runs").exists()
+
+
+def test_read_only_image_cache_names_the_cache_s_flag(toy_dir, tmp_path, monkeypatch, capsys):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+
+    def read_only(opener):
+        # A read-only disk under the cache folder (as root, permissions alone would not stop the writes).
+        def open_read_only(path, flags_or_mode="r", *args, **kwargs):
+            writes = any(mark in flags_or_mode for mark in "wax+") if isinstance(flags_or_mode, str) else flags_or_mode & (os.O_WRONLY | os.O_RDWR)
+            if str(path).startswith(str(cache)) and writes:
+                raise OSError(errno.EROFS, "Read-only file system", str(path))
+            return opener(path, flags_or_mode, *args, **kwargs)
+
+        return open_read_only
+
+    monkeypatch.setattr(os, "open", read_only(os.open))
+    monkeypatch.setattr("builtins.open", read_only(open))
+    arguments = ["--model", "cnn", "--config", TINY_CONFIG, "--data-dir", toy_dir, "--output-dir", tmp_path / "out"]
+    assert run_main(*arguments, "--cache-dir", cache) == 2
+    line = only_line(capsys)
+    assert f"{cache}: cannot write there (Read-only file system); the image cache needs a writable folder (pass --cache-dir" in line
+    assert "--output-dir" not in line
 
 
 def test_stale_temporary_cache_files_are_removed_and_a_truncated_cache_rebuilt(toy_dir, tmp_path):
