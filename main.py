@@ -105,7 +105,8 @@ def main(argv=None):
         if error.errno not in DISK_ERRORS:
             raise
         remedy = "free some space" if error.errno in (errno.ENOSPC, errno.EDQUOT) else "write elsewhere (--output-dir)"
-        print(f"error: {error.filename}: {error.strerror} ({remedy})", file=sys.stderr)
+        where = "" if error.filename is None else f"{error.filename}: "
+        print(f"error: {where}{error.strerror} ({remedy})", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         resume = {

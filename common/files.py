@@ -27,6 +27,11 @@ def atomic_path(path):
     try:
         yield temporary
         os.replace(temporary, path)
+    except OSError as error:
+        # A writer's own error (a full disk mid-write) often names no file: name the one being written.
+        if error.filename is None:
+            error.filename = str(path)
+        raise
     finally:
         temporary.unlink(missing_ok=True)
 

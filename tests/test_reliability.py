@@ -269,6 +269,16 @@ def test_full_disk_is_one_line(toy_dir, tmp_path, monkeypatch, capsys):
     assert "environment.json: No space left on device" in only_line(capsys)
 
 
+def test_full_disk_while_a_file_is_written_names_the_file(toy_dir, tmp_path, monkeypatch, capsys):
+    def full(self, path, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")  # as a writer reports it: no file name
+
+    monkeypatch.setattr("keras.Model.save", full)
+    arguments = ["--model", "cnn", "--config", TINY_CONFIG, "--data-dir", toy_dir, "--output-dir", tmp_path]
+    assert run_main(*arguments) == 2
+    assert only_line(capsys).endswith("checkpoint/epoch-001.keras: No space left on device (free some space)\n")
+
+
 def test_output_that_is_a_file_is_one_line(toy_dir, tmp_path, capsys):
     (tmp_path / "file").write_text("")
     arguments = ["--model", "cnn", "--config", TINY_CONFIG, "--data-dir", toy_dir, "--output-dir", tmp_path / "file"]
