@@ -279,6 +279,19 @@ def test_full_disk_while_a_file_is_written_names_the_file(toy_dir, tmp_path, mon
     assert only_line(capsys).endswith("checkpoint/epoch-001.keras: No space left on device (free some space)\n")
 
 
+def test_a_failing_gallery_is_a_warning_and_the_evaluation_is_written(toy_dir, tmp_path, monkeypatch, capsys):
+    def unexplainable(*args, **kwargs):  # a backbone whose feature map Grad-CAM cannot cut out
+        raise ValueError("Output with path '' is not connected to inputs")
+
+    monkeypatch.setattr("inference.gallery.GradCAM.heatmaps", unexplainable)
+    arguments = ["--model", "cnn", "--config", TINY_CONFIG, "--data-dir", toy_dir, "--output-dir", tmp_path]
+    assert run_main(*arguments) == 0
+    assert "warning: the Grad-CAM gallery failed (ValueError: Output with path '' is not connected to inputs)" in only_line(capsys)
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert (run_dir / "metrics.json").is_file() and (run_dir / "confusion_matrix.png").is_file()
+    assert "## Metrics" in (run_dir / "report.md").read_text() and "## Gallery" not in (run_dir / "report.md").read_text()
+
+
 def test_output_that_is_a_file_is_one_line(toy_dir, tmp_path, capsys):
     (tmp_path / "file").write_text("")
     arguments = ["--model", "cnn", "--config", TINY_CONFIG, "--data-dir", toy_dir, "--output-dir", tmp_path / "file"]
