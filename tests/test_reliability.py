@@ -89,6 +89,27 @@ def test_resumed_run_is_identical_to_an_uninterrupted_one(toy_dir, tmp_path, mon
         pd.testing.assert_frame_equal(actual, expected, check_exact=True)
 
 
+def test_run_killed_before_its_first_checkpoint_resumes_from_epoch_one(toy_dir, tmp_path, monkeypatch):
+    arguments = ["--model", "cnn", "--config", TINY_CONFIG, "--epochs", 2, "--data-dir", toy_dir]
+    assert run_main(*arguments, "--output-dir", tmp_path / "whole") == 0
+
+    def killed(self, epoch, logs=None):  # during epoch 1, before anything of it is saved
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(trainer.EpochRecorder, "on_epoch_end", killed)
+        assert run_main(*arguments, "--output-dir", tmp_path / "resumed") == 130
+    (resumed,) = (tmp_path / "resumed" / "runs").iterdir()
+    assert not (resumed / "checkpoint" / "state.json").exists()
+    assert run_main("--resume", resumed) == 0
+    (whole,) = (tmp_path / "whole" / "runs").iterdir()
+    for name in ("history.csv", "predictions.csv"):
+        expected, actual = pd.read_csv(whole / name), pd.read_csv(resumed / name)
+        if name == "history.csv":
+            expected, actual = expected.drop(columns=list(TIMING_COLUMNS)), actual.drop(columns=list(TIMING_COLUMNS))
+        pd.testing.assert_frame_equal(actual, expected, check_exact=True)
+
+
 # === 2. Metrics the test subset cannot define ===
 
 
