@@ -81,8 +81,13 @@ def test_resumed_run_is_identical_to_an_uninterrupted_one(toy_dir, tmp_path, mon
     (resumed,) = (tmp_path / "resumed" / "runs").iterdir()
     assert run_main("--resume", resumed) == 0
     (whole,) = (tmp_path / "whole" / "runs").iterdir()
+    assert_same_run(resumed, whole)
+
+
+def assert_same_run(actual_run, expected_run):
+    """The two run folders' history (but for its timings) and test predictions are equal."""
     for name in ("history.csv", "predictions.csv"):
-        expected, actual = pd.read_csv(whole / name), pd.read_csv(resumed / name)
+        expected, actual = pd.read_csv(expected_run / name), pd.read_csv(actual_run / name)
         if name == "history.csv":
             expected, actual = expected.drop(columns=list(TIMING_COLUMNS)), actual.drop(columns=list(TIMING_COLUMNS))
         # Exact on CPU; floating-point reductions on a GPU may differ in the last bits.
@@ -103,11 +108,7 @@ def test_run_killed_before_its_first_checkpoint_resumes_from_epoch_one(toy_dir, 
     assert not (resumed / "checkpoint" / "state.json").exists()
     assert run_main("--resume", resumed) == 0
     (whole,) = (tmp_path / "whole" / "runs").iterdir()
-    for name in ("history.csv", "predictions.csv"):
-        expected, actual = pd.read_csv(whole / name), pd.read_csv(resumed / name)
-        if name == "history.csv":
-            expected, actual = expected.drop(columns=list(TIMING_COLUMNS)), actual.drop(columns=list(TIMING_COLUMNS))
-        pd.testing.assert_frame_equal(actual, expected, check_exact=True)
+    assert_same_run(resumed, whole)
 
 
 # === 2. Metrics the test subset cannot define ===
