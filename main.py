@@ -67,7 +67,7 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 with native_stderr_silenced(QUIET):
     try:
         import keras  # noqa: F401
-    except ImportError as error:  # e.g. KERAS_BACKEND=torch without torch
+    except (ImportError, ValueError) as error:  # KERAS_BACKEND=torch without torch; a name Keras does not know (a typo)
         backend = os.environ.get("KERAS_BACKEND", "tensorflow")
         sys.exit(f"error: Keras cannot load its backend {backend!r} ({error}): install it, or set KERAS_BACKEND to an installed one (tensorflow, jax)")
     import evaluation  # noqa: E402
@@ -105,7 +105,8 @@ def main(argv=None):
         if error.errno not in DISK_ERRORS:
             raise
         remedy = "free some space" if error.errno in (errno.ENOSPC, errno.EDQUOT) else "write elsewhere (--output-dir)"
-        print(f"error: {error.filename}: {error.strerror} ({remedy})", file=sys.stderr)
+        where = "" if error.filename is None else f"{error.filename}: "
+        print(f"error: {where}{error.strerror} ({remedy})", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         resume = {
@@ -355,13 +356,22 @@ def finish_study(study_dir, overrides=None):
 
 
 def finish(run):
-    """Predicts the run's test subset with the kept model, then writes the gallery, metrics, plots and report."""
+    """Predicts the run's test subset with the kept model, then writes the gallery, metrics, plots and report.
+
+    The gallery is optional: where it fails (a backbone whose feature map Grad-CAM cannot find), a
+    warning says so and the evaluation is written all the same.
+    """
     options = {"with_metadata": run.config.metadata, "batch_size": run.config.batch_size, "workers": run.config.workers}
     evaluation.predict_subset(run.run_dir, run.data, **options)
     if run.config.fold is not None:
         # The study's out-of-fold metrics pool every fold run's validation fold.
         evaluation.predict_subset(run.run_dir, run.data, subset="val", **options)
-    inference.write_gallery(run.run_dir, run.data)
+    try:
+        # Before the evaluation, whose report shows it.
+        inference.write_gallery(run.run_dir, run.data)
+    except Exception as error:
+        reason = f"{type(error).__name__}: {error}".strip().splitlines()[0]
+        print(f"warning: the Grad-CAM gallery failed ({reason}); the report goes without it", file=sys.stderr)
     metrics = evaluation.evaluate_run(run.run_dir)
     run.tracker.finish(run.run_dir, with_model=run.config.track_model)
     # A metric is None where the test subset cannot define it (melanoma sensitivity without melanomas).

@@ -27,6 +27,11 @@ def atomic_path(path):
     try:
         yield temporary
         os.replace(temporary, path)
+    except OSError as error:
+        # A writer's own error (a full disk mid-write) often names no file: name the one being written.
+        if error.filename is None:
+            error.filename = str(path)
+        raise
     finally:
         temporary.unlink(missing_ok=True)
 
@@ -40,6 +45,12 @@ def process_alive(pid):
     except PermissionError:  # it exists, owned by another user
         return True
     return True
+
+
+def blocking_file(path):
+    """`path`, or the nearest folder above it, where it exists as a file, not a folder; None if there is none."""
+    path = Path(path)
+    return next((parent for parent in (path, *path.parents) if parent.exists() and not parent.is_dir()), None)
 
 
 def check_writable(folder):
@@ -63,7 +74,7 @@ def new_folder(path):
             (read-only or full disk, no permission).
     """
     path = Path(path)
-    blocking = next((parent for parent in (path, *path.parents) if parent.exists() and not parent.is_dir()), None)
+    blocking = blocking_file(path)
     if blocking is not None:
         raise UserError(f"{blocking}: is a file, not a folder (pass a folder that does not exist yet)")
     attempt = 1

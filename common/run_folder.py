@@ -71,11 +71,12 @@ def create_run_dir(output_dir, name, now=None):
 
 
 @contextlib.contextmanager
-def run_lock(run_dir):
+def run_lock(run_dir, what="run"):
     """Holds the run folder for this process: a second process training into it is refused.
 
     The lock file names the process and machine that hold it. A lock left by a process that has
-    died on this machine (killed, out of memory) is stale and taken over.
+    died on this machine (killed, out of memory) is stale and taken over. A study holds its own
+    folder the same way (`what="study"`).
 
     Raises:
         UserError: another live process, or a process on another machine, holds the folder.
@@ -92,7 +93,7 @@ def run_lock(run_dir):
                 path.unlink(missing_ok=True)
                 continue
             raise UserError(
-                f"{run_dir}: process {holder_pid} on {holder_host} is training this run; wait for it to end "
+                f"{run_dir}: process {holder_pid} on {holder_host} is training this {what}; wait for it to end "
                 f"(if that process is gone, delete {path})"
             ) from None
         with os.fdopen(descriptor, "w") as lock:

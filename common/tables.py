@@ -22,10 +22,15 @@ def read_csv(path, not_found, *, as_text=True):
         raise DataError(f"{path}: {not_found}")
     options = {"dtype": str, "keep_default_na": False} if as_text else {}
     try:
-        return pd.read_csv(path, **options)
+        frame = pd.read_csv(path, **options)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
         first_line = str(error).strip().splitlines()[0]
         raise DataError(f"{path}: not a readable CSV file ({first_line})") from None
+    # A first row with more fields than the header is not a parser error to pandas: it takes the
+    # extra leading fields for an index (a later such row is a parser error, reported above).
+    if not frame.index.equals(pd.RangeIndex(len(frame))):
+        raise DataError(f"{path}: not a readable CSV file (line 2 has more fields than the header's {len(frame.columns)})")
+    return frame
 
 
 def require_columns(frame, columns, source, hint=None):

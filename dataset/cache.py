@@ -24,13 +24,14 @@ import keras
 import numpy as np
 
 from common import files
-from common.errors import DataError
+from common.errors import DataError, UserError
 from dataset.images import first_few, read_image
 
 CACHE_DIR_VARIABLE = "HAM10000_CACHE"
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "ham10000-study"
 # Bump when `read_image` changes how it resizes, so that old caches are not reused.
 DECODER_VERSION = 1
+CACHE_DIR_REMEDY = f"pass --cache-dir a writable folder, or set {CACHE_DIR_VARIABLE} to one"
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,9 @@ def load_images(image_paths, size, cache_dir=None, drop_unreadable=False, verbos
     if not image_paths:
         raise DataError("no images to load: the image list is empty")
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    blocking = files.blocking_file(cache_dir)
+    if blocking is not None:
+        raise DataError(f"{blocking}: is a file, not a folder, so the image cache cannot go to {cache_dir} ({CACHE_DIR_REMEDY})")
     image_ids = tuple(image_paths)
     paths = [Path(image_paths[image_id]) for image_id in image_ids]
     key = _cache_key(image_ids, paths, size)
@@ -104,6 +108,10 @@ def _open(array_path):
 
 def _build(paths, image_ids, size, array_path, fingerprint, drop_unreadable, verbose):
     """Decodes every image into a new cache file; returns the info to store beside it."""
+    try:
+        files.check_writable(array_path.parent)
+    except UserError as error:
+        raise DataError(f"{error}; the image cache needs a writable folder ({CACHE_DIR_REMEDY})") from None
     _remove_stale_temporaries(array_path.parent)
     _check_free_space(array_path.parent, len(paths) * size * size * 3)
     if verbose:
@@ -140,14 +148,18 @@ def _remove_stale_temporaries(cache_dir):
 
 
 def _check_free_space(cache_dir, needed_bytes):
-    Path(cache_dir).mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(cache_dir).free
     # Some room to spare for the rest of the run (models, checkpoints).
     if needed_bytes * 1.1 > free:
         raise DataError(
-            f"{cache_dir}: the image cache needs {needed_bytes / 1e9:.1f} GB and the disk has {free / 1e9:.1f} GB free "
+            f"{cache_dir}: the image cache needs {_size(needed_bytes)} and the disk has {_size(free)} free "
             "(free some space, use a smaller --image-size, or pass --cache-dir on another disk)"
         )
+
+
+def _size(size_bytes):
+    """"1.2 GB", or "3.4 MB" below a gigabyte (a toy cache would read "0.0 GB")."""
+    return f"{size_bytes / 1e9:.1f} GB" if size_bytes >= 1e9 else f"{size_bytes / 1e6:.1f} MB"
 
 
 def _read_or_none(path, size):

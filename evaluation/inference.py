@@ -4,6 +4,7 @@ The one part of evaluation that loads a model; everything else works from the fi
 """
 
 import sys
+import zipfile
 from pathlib import Path
 
 import keras
@@ -24,6 +25,9 @@ def load_run_model(run_dir):
     model_path = Path(run_dir) / MODEL_FILENAME
     if not model_path.is_file():
         raise DataError(f"{model_path}: model file not found (is {Path(run_dir).name} a finished training run?)")
+    if not zipfile.is_zipfile(model_path):
+        # Keras would call an empty, truncated or overwritten file "not found".
+        raise DataError(f"{model_path}: damaged, not a .keras archive (copy the run's model.keras again, or train the run again)")
     return networks.let_augmentation_compile(keras.saving.load_model(model_path, compile=False))
 
 

@@ -14,21 +14,28 @@ Needs the `serve` extra: `pip install -e ".[serve]"` (FastAPI, uvicorn, python-m
 import base64
 import io
 import math
+import socket
 import threading
+import warnings
 from pathlib import Path
 from typing import Annotated
 
 import pandas as pd
 from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse
+from PIL import Image
 
-from common.errors import DataError
+from common.errors import DataError, UserError
 from dataset.images import read_image
 from dataset.metadata import CLASS_DESCRIPTIONS, CLASS_NAMES, UNKNOWN
 from inference.gradcam import GradCAM, overlay_heatmap, png_bytes
 from inference.predict import Predictor
 
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
+# Decoding happens outside the prediction lock, so concurrent uploads decode side by side: a
+# single-colour 12,000 x 12,000 PNG is 450 KB on disk and 430 MB decoded. Bounded by the pixels
+# the header declares, before decoding; 50 megapixels is a large camera's photo.
+MAX_IMAGE_PIXELS = 50_000_000
 # The multipart framing and the form fields around the image, on top of the image itself.
 FORM_OVERHEAD_BYTES = 64 * 1024
 PAGE = Path(__file__).with_name("static") / "index.html"
@@ -36,7 +43,7 @@ PAGE = Path(__file__).with_name("static") / "index.html"
 OVERLAY_SIZE = 256
 
 
-def create_app(run_dir, *, max_upload_bytes=MAX_UPLOAD_BYTES):
+def create_app(run_dir, *, max_upload_bytes=MAX_UPLOAD_BYTES, max_pixels=MAX_IMAGE_PIXELS):
     """The FastAPI application serving a run's model.
 
     Raises:
@@ -87,6 +94,7 @@ def create_app(run_dir, *, max_upload_bytes=MAX_UPLOAD_BYTES):
         data = image.file.read(max_upload_bytes + 1)
         if len(data) > max_upload_bytes:
             raise HTTPException(413, too_large(max_upload_bytes))
+        check_pixels(data, max_pixels)
         try:
             decoded = read_image(io.BytesIO(data), predictor.image_size)
         except DataError:
@@ -137,13 +145,49 @@ def request_metadata(predictor, age, sex, site):
     return row, notes
 
 
+def check_pixels(data, limit):
+    """Raises HTTPException 413 if the image's header declares more than `limit` pixels; read without decoding.
+
+    Data that is not an image passes: decoding it says so (415).
+    """
+    try:
+        with warnings.catch_warnings():
+            # Pillow's own warning for images over its limit: the server applies its own.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                width, height = image.size
+        if width * height <= limit:
+            return
+        size = f" ({width} x {height})"
+    except Image.DecompressionBombError:  # over twice Pillow's limit: refused as it opens
+        size = ""
+    except (OSError, SyntaxError, ValueError):
+        return
+    raise HTTPException(413, f"the image has more than the {limit / 1e6:g} megapixels this server decodes{size}; send a smaller image")
+
+
 def too_large(limit):
     return f"the upload is larger than {limit / 2**20:g} MB; send a smaller JPEG or PNG"
 
 
 def serve(run_dir, *, host="127.0.0.1", port=8000):
-    """Loads the run (failing fast on a bad folder), then serves it with uvicorn until interrupted."""
+    """Checks the address and loads the run (failing fast on either), then serves it with uvicorn until interrupted."""
     import uvicorn
 
+    check_address(host, port)
     app = create_app(run_dir)
     uvicorn.run(app, host=host, port=port)
+
+
+def check_address(host, port):
+    """Raises UserError unless a server can listen on host:port: checked before the model loads,
+    and in one line, where uvicorn would exit with its own log line (or Python with OverflowError)."""
+    if not 0 <= port <= 65535:
+        raise UserError(f"--port {port}: a port is 0 to 65535 (0 picks a free one)")
+    # As uvicorn binds: IPv6 for an address with colons, and a port in TIME_WAIT is free.
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise UserError(f"{host}:{port}: cannot listen there ({error.strerror}); pass another --port (0 picks a free one) or --host") from None

@@ -1,5 +1,6 @@
 """Explanation figures: each image beside its Grad-CAM heat map, the overlay and the top-3 classes."""
 
+import warnings
 from pathlib import Path
 
 import matplotlib
@@ -31,11 +32,13 @@ def explain_images(predictor, images, files, probabilities, metadata, output_dir
     cam = GradCAM(predictor.model)
     others = [predictor.encode(metadata, len(images))] if predictor.takes_metadata else []
     heatmaps = cam.heatmaps(images, probabilities.argmax(axis=1), others)
-    output_dir = new_folder(output_dir)
+    folder = new_folder(output_dir)
+    if folder != Path(output_dir):
+        warnings.warn(f"{output_dir} exists: the Grad-CAM figures go to {folder} (an existing folder is never written into)", stacklevel=2)
     names = unique_names([Path(path).stem for path in files])
     for path, name, heatmap, probability in zip(files, names, heatmaps, probabilities):
-        write_figure(output_dir / f"{name}.png", read_image(path, DISPLAY_SIZE), heatmap, probability, Path(path).name)
-    return output_dir
+        write_figure(folder / f"{name}.png", read_image(path, DISPLAY_SIZE), heatmap, probability, Path(path).name)
+    return folder
 
 
 def write_figure(path, image, heatmap, probabilities, title):

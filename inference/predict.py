@@ -19,9 +19,9 @@ import numpy as np
 import pandas as pd
 
 from common.errors import DataError
-from common.files import write_csv, write_json
+from common.files import blocking_file, write_csv, write_json
 from common.run_folder import METRICS_FILENAME, MODEL_FILENAME
-from common.tables import read_csv
+from common.tables import line_number, read_csv
 from dataset.features import MetadataEncoder
 from dataset.images import IMAGE_SUFFIXES, first_few, read_image
 from dataset.metadata import CLASS_DESCRIPTIONS, CLASS_NAMES, UNKNOWN, validate_metadata
@@ -183,6 +183,22 @@ def read_image_metadata(path):
     return validate_metadata(frame, source=path).set_index("image_id").loc[:, list(METADATA_COLUMNS)]
 
 
+def check_known_values(table, image_ids, encoder, source):
+    """Raises DataError naming the first row, among the images', whose sex or site the model does not know.
+
+    The server's rule: a typo ("mal") would otherwise be encoded as "unknown", without a word.
+    """
+    rows = table[table.index.isin(image_ids)]
+    for column, known in (("sex", encoder.sexes), ("localization", encoder.sites)):
+        unknown = ~rows[column].isin(known)
+        if unknown.any():
+            image_id = rows.index[unknown][0]
+            raise DataError(
+                f"{source}, line {line_number(table.index.get_loc(image_id))}: unknown {column} {rows.at[image_id, column]!r} "
+                f"(this model knows {', '.join(known)})"
+            )
+
+
 def metadata_for(files, table):
     """The metadata rows of the files (matched by file name without suffix), unknown where absent.
 
@@ -224,6 +240,8 @@ def predict_files(predictor, paths, *, metadata_path=None, tta=False, skip_unrea
     table = read_image_metadata(metadata_path) if metadata_path is not None else None
     if table is not None and not predictor.takes_metadata:
         warnings.warn(f"{predictor.run_dir.name} is an image-only model: the metadata in {metadata_path} is not used", stacklevel=2)
+    if table is not None and predictor.takes_metadata:
+        check_known_values(table, [path.stem for path in files], predictor.encoder, metadata_path)
     images, files = decode_images(files, predictor.image_size, skip_unreadable=skip_unreadable)
     metadata = None
     if predictor.takes_metadata:
@@ -255,14 +273,17 @@ def check_output_path(path):
     """Checks, before any work, that predictions can be written to `path`.
 
     Raises:
-        DataError: the suffix is neither .csv nor .json, or the file exists (earlier results are
-            never overwritten).
+        DataError: the suffix is neither .csv nor .json, the file exists (earlier results are
+            never overwritten), or a folder above it is a file.
     """
     path = Path(path)
     if path.suffix.lower() not in OUTPUT_SUFFIXES:
         raise DataError(f"{path}: the output must be a .csv or .json file")
     if path.exists():
         raise DataError(f"{path}: already exists; choose another name (earlier predictions are never overwritten)")
+    blocking = blocking_file(path.parent)
+    if blocking is not None:
+        raise DataError(f"{blocking}: is a file, not a folder, so {path} cannot be written (choose another --output)")
     return path
 
 

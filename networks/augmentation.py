@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import keras
 from keras import layers
 
+from networks.options import check_types
+
 
 @dataclass(frozen=True)
 class AugmentationOptions:
@@ -53,6 +55,7 @@ class AugmentationOptions:
     rand_augment_ops: int = 2
 
     def __post_init__(self):
+        check_types(self, "augmentation")
         if self.rand_augment_ops < 1:
             raise ValueError(f"augmentation rand_augment_ops must be at least 1; got {self.rand_augment_ops}")
         for name in ("rotation", "zoom", "aspect", "brightness", "contrast", "saturation", "hue", "rand_augment"):

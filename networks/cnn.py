@@ -5,6 +5,7 @@ from dataclasses import dataclass
 import keras
 from keras import layers
 
+from networks.options import check_positive, check_types
 from networks.registry import register_backbone
 
 
@@ -22,6 +23,10 @@ class CNNOptions:
     filters: tuple = (40, 80, 160, 320, 512)
     convs_per_block: int = 2
     batch_norm_momentum: float = 0.9
+
+    def __post_init__(self):
+        check_types(self, "CNN")
+        check_positive(self, "CNN", "filters", "convs_per_block")
 
 
 @register_backbone("cnn", options=CNNOptions, description="plain deep CNN (conv-BN-ReLU blocks), trained from scratch")

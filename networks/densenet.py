@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import keras
 from keras import layers
 
+from networks.options import check_positive, check_types
 from networks.registry import register_backbone
 
 STEM_STRIDES = (1, 2, 4)
@@ -45,6 +46,8 @@ class DenseNetOptions:
     batch_norm_momentum: float = 0.9
 
     def __post_init__(self):
+        check_types(self, "DenseNet")
+        check_positive(self, "DenseNet", "block_sizes", "growth_rate", "bottleneck_factor", "stem_filters")
         if self.stem_stride not in STEM_STRIDES:
             raise ValueError(f"DenseNet stem_stride must be one of {', '.join(map(str, STEM_STRIDES))}; got {self.stem_stride}")
         if not 0 < self.compression <= 1:

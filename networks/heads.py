@@ -14,6 +14,7 @@ import keras
 from keras import layers
 
 from networks.colour import ShadesOfGrey
+from networks.options import check_positive, check_types
 
 POOLINGS = ("max", "avg")
 
@@ -37,6 +38,8 @@ class HeadOptions:
     metadata_units: int = 32
 
     def __post_init__(self):
+        check_types(self, "head")
+        check_positive(self, "head", "dense_units", "metadata_units")
         if self.pooling not in POOLINGS:
             raise ValueError(f"unknown head pooling {self.pooling!r} (expected one of {', '.join(POOLINGS)})")
         if not 0 <= self.dropout < 1:

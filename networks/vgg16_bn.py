@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import keras
 from keras import layers
 
+from networks.options import check_types
 from networks.registry import register_backbone
 
 BLOCK_CONVS = (2, 2, 3, 3, 3)
@@ -32,6 +33,7 @@ class VGG16BNOptions:
     batch_norm_momentum: float = 0.9
 
     def __post_init__(self):
+        check_types(self, "VGG16-BN")
         if not 0 < self.width <= 4:
             raise ValueError(f"VGG16-BN width must be in (0, 4]; got {self.width}")
 

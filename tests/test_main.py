@@ -146,6 +146,32 @@ def test_bad_input_fails_with_one_line_before_any_work(arguments, message, tmp_p
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--model", "cnn", "--lr", "inf"], "error: setting 'lr' must be a finite number; got inf"),
+        (["--model", ""], "error: unknown model '' (available: cnn, densenet, vgg16, vgg16_bn)"),
+        (["--model", "cnn", "--seed", "-1"], "error: seed must be in [0, 4294967295]; got -1"),
+        (["--model", "cnn", "--seed", "4294967296"], "error: seed must be in [0, 4294967295]; got 4294967296"),
+        (["--model", "cnn", "--epochs", "1" + "0" * 30], "error: setting 'epochs' is too large: at most 9223372036854775807"),
+        (
+            ["--model", "cnn", "--set", "model_options={filters: [8, -16, 16, 32, 32]}"],
+            "error: CNN filters must be whole numbers of at least 1; got [8, -16, 16, 32, 32]",
+        ),
+        (["--model", "cnn", "--set", "head={dense_units: [0]}"], "error: head dense_units must be whole numbers of at least 1; got [0]"),
+        (["--model", "cnn", "--set", "augmentation={rotation: lots}"], "error: augmentation rotation must be a number; got 'lots'"),
+        (["--model", "densenet", "--set", "model_options={growth_rate: 1.5}"], "error: DenseNet growth_rate must be a whole number; got 1.5"),
+    ],
+    ids=["lr inf", "empty model", "seed -1", "seed 2**32", "epochs 10**30", "negative filters", "no dense units", "rotation lots", "fractional growth"],
+)
+def test_values_that_would_fail_inside_training_are_refused_in_one_line(arguments, message, toy_dir, tmp_path, capsys):
+    # Toy settings: before these checks, most of these trained (or tried to) before failing.
+    assert run_main(*arguments, "--config", TINY_CONFIG, "--data-dir", toy_dir, "--output-dir", tmp_path) == 2
+    error = capsys.readouterr().err
+    assert message in error and error.count("\n") == 1
+    assert not (tmp_path / "runs").exists()
+
+
 def test_data_folder_that_is_not_ham10000(tmp_path, capsys):
     (tmp_path / "data").mkdir()
     assert run_main("--model", "cnn", "--data-dir", tmp_path / "data", "--output-dir", tmp_path) == 2

@@ -68,6 +68,30 @@ def test_metadata_model_uses_the_given_metadata_and_warns_once_for_the_rest(stud
     assert "takes metadata and none was given" in capsys.readouterr().err
 
 
+def test_metadata_the_model_does_not_know_is_one_line_naming_the_row(study, real_toy_dir, tmp_path, capsys):
+    run = study_run(study, "vgg16-meta")
+    images = sorted((real_toy_dir / "images").iterdir())[:2]
+    rows = [f"{images[0].stem},45,male,back", f"{images[1].stem},45,mal,lower_extremity"]  # typos of male, lower extremity
+    (tmp_path / "meta.csv").write_text("\n".join(["image_id,age,sex,localization", *rows]) + "\n")
+    assert run_main("predict", run, *images, "--metadata", tmp_path / "meta.csv") == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"error: {tmp_path / 'meta.csv'}, line 3: unknown sex 'mal' (this model knows ") and error.count("\n") == 1
+    assert "female, male, unknown" in error
+    (tmp_path / "meta.csv").write_text("\n".join(["image_id,age,sex,localization", rows[0], rows[1].replace("mal", "male")]) + "\n")
+    assert run_main("predict", run, *images, "--metadata", tmp_path / "meta.csv") == 2
+    assert "line 3: unknown localization 'lower_extremity'" in capsys.readouterr().err
+    # A row of an image not predicted is not judged.
+    assert run_main("predict", run, images[0], "--metadata", tmp_path / "meta.csv") == 0
+
+
+def test_explanations_into_an_existing_folder_say_where_they_went(study, real_toy_dir, tmp_path, capsys):
+    (tmp_path / "gradcam").mkdir()
+    image = sorted((real_toy_dir / "images").iterdir())[0]
+    assert run_main("predict", study_run(study, "cnn"), image, "--explain", tmp_path / "gradcam") == 0
+    assert f"warning: {tmp_path / 'gradcam'} exists: the Grad-CAM figures go to {tmp_path / 'gradcam-2'}" in capsys.readouterr().err
+    assert list((tmp_path / "gradcam").iterdir()) == [] and (tmp_path / "gradcam-2" / f"{image.stem}.png").is_file()
+
+
 def test_tta_averages_over_the_eight_rotations_and_reflections(study, tmp_path, capsys):
     """An image and any of its rotations or reflections get the same TTA prediction."""
     image = np.random.default_rng(0).integers(0, 256, (1, 32, 32, 3), dtype=np.uint8)
@@ -105,6 +129,8 @@ def test_output_files_and_explanations(study, real_toy_dir, tmp_path):
         (lambda tmp, run: [run, empty_folder(tmp / "empty")], "no images in this folder"),
         (lambda tmp, run: [tmp, image_file(tmp / "a.png")], "model file not found"),
         (lambda tmp, run: [run, image_file(tmp / "a.png"), "--output", tmp / "out.txt"], "must be a .csv or .json"),
+        # Checked before the model is loaded: the output's folder is a file.
+        (lambda tmp, run: [tmp, image_file(tmp / "a.png"), "--output", text_file(tmp / "file") / "p.csv"], "file: is a file, not a folder"),
         (lambda tmp, run: [run, image_file(tmp / "a.png"), "--metadata", text_file(tmp / "m.csv")], "missing column 'image_id'"),
     ],
 )

@@ -81,12 +81,34 @@ def test_resumed_run_is_identical_to_an_uninterrupted_one(toy_dir, tmp_path, mon
     (resumed,) = (tmp_path / "resumed" / "runs").iterdir()
     assert run_main("--resume", resumed) == 0
     (whole,) = (tmp_path / "whole" / "runs").iterdir()
+    assert_same_run(resumed, whole)
+
+
+def assert_same_run(actual_run, expected_run):
+    """The two run folders' history (but for its timings) and test predictions are equal."""
     for name in ("history.csv", "predictions.csv"):
-        expected, actual = pd.read_csv(whole / name), pd.read_csv(resumed / name)
+        expected, actual = pd.read_csv(expected_run / name), pd.read_csv(actual_run / name)
         if name == "history.csv":
             expected, actual = expected.drop(columns=list(TIMING_COLUMNS)), actual.drop(columns=list(TIMING_COLUMNS))
         # Exact on CPU; floating-point reductions on a GPU may differ in the last bits.
         pd.testing.assert_frame_equal(actual, expected, check_exact=True)
+
+
+def test_run_killed_before_its_first_checkpoint_resumes_from_epoch_one(toy_dir, tmp_path, monkeypatch):
+    arguments = ["--model", "cnn", "--config", TINY_CONFIG, "--epochs", 2, "--data-dir", toy_dir]
+    assert run_main(*arguments, "--output-dir", tmp_path / "whole") == 0
+
+    def killed(self, epoch, logs=None):  # during epoch 1, before anything of it is saved
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(trainer.EpochRecorder, "on_epoch_end", killed)
+        assert run_main(*arguments, "--output-dir", tmp_path / "resumed") == 130
+    (resumed,) = (tmp_path / "resumed" / "runs").iterdir()
+    assert not (resumed / "checkpoint" / "state.json").exists()
+    assert run_main("--resume", resumed) == 0
+    (whole,) = (tmp_path / "whole" / "runs").iterdir()
+    assert_same_run(resumed, whole)
 
 
 # === 2. Metrics the test subset cannot define ===
@@ -190,10 +212,48 @@ def test_image_size_above_the_limit_is_refused():
 
 def test_cache_the_disk_cannot_hold_is_refused(toy_dir, tmp_path, monkeypatch):
     paths = locate_images(sorted(path.stem for path in (toy_dir / "images").glob("*.jpg")), toy_dir)
-    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**12, 10**12 - 1000, 1000))
-    with pytest.raises(DataError, match=r"the image cache needs 0.0 GB and the disk has 0.0 GB free"):
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**12, 10**12 - 100_000, 100_000))
+    # 80 images of 32 x 32 x 3 bytes: sizes below a gigabyte in MB, not "0.0 GB".
+    with pytest.raises(DataError, match=r"the image cache needs 0.2 MB and the disk has 0.1 MB free"):
         load_images(paths, 32, cache_dir=tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("where", ["--cache-dir", "HAM10000_CACHE"])
+def test_image_cache_in_a_file_is_one_line(where, toy_dir, tmp_path, monkeypatch, capsys):
+    file = tmp_path / "file"
+    file.write_text("")
+    arguments = ["--model", "cnn", "--config", TINY_CONFIG, "--data-dir", toy_dir, "--output-dir", tmp_path / "out"]
+    if where == "--cache-dir":
+        arguments += ["--cache-dir", file / "cache"]
+    else:
+        monkeypatch.setenv("HAM10000_CACHE", str(file))
+    assert run_main(*arguments) == 2
+    assert f"{file}: is a file, not a folder, so the image cache cannot go to" in only_line(capsys)
+    assert not (tmp_path / "out" / "runs").exists()
+
+
+def test_read_only_image_cache_names_the_cache_s_flag(toy_dir, tmp_path, monkeypatch, capsys):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+
+    def read_only(opener):
+        # A read-only disk under the cache folder (as root, permissions alone would not stop the writes).
+        def open_read_only(path, flags_or_mode="r", *args, **kwargs):
+            writes = any(mark in flags_or_mode for mark in "wax+") if isinstance(flags_or_mode, str) else flags_or_mode & (os.O_WRONLY | os.O_RDWR)
+            if str(path).startswith(str(cache)) and writes:
+                raise OSError(errno.EROFS, "Read-only file system", str(path))
+            return opener(path, flags_or_mode, *args, **kwargs)
+
+        return open_read_only
+
+    monkeypatch.setattr(os, "open", read_only(os.open))
+    monkeypatch.setattr("builtins.open", read_only(open))
+    arguments = ["--model", "cnn", "--config", TINY_CONFIG, "--data-dir", toy_dir, "--output-dir", tmp_path / "out"]
+    assert run_main(*arguments, "--cache-dir", cache) == 2
+    line = only_line(capsys)
+    assert f"{cache}: cannot write there (Read-only file system); the image cache needs a writable folder (pass --cache-dir" in line
+    assert "--output-dir" not in line
 
 
 def test_stale_temporary_cache_files_are_removed_and_a_truncated_cache_rebuilt(toy_dir, tmp_path):
@@ -231,6 +291,29 @@ def test_full_disk_is_one_line(toy_dir, tmp_path, monkeypatch, capsys):
     assert "environment.json: No space left on device" in only_line(capsys)
 
 
+def test_full_disk_while_a_file_is_written_names_the_file(toy_dir, tmp_path, monkeypatch, capsys):
+    def full(self, path, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")  # as a writer reports it: no file name
+
+    monkeypatch.setattr("keras.Model.save", full)
+    arguments = ["--model", "cnn", "--config", TINY_CONFIG, "--data-dir", toy_dir, "--output-dir", tmp_path]
+    assert run_main(*arguments) == 2
+    assert only_line(capsys).endswith("checkpoint/epoch-001.keras: No space left on device (free some space)\n")
+
+
+def test_a_failing_gallery_is_a_warning_and_the_evaluation_is_written(toy_dir, tmp_path, monkeypatch, capsys):
+    def unexplainable(*args, **kwargs):  # a backbone whose feature map Grad-CAM cannot cut out
+        raise ValueError("Output with path '' is not connected to inputs")
+
+    monkeypatch.setattr("inference.gallery.GradCAM.heatmaps", unexplainable)
+    arguments = ["--model", "cnn", "--config", TINY_CONFIG, "--data-dir", toy_dir, "--output-dir", tmp_path]
+    assert run_main(*arguments) == 0
+    assert "warning: the Grad-CAM gallery failed (ValueError: Output with path '' is not connected to inputs)" in only_line(capsys)
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert (run_dir / "metrics.json").is_file() and (run_dir / "confusion_matrix.png").is_file()
+    assert "## Metrics" in (run_dir / "report.md").read_text() and "## Gallery" not in (run_dir / "report.md").read_text()
+
+
 def test_output_that_is_a_file_is_one_line(toy_dir, tmp_path, capsys):
     (tmp_path / "file").write_text("")
     arguments = ["--model", "cnn", "--config", TINY_CONFIG, "--data-dir", toy_dir, "--output-dir", tmp_path / "file"]
@@ -260,15 +343,43 @@ def test_damaged_run_folder_is_one_line_naming_the_file(damage, message, damaged
     assert not (damaged_run / LOCK_FILENAME).exists()
 
 
-def test_missing_keras_backend_is_one_line():
-    environment = {**os.environ, "KERAS_BACKEND": "torch"}
+@pytest.mark.parametrize(
+    "backend, reason", [("torch", "No module named 'torch'"), ("nosuchbackend", "Unable to import backend : nosuchbackend")],
+    ids=["not installed", "typo"],
+)
+def test_missing_or_misspelt_keras_backend_is_one_line(backend, reason):
+    environment = {**os.environ, "KERAS_BACKEND": backend}
     result = subprocess.run([sys.executable, "main.py", "--help"], cwd=REPO_ROOT, env=environment, capture_output=True, text=True)
     assert result.returncode == 1
-    assert result.stderr.startswith("error: Keras cannot load its backend 'torch' (No module named 'torch')")
+    assert result.stderr.startswith(f"error: Keras cannot load its backend {backend!r} ({reason})")
     assert result.stderr.count("\n") == 1
 
 
 # === 10. Messages that say what happened ===
+
+
+@pytest.mark.parametrize("damaged", ["predictions.csv", "history.csv"])
+def test_an_extra_field_in_the_first_row_is_one_line_naming_the_file(damaged, tmp_path, capsys):
+    runs = [write_run(tmp_path / name, *toy_predictions()) for name in ("a", "b")]
+    path = runs[0] / damaged
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([lines[0], lines[1] + ",", *lines[2:]]) + "\n")  # sed -i '2s/$/,/'
+    assert run_main("evaluate", runs[0]) == 2
+    assert f"{damaged}: not a readable CSV file (line 2 has more fields than the header's" in only_line(capsys)
+    assert run_main("compare", *runs, "--output", tmp_path / "comparison") == 2
+    assert f"{damaged}: not a readable CSV file (line 2" in only_line(capsys)
+
+
+@pytest.mark.parametrize("damage", [b"", "half", b"<html>not found</html>"], ids=["empty", "truncated", "not a zip"])
+@pytest.mark.parametrize("command", [["predict", "IMAGE"], ["serve", "--port", "0"], ["evaluate", "--tta"]], ids=lambda command: command[0])
+def test_damaged_model_file_is_one_line_saying_so(command, damage, study, real_toy_dir, tmp_path, capsys):
+    run_dir = shutil.copytree(next((study / "runs").glob("*-cnn")), tmp_path / "run")
+    model = run_dir / "model.keras"
+    model.write_bytes(model.read_bytes()[: model.stat().st_size // 2] if damage == "half" else damage)
+    image = next((real_toy_dir / "images").iterdir())
+    arguments = [image if argument == "IMAGE" else argument for argument in command[1:]]
+    assert run_main(command[0], run_dir, *arguments) == 2
+    assert "model.keras: damaged, not a .keras archive (copy the run's model.keras again, or train the run again)" in only_line(capsys)
 
 
 def test_unknown_head_option_names_it():

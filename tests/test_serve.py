@@ -5,7 +5,11 @@ import concurrent.futures
 import io
 import json
 import shutil
+import socket
+import struct
+import urllib.error
 import urllib.request
+import zlib
 import uuid
 
 import numpy as np
@@ -13,7 +17,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import study_run
+from conftest import run_main, study_run
 from evaluation.predictions import PROBABILITY_COLUMNS
 
 pytest.importorskip("fastapi", reason="the serve extra is not installed: pip install -e '.[serve]'")
@@ -89,6 +93,29 @@ def test_metadata_model_takes_age_sex_and_site(metadata_client, client):
     assert ignored["warnings"] == ["this model uses only the image: age ignored"]
 
 
+def png_of_size(width, height):
+    """A valid black 1-bit PNG, written by hand: a few kilobytes at any size, hundreds of MB decoded to RGB."""
+    compressor = zlib.compressobj(9)
+    row = b"\x00" + bytes((width + 7) // 8)  # filter byte, then the row's bits
+    pixels = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+
+
+def test_an_image_over_the_pixel_limit_is_refused_from_its_header_without_decoding(client, monkeypatch):
+    def decode(*args):
+        raise AssertionError("the image was decoded")
+
+    monkeypatch.setattr("inference.app.read_image", decode)
+    response = client.post("/predict", files={"image": ("big.png", png_of_size(8000, 8000), "image/png")})
+    assert response.status_code == 413
+    assert response.json()["detail"] == "the image has more than the 50 megapixels this server decodes (8000 x 8000); send a smaller image"
+
+
 @pytest.mark.parametrize(
     ("files", "data", "status", "detail"),
     [
@@ -110,6 +137,16 @@ def test_bad_requests_get_a_json_4xx(metadata_client, files, data, status, detai
     assert "detail" in body
     if detail is not None:
         assert detail in body["detail"]
+
+
+@pytest.mark.parametrize("port", ["99999", "in use"])
+def test_a_port_that_cannot_be_listened_on_is_one_line_before_the_model_loads(port, study, capsys):
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = str(taken.getsockname()[1]) if port == "in use" else port
+        assert run_main("serve", study_run(study, "cnn"), "--port", port) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and error.startswith("error: ")
+    assert ("a port is 0 to 65535" if port == "99999" else f"127.0.0.1:{port}: cannot listen there (Address already in use)") in error
 
 
 # === A real server on loopback ===
@@ -151,6 +188,21 @@ def test_real_server_answers_50_concurrent_requests_as_it_answers_them_one_by_on
         concurrent_answers = [future.result()["probabilities"] for future in futures]
     for index, answer in enumerate(concurrent_answers):
         assert answer == pytest.approx(sequential[index % len(requests)], abs=1e-6)
+
+
+def test_real_server_refuses_concurrent_oversized_images_and_goes_on_answering(server):
+    oversized = png_of_size(8000, 8000)  # 8 KB; 64 megapixels, 192 MB decoded to RGB
+
+    def status(image):
+        try:
+            post_image(server, image)
+            return 200
+        except urllib.error.HTTPError as error:
+            return error.code
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+        assert list(pool.map(status, [oversized] * 4)) == [413] * 4
+    assert status(jpeg_bytes(0)) == 200
 
 
 # === The page in headless Chromium ===

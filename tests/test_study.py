@@ -3,6 +3,9 @@
 import json
 import math
 import shutil
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +19,8 @@ from dataset import assign_folds, class_indices, fold_subsets, load_split, make_
 from evaluation import compute_metrics, read_predictions
 from evaluation.study import nadeau_bengio_test, paired_t_test, summarize_study
 from test_reliability import interrupt_after
+from training import load_config
+from training.study import start_study
 
 
 @pytest.fixture(scope="module")
@@ -132,6 +137,23 @@ def test_killed_study_resumes_without_retraining_its_finished_runs(fold_study):
     assert f"Resuming {third.split('/')[-1]} after epoch 1" in third_sitting
     assert all(len(pd.read_csv(f"{run}/history.csv")) == 2 for run in (first, second, third))
     assert len(list((output / "runs").iterdir())) == 3 and len(list((output / "studies").iterdir())) == 1
+    assert not (study_dir / "run.lock").exists()  # each sitting let go of the study as it ended
+
+
+def test_a_second_process_on_a_study_is_refused_naming_the_first(toy_dir, tmp_path, capsys):
+    config = load_config("cnn", TINY_CONFIG, {"data_dir": str(toy_dir), "output_dir": str(tmp_path)})
+    study_dir = start_study([config], folds=2, name="cnn-2folds", settings={})
+    planned = (study_dir / "study.json").read_text()
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # the first process, at work
+    try:
+        (study_dir / "run.lock").write_text(f"{holder.pid} {socket.gethostname()}\n")
+        assert run_main("--resume", study_dir) == 2
+        error = capsys.readouterr().err
+        assert error.count("\n") == 1 and f"process {holder.pid} on {socket.gethostname()} is training this study" in error
+    finally:
+        holder.kill()
+        holder.wait()
+    assert (study_dir / "study.json").read_text() == planned and not (tmp_path / "runs").exists()
 
 
 def test_seeds_give_runs_of_other_seeds_on_one_split(fold_study, toy_dir, tmp_path, capsys):

@@ -5,6 +5,7 @@ tracking never stops a run."""
 import json
 import sqlite3
 import sys
+import time
 
 import pandas as pd
 import pytest
@@ -142,6 +143,34 @@ def test_unwritable_or_locked_store_warns_once_and_tracking_stops(tmp_path, monk
     assert not tracker.active
     error = capsys.readouterr().err
     assert error.count(TRACK_WARNING) == 1 and "locked" in error and "Traceback" not in error
+
+
+def test_a_sqlite_store_that_is_a_folder_fails_at_once(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}")  # MLflow would retry it for two minutes
+    config = load_config("cnn", TINY_CONFIG, {"tracking": "mlflow", "output_dir": str(tmp_path)})
+    started = time.monotonic()
+    assert not Tracker.start(config, tmp_path).active
+    assert time.monotonic() - started < 30
+    assert f"{TRACK_WARNING} while starting (sqlite:///{tmp_path}: the database is a folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "uri, message",
+    [
+        ("http://127.0.0.1:9", "could not be logged to MLflow at http://127.0.0.1:9 (API request to"),
+        ("sqlite:///FOLDER", "sqlite:///FOLDER: the database is a folder"),
+        ("file:///FOLDER/mlruns", "could not be logged to MLflow at file:///FOLDER/mlruns (The filesystem tracking backend"),
+    ],
+    ids=["unreachable server", "sqlite folder", "file store"],
+)
+def test_track_command_that_cannot_log_is_one_line_naming_the_store(uri, message, tmp_path, monkeypatch, capsys):
+    if uri.startswith("file") and int(mlflow.__version__.split(".")[0]) < 3:
+        pytest.skip("MLflow 2 still writes file stores")
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri.replace("FOLDER", str(tmp_path)))
+    assert run_main("track", REPO_ROOT / "results" / "reference" / "runs" / "cnn-fold0") == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and error.startswith("error: ") and message.replace("FOLDER", str(tmp_path)) in error
 
 
 def test_track_without_mlflow_says_how_to_install(toy_dir, tmp_path, monkeypatch, capsys):

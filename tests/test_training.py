@@ -179,3 +179,15 @@ def test_cosine_schedule_warms_up_then_decays_to_zero():
 def test_recipe_settings_are_validated(overrides, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_config("cnn", None, overrides)
+
+
+def test_a_preset_s_warm_up_is_shortened_to_fit_a_shorter_epochs_flag(capsys):
+    preset = REPO_ROOT / "configs" / "cpu.yaml"  # warmup_epochs: 2, the preset a newcomer gets without --config
+    assert load_config("cnn", preset, {"epochs": 1}).warmup_epochs == 0
+    assert capsys.readouterr().out == f"Note: warmup_epochs 2 of {preset} shortened to 0 to fit epochs 1\n"
+    assert load_config("cnn", preset, {"epochs": 2}).warmup_epochs == 1
+    assert load_config("cnn", preset, {"epochs": 3}).warmup_epochs == 2  # it fits: unchanged, and nothing said
+    assert capsys.readouterr().out.count("\n") == 1
+    # A warm-up asked for on the command line is the user's own: refused, not changed.
+    with pytest.raises(ConfigError, match=re.escape("warmup_epochs must be in [0, epochs); got 2")):
+        load_config("cnn", preset, {"epochs": 1, "warmup_epochs": 2})

@@ -6,13 +6,15 @@ import json
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 import evaluation
 import inference
 import training.run
 from dataset import PreparedData
-from tests.conftest import TINY_CONFIG, run_main
+from tests.conftest import REPO_ROOT, TINY_CONFIG, run_main
+from test_reliability import interrupt_after
 from training import load_config
 
 keras_tuner = pytest.importorskip("keras_tuner", reason="tuning needs the .[tune] extra")
@@ -39,6 +41,12 @@ def test_search_space_values_become_a_valid_config():
     assert tuning.apply_values(load_config("vgg16_bn", TINY_CONFIG), {"width": 0.5}).model_options["width"] == 0.5
     vgg16 = load_config("vgg16", TINY_CONFIG, {"loss": "cost", "weights": "imagenet"})
     assert not {"width", "label_smoothing", "augmentation"} & set(tuning.search_space(vgg16).values)
+
+
+def test_a_hyperband_budget_shorter_than_the_preset_s_warm_up_shortens_it():
+    config = load_config("cnn", REPO_ROOT / "configs" / "cpu.yaml", {"epochs": 27})  # warmup_epochs: 2
+    assert tuning.apply_values(config, {"tuner/epochs": 1}).warmup_epochs == 0  # Hyperband's first round
+    assert tuning.apply_values(config, {"tuner/epochs": 9}).warmup_epochs == 2
 
 
 def test_a_stopped_search_resumes_without_redoing_trials_and_never_predicts_the_test_subset(toy_dir, tmp_path, monkeypatch, capsys):
@@ -85,6 +93,28 @@ def test_a_stopped_search_resumes_without_redoing_trials_and_never_predicts_the_
     # A finished search resumed again trains nothing.
     assert run_main("tune", "--resume", search_dir) == 0
     assert len(trained) == 4
+
+
+def test_a_search_killed_in_its_first_trial_resumes_that_trial_with_its_values_in_its_folder(toy_dir, tmp_path, monkeypatch, capsys):
+    search = ("--model", "cnn", "--config", TINY_CONFIG, "--epochs", 2, "--data-dir", toy_dir, "--output-dir", tmp_path)
+
+    def first_trial(output):
+        return next(line for line in output.splitlines() if line.startswith("Trial 0 (1 of 1): "))
+
+    with monkeypatch.context() as patch:
+        interrupt_after(patch, 1)  # killed after the first trial's first epoch, before KerasTuner saved its tuner
+        assert run_main("tune", *search, "--trials", 1) == 130
+    proposed = first_trial(capsys.readouterr().out)
+    (search_dir,) = (tmp_path / "tuning").iterdir()
+    assert run_main("tune", "--resume", search_dir) == 0
+    output = capsys.readouterr().out
+    assert first_trial(output) == proposed  # the seed fixes the proposals
+    (run_dir,) = (search_dir / "runs").iterdir()  # no orphan: the killed trial's run went on
+    assert "Resuming" in output and len(pd.read_csv(run_dir / "history.csv")) == 2
+    assert json.loads((search_dir / "tuning.json").read_text())["results"]["0"]["run_dir"] == str(run_dir)
+    # A fresh search with the same seed proposes the same first trial.
+    assert run_main("tune", *search, "--trials", 1) == 0
+    assert first_trial(capsys.readouterr().out) == proposed
 
 
 def test_tune_without_keras_tuner_says_how_to_install(monkeypatch, capsys):

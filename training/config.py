@@ -17,6 +17,7 @@ be passed back with --config to repeat a run.
 """
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -45,6 +46,10 @@ METADATA_SUFFIX = "-meta"
 # HAM10000's images are 600 x 450: a larger side only upsamples them, and the cache of 10,015
 # images at this size already takes 31 GB.
 MAX_IMAGE_SIZE = 1024
+# numpy's and scikit-learn's seeds are 32-bit unsigned integers.
+MAX_SEED = 2**32 - 1
+# What a setting's integer must fit in: the backends hold counts and seeds as 64-bit integers.
+MAX_INTEGER = 2**63 - 1
 
 
 @dataclass
@@ -166,6 +171,7 @@ class TrainConfig:
             self.image_size <= MAX_IMAGE_SIZE,
             f"image_size {self.image_size} is too large: at most {MAX_IMAGE_SIZE} (HAM10000's images are 600 x 450 px)",
         )
+        _require(0 <= self.seed <= MAX_SEED, f"seed must be in [0, {MAX_SEED}]; got {self.seed}")
         _require(self.fold is None or (self.fold >= 0 and self.split is not None), f"fold must be 0 or more, with a split file that has folds (split); got fold {self.fold}")
         _require(self.limit is None or self.limit >= 10, f"limit must be at least 10 images; got {self.limit}")
         _require(self.lr > 0, f"lr must be positive; got {self.lr}")
@@ -263,11 +269,18 @@ def load_config(model=None, config_file=None, overrides=None):
     unknown_models = sorted(set(per_model) - set(list_models()))
     if unknown_models:
         raise ConfigError(f"{config_file}: unknown model {', '.join(unknown_models)} under 'models' (available: {', '.join(list_models())})")
-    model = model or (overrides or {}).get("model") or values.get("model") or TrainConfig.model
+    # The first one given: an empty name (`--model ""`) is refused as unknown, not taken for the default.
+    model = next(name for name in (model, (overrides or {}).get("model"), values.get("model"), TrainConfig.model) if name is not None)
     values.update(per_model.get(model) or {})
-    values.update({key: value for key, value in (overrides or {}).items() if value is not None})
+    given = {key: value for key, value in (overrides or {}).items() if value is not None}
+    values.update(given)
     values["model"] = model
-    return _build(values, source=config_file or "command line").validate()
+    config = _build(values, source=config_file or "command line")
+    if "epochs" in given and "warmup_epochs" not in given and config.warmup_epochs >= config.epochs >= 1:
+        # A preset's warm-up under a shorter run (`--epochs 1`, the quickest check): shortened, not refused.
+        print(f"Note: warmup_epochs {config.warmup_epochs} of {config_file} shortened to {config.epochs - 1} to fit epochs {config.epochs}")
+        config.warmup_epochs = config.epochs - 1
+    return config.validate()
 
 
 def study_configurations(config_file=None):
@@ -348,10 +361,15 @@ def _coerce(name, kind, value):
         if target in (int, float) and not isinstance(value, bool):
             try:
                 number = target(value)
-            except (TypeError, ValueError):
+                # A whole number, not a fraction rounded down (an int as it is: float() would round a large one).
+                if target is int and not isinstance(value, int) and number != float(value):
+                    continue
+            except (TypeError, ValueError, OverflowError):
                 continue
-            if target is int and number != float(value):
-                continue
+            if target is float and not math.isfinite(number):
+                raise ConfigError(f"setting {name!r} must be a finite number; got {value!r}")
+            if target is int and abs(number) > MAX_INTEGER:
+                raise ConfigError(f"setting {name!r} is too large: at most {MAX_INTEGER}; got {value!r}")
             return number
         if target is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)

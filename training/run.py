@@ -14,7 +14,8 @@ from typing import NamedTuple
 from common.errors import DataError
 from common.files import check_writable
 from common.run_folder import (
-    CONFIG_FILENAME, ENCODER_FILENAME, SPLIT_FILENAME, TRAINING_FILENAME, create_run_dir, run_lock,
+    CHECKPOINT_DIR, CONFIG_FILENAME, ENCODER_FILENAME, SPLIT_FILENAME, STATE_FILENAME, TRAINING_FILENAME, create_run_dir,
+    run_lock,
 )
 from dataset import PreparedData, prepare_data, save_split
 from training.config import ConfigError, TrainConfig, read_yaml
@@ -118,8 +119,9 @@ def run_config(run_dir, overrides=None):
 def resume_run(run_dir, overrides=None, verbose="auto"):
     """Continues an interrupted run from its last completed epoch, with its own config and split.
 
-    A run whose training finished (it has `training.json`) is not trained further; its
-    `TrainedRun` is returned for the evaluation that may not have run.
+    A run stopped before its first epoch ended (no checkpoint yet) trains from epoch 1. A run
+    whose training finished (it has `training.json`) is not trained further; its `TrainedRun` is
+    returned for the evaluation that may not have run.
 
     Args:
         run_dir: the interrupted run's folder.
@@ -141,6 +143,9 @@ def resume_run(run_dir, overrides=None, verbose="auto"):
         tracker = Tracker.start(config, run_dir)
         if (run_dir / TRAINING_FILENAME).is_file():
             print(f"{run_dir.name} has finished training; nothing to resume")
+        elif not (run_dir / CHECKPOINT_DIR / STATE_FILENAME).is_file():
+            print(f"{run_dir.name} stopped before its first epoch ended; training it from epoch 1")
+            fit(config, data, run_dir, verbose=verbose, tracker=tracker)
         else:
             fit(config, data, run_dir, resume=True, verbose=verbose, tracker=tracker)
     return TrainedRun(run_dir, config, data, tracker)

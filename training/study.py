@@ -19,7 +19,7 @@ import yaml
 
 from common.errors import ConfigError, DataError
 from common.files import new_folder, write_json, write_text
-from common.run_folder import CHECKPOINT_DIR, SPLIT_FILENAME, STATE_FILENAME, TRAINING_FILENAME
+from common.run_folder import CHECKPOINT_DIR, SPLIT_FILENAME, STATE_FILENAME, TRAINING_FILENAME, run_lock
 from common.study_folder import SETTINGS_FILENAME, STUDY_FILENAME, read_study
 from dataset import assign_folds, save_split
 from dataset.split import FOLD_COLUMN, TEST_FOLD
@@ -120,7 +120,17 @@ def continue_study(study_dir, finish, overrides=None, verbose="auto"):
 
     Returns:
         The study's runs, as `study.json` lists them.
+
+    Raises:
+        UserError: another process is working on the study (its folder's lock, as a run's).
     """
+    # One process per study: a second would take the first's run in progress for a stopped one,
+    # train it and every later run again, and overwrite study.json.
+    with run_lock(study_dir, what="study"):
+        return _continue_study(study_dir, finish, overrides, verbose)
+
+
+def _continue_study(study_dir, finish, overrides, verbose):
     study_file = Path(study_dir) / STUDY_FILENAME
     study = read_study(study_dir)
     changes = check_resume_overrides(overrides)

@@ -28,7 +28,7 @@ import pandas as pd
 import yaml
 
 from common.errors import UserError
-from common.files import write_json
+from common.files import check_writable, write_json
 from common.run_folder import (
     CONFIG_FILENAME, ENVIRONMENT_FILENAME, HISTORY_FILENAME, METRICS_FILENAME, MODEL_FILENAME, TRACKING_FILENAME,
     TRAINING_FILENAME,
@@ -180,8 +180,7 @@ class _FailSoft:
     def __exit__(self, kind, error, traceback):
         if error is None or not isinstance(error, Exception):
             return False
-        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
-        print(f"warning: MLflow tracking failed while {self.doing} ({reason}); the run goes on without tracking", file=sys.stderr)
+        print(f"warning: MLflow tracking failed while {self.doing} ({_reason(error)}); the run goes on without tracking", file=sys.stderr)
         self.tracker.run_id = None
         return True
 
@@ -217,14 +216,19 @@ def track_finished_run(run_dir, output_dir, study=None):
     for name in (CONFIG_FILENAME, HISTORY_FILENAME):
         if not (run_dir / name).is_file():
             raise UserError(f"{run_dir}: not a finished run folder (no {name})")
-    client = _client(output_dir)
-    experiment = client.get_experiment_by_name(EXPERIMENT)
-    if experiment is not None:
-        found = client.search_runs([experiment.experiment_id], filter_string=f"tags.run_folder = '{run_dir}'", max_results=1)
-        if found:
-            return None
+    from mlflow.exceptions import MlflowException
+
     config = yaml.safe_load((run_dir / CONFIG_FILENAME).read_text(encoding="utf-8"))
-    run_id = _create_run(client, run_dir, config, study)
+    try:
+        client = _client(output_dir)
+        experiment = client.get_experiment_by_name(EXPERIMENT)
+        if experiment is not None:
+            found = client.search_runs([experiment.experiment_id], filter_string=f"tags.run_folder = '{run_dir}'", max_results=1)
+            if found:
+                return None
+        run_id = _create_run(client, run_dir, config, study)
+    except MlflowException as error:
+        raise UserError(f"{run_dir}: could not be logged to MLflow at {tracking_uri(output_dir)} ({_reason(error)})") from None
     tracker = Tracker(client, run_id)
     tracker.log_missing_epochs(pd.read_csv(run_dir / HISTORY_FILENAME).to_dict("records"))
     tracker.finish(run_dir)
@@ -243,7 +247,20 @@ def _client(output_dir):
     if uri.startswith("http"):
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", HTTP_RETRIES)
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", HTTP_TIMEOUT)
+    if uri.startswith("sqlite:///"):
+        _check_database(uri)
     return mlflow.tracking.MlflowClient(tracking_uri=uri)
+
+
+def _check_database(uri):
+    """Raises UserError at once where MLflow would retry opening the database for two minutes:
+    the path is a folder, or its folder (or the file) cannot be written."""
+    path = Path(uri.removeprefix("sqlite:///"))
+    if path.is_dir():
+        raise UserError(f"{uri}: the database is a folder; point the URI at a file (sqlite:///PATH/mlflow.db)")
+    check_writable(path.parent)
+    if path.exists() and not os.access(path, os.W_OK):
+        raise UserError(f"{uri}: the database is read-only")
 
 
 def _create_run(client, run_dir, config, study):
@@ -294,6 +311,11 @@ def _artifacts(run_dir, with_model):
     if with_model and (run_dir / MODEL_FILENAME).is_file():
         paths.add(run_dir / MODEL_FILENAME)
     return sorted(path for path in paths if path.name not in NOT_ARTIFACTS)
+
+
+def _reason(error):
+    """An MLflow error in one line: its first, at most 200 characters (a server may answer with a page of HTML)."""
+    return str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
 
 
 def _is_number(value):

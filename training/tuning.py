@@ -14,7 +14,8 @@ KerasTuner is an optional install (`pip install -e '.[tune]'`); main.py checks f
 
 The search folder, `<output_dir>/tuning/<stamp>-<model>[-meta]/`:
 
-    tuning.json    the search's settings and, as they finish, each trial's values, score and run folder
+    tuning.json    the search's settings, each trial's values and run folder as it starts ("started")
+                   and, as it finishes, its score ("results")
     best.yaml      the best trial's settings over the config the search started from:
                    `python main.py --model M --config best.yaml` trains it for real
     keras_tuner/   KerasTuner's project (the oracle's state): `--resume` continues the search
@@ -34,8 +35,8 @@ from common.errors import DataError, UserError
 from common.files import new_folder, write_json
 from common.run_folder import TRAINING_FILENAME
 from networks import AugmentationOptions, model_options
-from training.config import TUNERS, TrainConfig
-from training.run import prepare_run_data, train_run
+from training.config import MAX_SEED, TUNERS, TrainConfig
+from training.run import RESUME_OVERRIDES, prepare_run_data, resume_run, train_run
 from training.tracking import tracking_uri
 
 SEARCH_FILENAME = "tuning.json"
@@ -87,8 +88,9 @@ def apply_values(config, values):
             name: round(min(strength * values["augmentation"], AUGMENTATION_LIMITS[name]), 4)
             for name, strength in config.augmentation.items()
         }
-    if "tuner/epochs" in values:  # Hyperband: the trial's budget
+    if "tuner/epochs" in values:  # Hyperband: the trial's budget, with as much of the warm-up as it holds
         changes["epochs"] = values["tuner/epochs"]
+        changes["warmup_epochs"] = min(config.warmup_epochs, values["tuner/epochs"] - 1)
     return TrainConfig.from_dict({**config.to_dict(), **changes}, "tuning")
 
 
@@ -159,7 +161,9 @@ def continue_search(search_dir, overrides=None, trials=None):
     trial_config = dataclasses.replace(trial_config, output_dir=str(search_dir))
     objective = keras_tuner.Objective(OBJECTIVE, direction="max")
     space = search_space(trial_config)
-    common = dict(objective=objective, seed=trial_config.seed, hyperparameters=space, allow_new_entries=False, tune_new_entries=False)
+    # KerasTuner takes a seed of 0 for none (a random one): shifted by one, the seed fixes the proposals.
+    seed = trial_config.seed + 1 if trial_config.seed < MAX_SEED else MAX_SEED
+    common = dict(objective=objective, seed=seed, hyperparameters=space, allow_new_entries=False, tune_new_entries=False)
     if search["tuner"] == "hyperband":
         oracle = keras_tuner.oracles.HyperbandOracle(max_epochs=trial_config.epochs, factor=3, **common)
         oracle.max_trials = search["trials"]
@@ -214,7 +218,16 @@ class RunTuner(keras_tuner.engine.base_tuner.BaseTuner):
         config = apply_values(self.trial_config, values)
         shown = ", ".join(f"{name} {_format(value)}" for name, value in values.items() if not name.startswith("tuner/"))
         print(f"\nTrial {trial.trial_id} ({len(self.oracle.trials)} of {self.total}): {shown}")
-        run = train_run(config, data=self.data, verbose=0, study=self.search_dir.name)
+        started = self._read()["started"].get(trial.trial_id, {})
+        if started.get("values") == values:
+            # The trial was stopped part-way: its run folder continues from its last completed epoch.
+            run = resume_run(started["run_dir"], {key: getattr(config, key) for key in RESUME_OVERRIDES}, verbose=0)
+        else:
+
+            def start(run_dir):
+                self._update("started", trial.trial_id, {"values": values, "run_dir": str(run_dir)})
+
+            run = train_run(config, data=self.data, verbose=0, study=self.search_dir.name, on_start=start)
         summary = json.loads((run.run_dir / TRAINING_FILENAME).read_text(encoding="utf-8"))
         run.tracker.finish(run.run_dir, with_model=config.track_model)
         score = summary["best_val_balanced_accuracy"]
@@ -226,10 +239,16 @@ class RunTuner(keras_tuner.engine.base_tuner.BaseTuner):
         return {OBJECTIVE: score}
 
     def _record(self, trial_id, values, score, epoch, run_dir):
-        path = self.search_dir / SEARCH_FILENAME
-        search = json.loads(path.read_text(encoding="utf-8"))
-        search["results"][trial_id] = {"values": values, OBJECTIVE: score, "best_epoch": epoch, "run_dir": str(run_dir)}
-        write_json(path, search)
+        self._update("results", trial_id, {"values": values, OBJECTIVE: score, "best_epoch": epoch, "run_dir": str(run_dir)})
+
+    def _read(self):
+        """`tuning.json`, with "started" (the trials' run folders from the moment they start) in a search from before it."""
+        return {"started": {}, **json.loads((self.search_dir / SEARCH_FILENAME).read_text(encoding="utf-8"))}
+
+    def _update(self, section, trial_id, entry):
+        search = self._read()
+        search[section][trial_id] = entry
+        write_json(self.search_dir / SEARCH_FILENAME, search)
 
 
 def _format(value):
