@@ -78,7 +78,8 @@ with native_stderr_silenced(QUIET):
     from dataset import BALANCE_MODES  # noqa: E402
     from networks import get_model_entry, list_models  # noqa: E402
     from training import ConfigError, TrainConfig, hardware_preset, load_config, prepare_run_data, resume_run, run_config, train_run  # noqa: E402
-    from training.config import LOSSES, TUNERS, parse_settings, study_configurations  # noqa: E402
+    from training.config import AUTO, LOSSES, TUNERS, parse_settings, study_configurations  # noqa: E402
+    from training.distribution import initialize_hosts  # noqa: E402
     from training.run import check_resume_overrides  # noqa: E402
     from training.study import continue_study, start_study, unfinished_study  # noqa: E402
     from training.trainer import check_weights  # noqa: E402
@@ -97,6 +98,7 @@ def main(argv=None):
         argv.insert(0, "train")
     arguments = build_parser().parse_args(argv)
     try:
+        initialize_hosts()  # a run over several hosts: before JAX is asked for its devices
         arguments.handler(arguments)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -143,7 +145,7 @@ def build_parser():
     what.add_argument(
         "--resume", type=Path, metavar="DIR",
         help="continue an interrupted run from its last completed epoch, or an interrupted study "
-        "(results/studies/<timestamp>-<name>), keeping its finished runs; only --data-dir, --cache-dir and --workers may change",
+        "(results/studies/<timestamp>-<name>), keeping its finished runs; only --data-dir, --cache-dir, --workers and --devices may change",
     )
     study = train.add_argument_group("studies (several runs on one split, summarised in results/studies/<timestamp>-<name>/)")
     study.add_argument("--folds", type=positive, metavar="K", help="lesion-grouped K-fold: one run per fold, each validating on its fold; the test subset stays fixed")
@@ -170,6 +172,7 @@ def build_parser():
     add_setting(data, "drop_missing_images", action="store_true", help="leave out missing or unreadable images instead of failing")
     add_setting(data, "output_dir", type=Path, help="where runs/ and comparisons/ go")
     add_setting(data, "workers", type=int, help="threads preparing batches")
+    add_setting(data, "devices", type=device_count, help="auto: every GPU JAX sees; N: the first N, the batch split between them (docs/scale-out.md)")
     add_tracking_flags(train)
     train.set_defaults(handler=run_train)
 
@@ -270,6 +273,11 @@ def positive(text):
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
     return int(text)
+
+
+def device_count(text):
+    """An argparse type: "auto", or a number of devices."""
+    return text if text == AUTO else positive(text)
 
 
 def add_setting(group, name, help=None, **options):

@@ -106,6 +106,9 @@ class TrainConfig:
     mixed_precision: typing.Union[bool, str] = AUTO  # auto: on where there is a GPU
     jit_compile: typing.Union[bool, str] = AUTO  # auto: Keras's choice: always under JAX, on a GPU under TensorFlow, never under PyTorch
     workers: int = 2  # threads preparing batches
+    devices: typing.Union[int, str] = AUTO  # auto: every GPU (or TPU) JAX sees, one CPU; N: the first N (training.distribution)
+    # JAX's persistent compilation cache: auto: <cache_dir>/jax-compilation; a folder; or none (training.compilation)
+    compilation_cache: typing.Optional[str] = AUTO
 
     # === Reproducibility and output ===
     seed: int = 0  # fixes the split, the sampling, the augmentation and the initialisation
@@ -119,6 +122,8 @@ class TrainConfig:
     def __post_init__(self):
         if isinstance(self.weights, str) and self.weights.lower() == "none":
             self.weights = None
+        if isinstance(self.compilation_cache, str) and self.compilation_cache.lower() == "none":
+            self.compilation_cache = None
 
     @classmethod
     def defaults(cls):
@@ -193,6 +198,10 @@ class TrainConfig:
         _require(self.melanoma_cost >= 1, f"melanoma_cost must be at least 1; got {self.melanoma_cost}")
         unknown = sorted(set(self.class_weight_boost) - set(CLASS_NAMES))
         _require(not unknown, f"unknown class {', '.join(unknown)} in class_weight_boost (expected {', '.join(CLASS_NAMES)})")
+        _require(
+            self.devices == AUTO or (isinstance(self.devices, int) and self.devices >= 1),
+            f"devices must be auto or a number of devices, at least 1; got {self.devices!r}",
+        )
         for name in ("mixed_precision", "jit_compile"):
             _require(getattr(self, name) in (True, False, AUTO), f"{name} must be true, false or auto; got {getattr(self, name)!r}")
         try:
