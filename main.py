@@ -60,6 +60,10 @@ def native_stderr_silenced(silenced):
 QUIET = VERBOSE_FLAG not in sys.argv[1:]
 if QUIET:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# The process that submits a study's jobs and waits for them must not hold the GPUs' memory, which
+# JAX otherwise takes (75% of each GPU) when it starts; its jobs inherit this and grow as needed.
+if "--submit" in sys.argv[1:]:
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 # TensorFlow turns its oneDNN kernels on by default only on recent Intel CPUs; elsewhere (an AMD
 # EPYC, say) it uses slower ones: on oneDNN a densenet epoch of the CPU preset takes 49 s there
 # instead of 61, a vgg16_bn epoch 36 s instead of 90. `TF_ENABLE_ONEDNN_OPTS=0` turns it off.
@@ -150,6 +154,13 @@ def build_parser():
     study = train.add_argument_group("studies (several runs on one split, summarised in results/studies/<timestamp>-<name>/)")
     study.add_argument("--folds", type=positive, metavar="K", help="lesion-grouped K-fold: one run per fold, each validating on its fold; the test subset stays fixed")
     study.add_argument("--seeds", type=positive, metavar="N", help="N runs per configuration (and fold), with seeds seed, seed+1, ...")
+    cluster = train.add_argument_group("a study's runs as jobs, on a Slurm cluster or one per local GPU (docs/scale-out.md; needs `pip install -e .[cluster]`)")
+    cluster.add_argument("--submit", choices=("local", "slurm"), help="submit each run as a submitit job: to Slurm, or to this machine (local, --jobs at a time, one per GPU)")
+    cluster.add_argument("--jobs", type=positive, metavar="N", help="at most N jobs at once (local: default one per GPU; slurm: no limit)")
+    cluster.add_argument(
+        "--submit-option", action="append", default=[], dest="submit_options", metavar="KEY=VALUE",
+        help="a submitit executor parameter, repeatable: timeout_min=240, gpus_per_node=2, slurm_partition=gpu, ...",
+    )
     how = train.add_argument_group("how to train")
     add_setting(how, "epochs", type=int)
     add_setting(how, "batch_size", type=int)
@@ -304,12 +315,15 @@ def setting_flags(arguments):
 def run_train(arguments):
     # A flag wins over --set, and both over the config file.
     overrides = {**parse_settings(arguments.settings), **{k: v for k, v in setting_flags(arguments).items() if v is not None}}
+    submission(arguments)
     if arguments.resume:
         if arguments.model or arguments.config or arguments.folds or arguments.seeds:
             raise ConfigError("--resume continues with the run's own config.yaml (or the study's plan): drop --model, --config, --folds and --seeds")
         if is_study_dir(arguments.resume):
-            finish_study(arguments.resume, overrides)
+            run_study(arguments.resume, arguments, overrides)
         else:
+            if arguments.submit:
+                raise ConfigError("--submit runs a study's runs as jobs: pass a study folder to --resume, or drop --submit")
             if (arguments.resume / METRICS_FILENAME).is_file():
                 raise DataError(
                     f"{arguments.resume}: finished (trained and evaluated), nothing to resume; "
@@ -321,7 +335,7 @@ def run_train(arguments):
     if config_file is None:
         config_file, reason = hardware_preset()
         print(f"No --config: {reason}, so the preset {config_file.relative_to(config_file.parent.parent)} (--config chooses another)")
-    if arguments.model == "all" or arguments.folds or arguments.seeds:
+    if arguments.model == "all" or arguments.folds or arguments.seeds or arguments.submit:
         train_study(arguments, config_file, overrides)
     else:
         finish(train_run(load_config(arguments.model, config_file, overrides)))
@@ -350,7 +364,37 @@ def train_study(arguments, config_file, overrides):
     else:
         study_dir = start_study(configs, folds=arguments.folds, seeds=seeds, name=name, settings=settings)
         print(f"Study folder: {study_dir} (continue it with `python main.py --resume {study_dir}`, or the same command, if it stops)")
-    finish_study(study_dir)
+    run_study(study_dir, arguments)
+
+
+def submission(arguments):
+    """--submit's executor parameters, checked before anything is made; None without --submit."""
+    if (arguments.jobs or arguments.submit_options) and not arguments.submit:
+        raise ConfigError("--jobs and --submit-option set the jobs of --submit: add --submit local or --submit slurm")
+    if not arguments.submit:
+        return None
+    if importlib.util.find_spec("submitit") is None:
+        raise UserError("--submit needs submitit, which is not installed: pip install -e '.[cluster]'")
+    from training import cluster
+
+    options = parse_settings(arguments.submit_options, "--submit-option")
+    cluster.check_options(arguments.submit, options)
+    return options
+
+
+def run_study(study_dir, arguments, overrides=None):
+    """The study's unfinished runs: one after another in this process, or as jobs (--submit)."""
+    if not arguments.submit:
+        finish_study(study_dir, overrides)
+        return
+    from training import cluster
+
+    cluster.submit_study(
+        study_dir, arguments.submit, jobs=arguments.jobs, options=submission(arguments),
+        finish="main:finish", summarize="evaluation:summarize_study", overrides=overrides,
+    )
+    if arguments.submit == "local":
+        print(f"{study_dir.name}: every run is finished; its summary is in {study_dir / SUMMARY_DIR}")
 
 
 def finish_study(study_dir, overrides=None):

@@ -296,8 +296,8 @@ def study_configurations(config_file=None):
     return tuple(pairs)
 
 
-def parse_settings(assignments):
-    """`KEY=VALUE` strings (`--set`) as overrides for `load_config`, each value read as YAML.
+def parse_settings(assignments, flag="--set"):
+    """`KEY=VALUE` strings (`--set`, or another `flag`'s) as overrides for `load_config`, each value read as YAML.
 
         parse_settings(["ema=0.99", "augmentation={rotation: 0.5}"])  # {"ema": 0.99, "augmentation": {"rotation": 0.5}}
 
@@ -309,11 +309,11 @@ def parse_settings(assignments):
     for assignment in assignments:
         key, equals, text = assignment.partition("=")
         if not equals or not key.strip():
-            raise ConfigError(f"--set {assignment!r}: expected KEY=VALUE, e.g. --set ema=0.99")
+            raise ConfigError(f"{flag} {assignment!r}: expected KEY=VALUE, e.g. {flag} ema=0.99")
         try:
             settings[key.strip()] = yaml.safe_load(text)
         except yaml.YAMLError as error:
-            raise ConfigError(f"--set {assignment!r}: the value is not valid YAML ({str(error).splitlines()[0]})") from None
+            raise ConfigError(f"{flag} {assignment!r}: the value is not valid YAML ({str(error).splitlines()[0]})") from None
     return settings
 
 

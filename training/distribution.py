@@ -96,7 +96,7 @@ def training_devices(config):
     _split_batches_evenly_or_replicate()
     distribution = keras.distribution.DataParallel(devices=devices)
     # Every process makes the whole global batch from the seed and keeps its share
-    # (`_distribute_batch`): Keras must not shard the data set a second time.
+    # (`_split_batches_evenly_or_replicate`): Keras must not shard the data set a second time.
     distribution.auto_shard_dataset = False
     with distribution.scope():
         yield devices
