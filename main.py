@@ -84,7 +84,7 @@ with native_stderr_silenced(QUIET):
     from training import ConfigError, TrainConfig, hardware_preset, load_config, prepare_run_data, resume_run, run_config, train_run  # noqa: E402
     from training.config import AUTO, LOSSES, TUNERS, parse_settings, study_configurations  # noqa: E402
     from training.distribution import initialize_hosts  # noqa: E402
-    from training.run import check_resume_overrides  # noqa: E402
+    from training.run import RESUME_OVERRIDES, check_resume_overrides  # noqa: E402
     from training.study import continue_study, start_study, unfinished_study  # noqa: E402
     from training.trainer import check_weights  # noqa: E402
 
@@ -202,6 +202,11 @@ def build_parser():
     tune.add_argument("--trials", type=int, help="how many settings to try in all (default: 10; with --resume, more extends the search)")
     tune.add_argument("--tuner", choices=TUNERS, default="bayesian", help="KerasTuner's oracle; hyperband's largest budget is --epochs (default: %(default)s)")
     tune.add_argument("--resume", type=Path, metavar="DIR", help="continue a stopped search (results/tuning/<timestamp>-<model>); finished trials are kept")
+    tune.add_argument(
+        "--search-dir", type=Path, metavar="DIR",
+        help="the search folder to make, or to continue where it has tuning.json; a distributed search's chief and "
+        "workers (KERASTUNER_TUNER_ID, KERASTUNER_ORACLE_IP, KERASTUNER_ORACLE_PORT) all pass the same (docs/scale-out.md)",
+    )
     for name, kind in (("epochs", int), ("image_size", int), ("batch_size", int), ("seed", int), ("limit", int), ("workers", int)):
         add_setting(tune, name, type=kind, help="for the trials")
     for name in ("data_dir", "cache_dir", "output_dir"):
@@ -433,9 +438,21 @@ def run_tune(arguments):
         raise ConfigError(f"tune searches one model at a time: pass --model {', '.join(list_models())}")
     overrides = setting_flags(arguments)
     if arguments.resume:
-        if arguments.model or arguments.config:
-            raise ConfigError("--resume continues the search with its own settings: drop --model and --config")
+        if arguments.model or arguments.config or arguments.search_dir:
+            raise ConfigError("--resume continues the search with its own settings: drop --model, --config and --search-dir")
         tuning.continue_search(arguments.resume, check_resume_overrides(overrides), trials=arguments.trials)
+        return
+    role = tuning.distributed_role()
+    if role is not None and arguments.search_dir is None:
+        raise ConfigError("a distributed search needs --search-dir DIR, the same folder for the chief and every worker")
+    # A worker, or a chief run again, takes the search's own settings from DIR, and from the flags
+    # (the same command everywhere) only where things are on this machine.
+    local = {name: value for name, value in overrides.items() if name in RESUME_OVERRIDES and value is not None}
+    if role == "worker":
+        tuning.join_search(arguments.search_dir, local)
+        return
+    if arguments.search_dir is not None and (arguments.search_dir / tuning.SEARCH_FILENAME).is_file():
+        tuning.continue_search(arguments.search_dir, local, trials=arguments.trials)
         return
     config_file = arguments.config
     if config_file is None:
@@ -444,7 +461,7 @@ def run_tune(arguments):
     trial_config = load_config(arguments.model, config_file, overrides)
     final_config = load_config(trial_config.model, config_file, {"metadata": arguments.metadata})
     check_weights([trial_config])
-    tuning.start_search(trial_config, final_config, arguments.trials or tuning.DEFAULT_TRIALS, arguments.tuner)
+    tuning.start_search(trial_config, final_config, arguments.trials or tuning.DEFAULT_TRIALS, arguments.tuner, arguments.search_dir)
 
 
 def run_track(arguments):
