@@ -28,6 +28,7 @@ import datetime
 import errno
 import importlib.util
 import os
+import shutil
 import sys
 import warnings
 from pathlib import Path
@@ -77,13 +78,13 @@ with native_stderr_silenced(QUIET):
     import evaluation  # noqa: E402
     import inference  # noqa: E402
     from common.errors import DataError, UserError  # noqa: E402
-    from common.run_folder import CONFIG_FILENAME, METRICS_FILENAME, REPORT_FILENAME  # noqa: E402
+    from common.run_folder import CONFIG_FILENAME, LOCK_FILENAME, METRICS_FILENAME, REPORT_FILENAME  # noqa: E402
     from common.study_folder import SUMMARY_DIR, finished_runs, is_study_dir  # noqa: E402
     from dataset import BALANCE_MODES  # noqa: E402
     from networks import get_model_entry, list_models  # noqa: E402
     from training import ConfigError, TrainConfig, hardware_preset, load_config, prepare_run_data, resume_run, run_config, train_run  # noqa: E402
     from training.config import AUTO, LOSSES, TUNERS, parse_settings, study_configurations  # noqa: E402
-    from training.distribution import initialize_hosts  # noqa: E402
+    from training.distribution import initialize_hosts, other_process_folder  # noqa: E402
     from training.run import RESUME_OVERRIDES, check_resume_overrides  # noqa: E402
     from training.study import continue_study, start_study, unfinished_study  # noqa: E402
     from training.trainer import check_weights  # noqa: E402
@@ -321,6 +322,15 @@ def run_train(arguments):
     # A flag wins over --set, and both over the config file.
     overrides = {**parse_settings(arguments.settings), **{k: v for k, v in setting_flags(arguments).items() if v is not None}}
     submission(arguments)
+    private = other_process_folder()
+    if private is not None:
+        # Process 1, 2, ... of a run over several hosts: the run again, in a folder of its own.
+        if arguments.model == "all" or arguments.folds or arguments.seeds or arguments.submit or (arguments.resume and is_study_dir(arguments.resume)):
+            raise ConfigError("a run over several hosts trains one run: run a study's runs as jobs (--submit), each on one host")
+        if arguments.resume:
+            arguments.resume = Path(shutil.copytree(arguments.resume, Path(private) / arguments.resume.name, ignore=shutil.ignore_patterns(LOCK_FILENAME)))
+        else:
+            overrides["output_dir"] = private
     if arguments.resume:
         if arguments.model or arguments.config or arguments.folds or arguments.seeds:
             raise ConfigError("--resume continues with the run's own config.yaml (or the study's plan): drop --model, --config, --folds and --seeds")

@@ -5,11 +5,13 @@ XLA reads `--xla_force_host_platform_device_count` once, when JAX starts, so the
 process of their own: run as a script, this file is that process.
     XLA_FLAGS=--xla_force_host_platform_device_count=2 KERAS_BACKEND=jax python tests/test_distribution.py TOY_DIR OUTPUT
 It trains the toy cnn (`configs/tiny.yaml`, 2 epochs) on one device, on two, and on two again
-stopped after its first epoch and resumed; and asks for a batch the two devices cannot share.
+stopped after its first epoch and resumed; stops one more after its first epoch, which two
+processes then resume as two hosts would; and asks for a batch the two devices cannot share.
 """
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -31,7 +33,7 @@ jax = pytest.importorskip("jax", reason="data parallelism is JAX's: pip install 
 # The two devices sum the gradients of their halves of each batch, where one device sums them
 # over the whole batch: the same numbers, added in another order (float32 rounding).
 LOSS_TOLERANCE = 1e-5  # relative
-RUNS = ("one-device", "two-devices", "two-devices-resumed")
+RUNS = ("one-device", "two-devices", "two-devices-resumed", "to-resume-on-two-hosts")
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +69,46 @@ def test_a_two_device_run_resumes_exactly_and_is_evaluated(runs):
         if name == "history.csv":
             expected, actual = expected.drop(columns=list(TIMING_COLUMNS)), actual.drop(columns=list(TIMING_COLUMNS))
         pd.testing.assert_frame_equal(actual, expected, check_exact=True)
-    for run in folders.values():
-        assert (run / "metrics.json").is_file() and (run / "report.md").is_file()
+    for name in ("one-device", "two-devices", "two-devices-resumed"):
+        assert (folders[name] / "metrics.json").is_file() and (folders[name] / "report.md").is_file()
+
+
+@pytest.fixture(scope="module")
+def resumed_on_two_hosts(runs):
+    """The interrupted two-device run resumed by two processes, each with one device, as two
+    hosts would (Keras's variables, on 127.0.0.1). Returns the run folder and what each printed."""
+    folders, _, _ = runs
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "main.py", "--resume", str(folders["to-resume-on-two-hosts"])], cwd=REPO_ROOT, text=True,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            env={
+                **os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_DISTRIBUTION_JOB_ADDRESSES": f"127.0.0.1:{port}",
+                "KERAS_DISTRIBUTION_NUM_PROCESSES": "2", "KERAS_DISTRIBUTION_PROCESS_ID": str(process),
+            },
+        )
+        for process in range(2)
+    ]
+    printed = [process.communicate(timeout=900)[0] for process in processes]
+    assert [process.returncode for process in processes] == [0, 0], printed[0][-3000:] + printed[1][-3000:]
+    return folders["to-resume-on-two-hosts"], printed
+
+
+def test_a_run_resumed_on_two_hosts_is_the_two_device_run(runs, resumed_on_two_hosts):
+    folders, _, _ = runs
+    run_dir, printed = resumed_on_two_hosts
+    assert all(f"Resuming {run_dir.name} after epoch 1" in output for output in printed)
+    for name in ("history.csv", "predictions.csv"):
+        expected, actual = pd.read_csv(folders["two-devices"] / name), pd.read_csv(run_dir / name)
+        if name == "history.csv":
+            expected, actual = expected.drop(columns=list(TIMING_COLUMNS)), actual.drop(columns=list(TIMING_COLUMNS))
+        pd.testing.assert_frame_equal(actual, expected, check_exact=True)
+    # Process 1 wrote its copy of the run in a folder of its own, not beside process 0's.
+    assert len(list(run_dir.parent.iterdir())) == 1 and not (run_dir / "run.lock").exists()
+    assert (run_dir / "metrics.json").is_file() and "process-1-" in printed[1]
 
 
 def test_compiled_steps_are_cached_and_reused(runs):
@@ -111,6 +151,9 @@ def train_every_run(toy_dir, output):
     assert run_main("--resume", interrupted) == 0
     entries["after the resumed run"] = sorted(path.name for path in cache.iterdir())
     (output / "cache-entries.json").write_text(json.dumps(entries))
+    with pytest.MonkeyPatch.context() as patch:
+        interrupt_after(patch, 1)
+        assert run_main(*arguments, "--devices", 2, "--output-dir", output / "to-resume-on-two-hosts") == 130
     assert run_main(*arguments, "--devices", 2, "--batch-size", 7, "--output-dir", output / "refused") == 2
 
 

@@ -16,11 +16,16 @@ Several hosts: every host runs the same command with Keras's variables
 and `KERAS_DISTRIBUTION_PROCESS_ID`; main.py calls `initialize_hosts()` before JAX starts, which
 calls `keras.distribution.initialize`. Every process then makes the same global batch from the
 same seed and gives its own devices their share of it (`_split_batches_evenly_or_replicate`).
+Process 0 writes the run folder; the others compute the same run in a private folder of their
+own (`other_process_folder`), deleted when they end, and so evaluate it alike.
 """
 
+import atexit
 import contextlib
 import functools
 import os
+import shutil
+import tempfile
 
 import keras
 
@@ -50,6 +55,20 @@ def initialize_hosts():
     # Cross-process collectives on CPU devices (tests, CPU clusters) need gloo; GPUs use NCCL.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     keras.distribution.initialize()
+
+
+def other_process_folder():
+    """None in process 0 of a multi-host run, or of any other run; in the other processes, a new
+    private folder to write the run into instead of the shared output folder, deleted at exit."""
+    if keras.backend.backend() != "jax" or int(os.environ.get(PROCESSES_VARIABLE, "1")) <= 1:
+        return None
+    import jax
+
+    if jax.process_index() == 0:
+        return None
+    folder = tempfile.mkdtemp(prefix=f"process-{jax.process_index()}-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
 
 
 def resolve_devices(setting):
