@@ -8,6 +8,8 @@ Examples:
     python main.py --model densenet --seeds 3                       # three seeds of one configuration on one split
     python main.py --resume results/runs/20261123-101500-densenet   # continue an interrupted run
     python main.py --resume results/studies/20261123-101500-all     # continue an interrupted study
+    python main.py --model all --folds 3 --submit local --jobs 4    # a study's runs as jobs, one per GPU (or --submit slurm)
+    KERAS_BACKEND=jax python main.py --model densenet --devices 4   # one run data-parallel over 4 GPUs (docs/scale-out.md)
     python main.py evaluate results/runs/RUN --data-dir DIR --labels LABELS.csv   # an external test set
     python main.py compare results/runs/RUN_A results/runs/RUN_B    # side-by-side, with paired tests
     python main.py compare results/studies/STUDY_A results/studies/STUDY_B   # studies: ensembles and per-fold tests

@@ -15,6 +15,8 @@ from conftest import TINY_CONFIG, run_main
 from common.run_folder import CHECKPOINT_DIR, LOCK_FILENAME, STATE_FILENAME
 
 pytest.importorskip("submitit", reason="jobs need the .[cluster] extra")
+# Under pytest-xdist, one worker runs them all, so that the two studies are trained once.
+pytestmark = pytest.mark.xdist_group("cluster")
 
 STUDY = ["--model", "cnn", "--folds", 2, "--seeds", 2, "--config", TINY_CONFIG, "--epochs", 3]
 

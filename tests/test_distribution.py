@@ -29,6 +29,8 @@ from training.config import ConfigError  # noqa: E402
 from training.distribution import resolve_devices  # noqa: E402
 
 jax = pytest.importorskip("jax", reason="data parallelism is JAX's: pip install -e '.[jax]'")
+# Under pytest-xdist, one worker runs them all, so that their runs are trained once.
+pytestmark = pytest.mark.xdist_group("distribution")
 
 # The two devices sum the gradients of their halves of each batch, where one device sums them
 # over the whole batch: the same numbers, added in another order (float32 rounding).
