@@ -162,3 +162,17 @@ def train_every_run(toy_dir, output):
 if __name__ == "__main__":
     sys.stderr = sys.stdout  # main.py's error lines, in the order they came
     train_every_run(Path(sys.argv[1]), Path(sys.argv[2]))
+
+
+@pytest.mark.parametrize(
+    ("processes", "message"),
+    [("two", "KERAS_DISTRIBUTION_NUM_PROCESSES='two': expected the number of processes (hosts) of the run"), ("2", None)],
+)
+def test_a_run_over_several_hosts_needs_jax_and_a_number_of_processes(processes, message, monkeypatch, capsys):
+    monkeypatch.setenv("KERAS_DISTRIBUTION_NUM_PROCESSES", processes)
+    if message is None:
+        if keras.backend.backend() == "jax":
+            pytest.skip("under JAX the processes would try to join")
+        message = "KERAS_DISTRIBUTION_NUM_PROCESSES=2: training over several hosts needs KERAS_BACKEND=jax"
+    assert run_main("--model", "cnn", "--config", TINY_CONFIG) == 2
+    assert capsys.readouterr().err.strip() == f"error: {message}"

@@ -54,7 +54,14 @@ def initialize_hosts():
 
     # Cross-process collectives on CPU devices (tests, CPU clusters) need gloo; GPUs use NCCL.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    keras.distribution.initialize()
+    try:
+        keras.distribution.initialize()
+    except (ValueError, RuntimeError) as error:
+        raise UserError(
+            f"the {processes} processes of the run could not join ({str(error).splitlines()[0]}); every host needs "
+            "KERAS_DISTRIBUTION_JOB_ADDRESSES (the first host's address:port), KERAS_DISTRIBUTION_NUM_PROCESSES and its "
+            "own KERAS_DISTRIBUTION_PROCESS_ID (docs/scale-out.md)"
+        ) from None
 
 
 def other_process_folder():
