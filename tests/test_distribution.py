@@ -43,6 +43,9 @@ def runs(toy_dir, tmp_path_factory):
     output = tmp_path_factory.mktemp("distribution")
     environment = {
         **os.environ, "KERAS_BACKEND": "jax", "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "TF_CPP_MIN_LOG_LEVEL": "3",
+        # JAX caches only compilations of at least 1 s by default: under a varying load a step can
+        # fall either side, so here every compilation is cached.
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
     }
     completed = subprocess.run(
         [sys.executable, __file__, str(toy_dir), str(output)], env=environment, cwd=REPO_ROOT, capture_output=True, text=True,
