@@ -53,8 +53,10 @@ SIZES = {
 }
 # The toy training: the GPU preset's file, with the tiny preset's size, sampling and densenet.
 TOY_TRAINING = ["--set", "balance_target=10", "--set", "model_options={block_sizes: [2, 2, 2, 2], growth_rate: 8, stem_filters: 16}"]
-# Seconds kept for the training and evaluation when deciding whether to start another throughput model.
+# Seconds kept for the training and evaluation when deciding whether to start another throughput
+# model, and the least they are started with.
 TRAINING_RESERVE_S = 200
+MINIMUM_TRAINING_S = 90
 
 
 def main_():
@@ -72,7 +74,10 @@ def main_():
             check.skip(f"throughput {name}", f"{check.seconds_left():.0f} s left, kept for the training")
             continue
         check.step(f"throughput {name}", lambda name=name: check.throughput(name))
-    check.step("training and evaluation", check.train_and_evaluate)
+    if check.seconds_left() < MINIMUM_TRAINING_S and not arguments.toy:
+        check.skip("training and evaluation", f"{check.seconds_left():.0f} s left")
+    else:
+        check.step("training and evaluation", check.train_and_evaluate)
     print(json.dumps(check.results["summary"], indent=1))
 
 
@@ -97,6 +102,9 @@ class Check:
     def step(self, name, function):
         started = time.monotonic()
         print(f"\n=== {name} ({self.seconds_left():.0f} s left)", flush=True)
+        # What a check stopped at its time limit was doing.
+        self.results["steps"][name] = {"unfinished": f"started with {self.seconds_left():.0f} s left"}
+        self.save()
         try:
             self.results["steps"][name] = {"result": function(), "seconds": round(time.monotonic() - started, 1)}
         except Exception as error:  # one failed step must not cost the others: the device time is spent either way
@@ -147,7 +155,7 @@ class Check:
 
     def train_and_evaluate(self):
         """`python main.py --model densenet --config configs/gpu.yaml --epochs N`, in this process."""
-        output = Path(tempfile.mkdtemp(prefix="gpu_check-"))
+        output = Path(tempfile.mkdtemp(prefix="gpu_check-"))  # gpu_check.sh returns its run's files, even if stopped
         arguments = [
             "--model", MAIN_MODEL, "--config", str(GPU_PRESET), "--epochs", str(self.size["epochs"]),
             "--data-dir", self.data_dir, "--output-dir", str(output),

@@ -27,4 +27,10 @@ fi
 python3 -m pip install --quiet --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site KERAS_BACKEND=jax PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-timeout 470 python3 benchmarks/gpu_check.py --data-dir data/ham10000 --output "${OUT:-.}/gpu_check.json"
+status=0
+timeout 470 python3 benchmarks/gpu_check.py --data-dir data/ham10000 --output "${OUT:-.}/gpu_check.json" || status=$?
+# The trained run's own records, also where the time limit stopped it part-way.
+for file in /tmp/gpu_check-*/runs/*/{history.csv,training.json,metrics.json}; do
+    if [[ -f "$file" ]]; then cp "$file" "${OUT:-.}/"; fi
+done
+exit "$status"
