@@ -8,6 +8,8 @@ Examples:
     python main.py --model densenet --seeds 3                       # three seeds of one configuration on one split
     python main.py --resume results/runs/20261123-101500-densenet   # continue an interrupted run
     python main.py --resume results/studies/20261123-101500-all     # continue an interrupted study
+    python main.py --model all --folds 3 --submit local --jobs 4    # a study's runs as jobs, one per GPU (or --submit slurm)
+    KERAS_BACKEND=jax python main.py --model densenet --devices 4   # one run data-parallel over 4 GPUs (docs/scale-out.md)
     python main.py evaluate results/runs/RUN --data-dir DIR --labels LABELS.csv   # an external test set
     python main.py compare results/runs/RUN_A results/runs/RUN_B    # side-by-side, with paired tests
     python main.py compare results/studies/STUDY_A results/studies/STUDY_B   # studies: ensembles and per-fold tests
@@ -28,6 +30,7 @@ import datetime
 import errno
 import importlib.util
 import os
+import shutil
 import sys
 import warnings
 from pathlib import Path
@@ -60,6 +63,10 @@ def native_stderr_silenced(silenced):
 QUIET = VERBOSE_FLAG not in sys.argv[1:]
 if QUIET:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# The process that submits a study's jobs and waits for them must not hold the GPUs' memory, which
+# JAX otherwise takes (75% of each GPU) when it starts; its jobs inherit this and grow as needed.
+if "--submit" in sys.argv[1:]:
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 # TensorFlow turns its oneDNN kernels on by default only on recent Intel CPUs; elsewhere (an AMD
 # EPYC, say) it uses slower ones: on oneDNN a densenet epoch of the CPU preset takes 49 s there
 # instead of 61, a vgg16_bn epoch 36 s instead of 90. `TF_ENABLE_ONEDNN_OPTS=0` turns it off.
@@ -73,13 +80,14 @@ with native_stderr_silenced(QUIET):
     import evaluation  # noqa: E402
     import inference  # noqa: E402
     from common.errors import DataError, UserError  # noqa: E402
-    from common.run_folder import CONFIG_FILENAME, METRICS_FILENAME, REPORT_FILENAME  # noqa: E402
+    from common.run_folder import CONFIG_FILENAME, LOCK_FILENAME, METRICS_FILENAME, REPORT_FILENAME  # noqa: E402
     from common.study_folder import SUMMARY_DIR, finished_runs, is_study_dir  # noqa: E402
     from dataset import BALANCE_MODES  # noqa: E402
     from networks import get_model_entry, list_models  # noqa: E402
     from training import ConfigError, TrainConfig, hardware_preset, load_config, prepare_run_data, resume_run, run_config, train_run  # noqa: E402
-    from training.config import LOSSES, TUNERS, parse_settings, study_configurations  # noqa: E402
-    from training.run import check_resume_overrides  # noqa: E402
+    from training.config import AUTO, LOSSES, TUNERS, parse_settings, study_configurations  # noqa: E402
+    from training.distribution import initialize_hosts, other_process_folder  # noqa: E402
+    from training.run import RESUME_OVERRIDES, check_resume_overrides  # noqa: E402
     from training.study import continue_study, start_study, unfinished_study  # noqa: E402
     from training.trainer import check_weights  # noqa: E402
 
@@ -97,6 +105,7 @@ def main(argv=None):
         argv.insert(0, "train")
     arguments = build_parser().parse_args(argv)
     try:
+        initialize_hosts()  # a run over several hosts: before JAX is asked for its devices
         arguments.handler(arguments)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -144,11 +153,18 @@ def build_parser():
     what.add_argument(
         "--resume", type=Path, metavar="DIR",
         help="continue an interrupted run from its last completed epoch, or an interrupted study "
-        "(results/studies/<timestamp>-<name>), keeping its finished runs; only --data-dir, --cache-dir and --workers may change",
+        "(results/studies/<timestamp>-<name>), keeping its finished runs; only --data-dir, --cache-dir, --workers and --devices may change",
     )
     study = train.add_argument_group("studies (several runs on one split, summarised in results/studies/<timestamp>-<name>/)")
     study.add_argument("--folds", type=positive, metavar="K", help="lesion-grouped K-fold: one run per fold, each validating on its fold; the test subset stays fixed")
     study.add_argument("--seeds", type=positive, metavar="N", help="N runs per configuration (and fold), with seeds seed, seed+1, ...")
+    cluster = train.add_argument_group("a study's runs as jobs, on a Slurm cluster or one per local GPU (docs/scale-out.md; needs `pip install -e .[cluster]`)")
+    cluster.add_argument("--submit", choices=("local", "slurm"), help="submit each run as a submitit job: to Slurm, or to this machine (local, --jobs at a time, one per GPU)")
+    cluster.add_argument("--jobs", type=positive, metavar="N", help="at most N jobs at once (local: default one per GPU; slurm: no limit)")
+    cluster.add_argument(
+        "--submit-option", action="append", default=[], dest="submit_options", metavar="KEY=VALUE",
+        help="a submitit executor parameter, repeatable: timeout_min=240, gpus_per_node=2, slurm_partition=gpu, ...",
+    )
     how = train.add_argument_group("how to train")
     add_setting(how, "epochs", type=int)
     add_setting(how, "batch_size", type=int)
@@ -171,6 +187,7 @@ def build_parser():
     add_setting(data, "drop_missing_images", action="store_true", help="leave out missing or unreadable images instead of failing")
     add_setting(data, "output_dir", type=Path, help="where runs/ and comparisons/ go")
     add_setting(data, "workers", type=int, help="threads preparing batches")
+    add_setting(data, "devices", type=device_count, help="auto: every GPU JAX sees; N: the first N, the batch split between them (docs/scale-out.md)")
     add_tracking_flags(train)
     train.set_defaults(handler=run_train)
 
@@ -189,6 +206,11 @@ def build_parser():
     tune.add_argument("--trials", type=int, help="how many settings to try in all (default: 10; with --resume, more extends the search)")
     tune.add_argument("--tuner", choices=TUNERS, default="bayesian", help="KerasTuner's oracle; hyperband's largest budget is --epochs (default: %(default)s)")
     tune.add_argument("--resume", type=Path, metavar="DIR", help="continue a stopped search (results/tuning/<timestamp>-<model>); finished trials are kept")
+    tune.add_argument(
+        "--search-dir", type=Path, metavar="DIR",
+        help="the search folder to make, or to continue where it has tuning.json; a distributed search's chief and "
+        "workers (KERASTUNER_TUNER_ID, KERASTUNER_ORACLE_IP, KERASTUNER_ORACLE_PORT) all pass the same (docs/scale-out.md)",
+    )
     for name, kind in (("epochs", int), ("image_size", int), ("batch_size", int), ("seed", int), ("limit", int), ("workers", int)):
         add_setting(tune, name, type=kind, help="for the trials")
     for name in ("data_dir", "cache_dir", "output_dir"):
@@ -273,6 +295,11 @@ def positive(text):
     return int(text)
 
 
+def device_count(text):
+    """An argparse type: "auto", or a number of devices."""
+    return text if text == AUTO else positive(text)
+
+
 def add_setting(group, name, help=None, **options):
     """Adds the flag of the `TrainConfig` field `name` (`--name-with-dashes`), its help showing the field's default.
 
@@ -297,12 +324,24 @@ def setting_flags(arguments):
 def run_train(arguments):
     # A flag wins over --set, and both over the config file.
     overrides = {**parse_settings(arguments.settings), **{k: v for k, v in setting_flags(arguments).items() if v is not None}}
+    submission(arguments)
+    private = other_process_folder()
+    if private is not None:
+        # Process 1, 2, ... of a run over several hosts: the run again, in a folder of its own.
+        if arguments.model == "all" or arguments.folds or arguments.seeds or arguments.submit or (arguments.resume and is_study_dir(arguments.resume)):
+            raise ConfigError("a run over several hosts trains one run: run a study's runs as jobs (--submit), each on one host")
+        if arguments.resume:
+            arguments.resume = Path(shutil.copytree(arguments.resume, Path(private) / arguments.resume.name, ignore=shutil.ignore_patterns(LOCK_FILENAME)))
+        else:
+            overrides["output_dir"] = private
     if arguments.resume:
         if arguments.model or arguments.config or arguments.folds or arguments.seeds:
             raise ConfigError("--resume continues with the run's own config.yaml (or the study's plan): drop --model, --config, --folds and --seeds")
         if is_study_dir(arguments.resume):
-            finish_study(arguments.resume, overrides)
+            run_study(arguments.resume, arguments, overrides)
         else:
+            if arguments.submit:
+                raise ConfigError("--submit runs a study's runs as jobs: pass a study folder to --resume, or drop --submit")
             if (arguments.resume / METRICS_FILENAME).is_file():
                 raise DataError(
                     f"{arguments.resume}: finished (trained and evaluated), nothing to resume; "
@@ -314,7 +353,7 @@ def run_train(arguments):
     if config_file is None:
         config_file, reason = hardware_preset()
         print(f"No --config: {reason}, so the preset {config_file.relative_to(config_file.parent.parent)} (--config chooses another)")
-    if arguments.model == "all" or arguments.folds or arguments.seeds:
+    if arguments.model == "all" or arguments.folds or arguments.seeds or arguments.submit:
         train_study(arguments, config_file, overrides)
     else:
         finish(train_run(load_config(arguments.model, config_file, overrides)))
@@ -343,7 +382,37 @@ def train_study(arguments, config_file, overrides):
     else:
         study_dir = start_study(configs, folds=arguments.folds, seeds=seeds, name=name, settings=settings)
         print(f"Study folder: {study_dir} (continue it with `python main.py --resume {study_dir}`, or the same command, if it stops)")
-    finish_study(study_dir)
+    run_study(study_dir, arguments)
+
+
+def submission(arguments):
+    """--submit's executor parameters, checked before anything is made; None without --submit."""
+    if (arguments.jobs or arguments.submit_options) and not arguments.submit:
+        raise ConfigError("--jobs and --submit-option set the jobs of --submit: add --submit local or --submit slurm")
+    if not arguments.submit:
+        return None
+    if importlib.util.find_spec("submitit") is None:
+        raise UserError("--submit needs submitit, which is not installed: pip install -e '.[cluster]'")
+    from training import cluster
+
+    options = parse_settings(arguments.submit_options, "--submit-option")
+    cluster.check_options(arguments.submit, options)
+    return options
+
+
+def run_study(study_dir, arguments, overrides=None):
+    """The study's unfinished runs: one after another in this process, or as jobs (--submit)."""
+    if not arguments.submit:
+        finish_study(study_dir, overrides)
+        return
+    from training import cluster
+
+    cluster.submit_study(
+        study_dir, arguments.submit, jobs=arguments.jobs, options=submission(arguments),
+        finish="main:finish", summarize="evaluation:summarize_study", overrides=overrides,
+    )
+    if arguments.submit == "local":
+        print(f"{study_dir.name}: every run is finished; its summary is in {study_dir / SUMMARY_DIR}")
 
 
 def finish_study(study_dir, overrides=None):
@@ -391,9 +460,21 @@ def run_tune(arguments):
         raise ConfigError(f"tune searches one model at a time: pass --model {', '.join(list_models())}")
     overrides = setting_flags(arguments)
     if arguments.resume:
-        if arguments.model or arguments.config:
-            raise ConfigError("--resume continues the search with its own settings: drop --model and --config")
+        if arguments.model or arguments.config or arguments.search_dir:
+            raise ConfigError("--resume continues the search with its own settings: drop --model, --config and --search-dir")
         tuning.continue_search(arguments.resume, check_resume_overrides(overrides), trials=arguments.trials)
+        return
+    role = tuning.distributed_role()
+    if role is not None and arguments.search_dir is None:
+        raise ConfigError("a distributed search needs --search-dir DIR, the same folder for the chief and every worker")
+    # A worker, or a chief run again, takes the search's own settings from DIR, and from the flags
+    # (the same command everywhere) only where things are on this machine.
+    local = {name: value for name, value in overrides.items() if name in RESUME_OVERRIDES and value is not None}
+    if role == "worker":
+        tuning.join_search(arguments.search_dir, local)
+        return
+    if arguments.search_dir is not None and (arguments.search_dir / tuning.SEARCH_FILENAME).is_file():
+        tuning.continue_search(arguments.search_dir, local, trials=arguments.trials)
         return
     config_file = arguments.config
     if config_file is None:
@@ -402,7 +483,7 @@ def run_tune(arguments):
     trial_config = load_config(arguments.model, config_file, overrides)
     final_config = load_config(trial_config.model, config_file, {"metadata": arguments.metadata})
     check_weights([trial_config])
-    tuning.start_search(trial_config, final_config, arguments.trials or tuning.DEFAULT_TRIALS, arguments.tuner)
+    tuning.start_search(trial_config, final_config, arguments.trials or tuning.DEFAULT_TRIALS, arguments.tuner, arguments.search_dir)
 
 
 def run_track(arguments):

@@ -84,10 +84,11 @@ def main():
         write_json(arguments.output, results)
 
 
-def measure(name, size, data, batch_size, steps, repeats, stage="scratch"):
-    """(a), (b) and (c) for one model at one size (and training stage), in images per second."""
+def measure(name, size, data, batch_size, steps, repeats, stage="scratch", config_file=None):
+    """(a), (b) and (c) for one model at one size (and training stage), in images per second; the
+    model as the config file sets it (default: training/config.py's defaults, the full-width networks)."""
     # Random weights train as fast as ImageNet's: the stage, not the values, sets the cost.
-    config = load_config(name, None, {"image_size": size, "batch_size": batch_size, "weights": "none"})
+    config = load_config(name, config_file, {"image_size": size, "batch_size": batch_size, "weights": "none"})
     train = data.sequence("train", batch_size=batch_size, balance=Balance("combined", 1000), augment=True, seed=0)
     weights = class_weights(train.epoch_labels)
     train.class_weights = [weights[index] for index in range(len(CLASS_NAMES))]  # as training weighs the images

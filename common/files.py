@@ -6,6 +6,7 @@ so an interrupted run leaves either the old file or the new one, never half of o
 """
 
 import contextlib
+import fcntl
 import json
 import os
 import tempfile
@@ -34,6 +35,29 @@ def atomic_path(path):
         raise
     finally:
         temporary.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def file_lock(path, wait=True):
+    """Holds an exclusive advisory lock (`flock`) on `path` for one process at a time, across
+    machines on a shared disk that supports it (NFSv4, Lustre, ...).
+
+    The system releases it when the process ends, however it ends (killed, pre-empted), so no
+    lock is ever left stale. Yields True; with `wait=False`, yields False at once where another
+    process holds it.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def process_alive(pid):

@@ -24,11 +24,11 @@ FILE_ONLY_SETTINGS = {
     "augment", "augmentation", "optimizer", "weight_decay", "schedule", "warmup_epochs", "label_smoothing",
     "focal_gamma", "melanoma_cost", "lr_patience", "lr_factor", "min_lr", "early_stopping_patience",
     "selection_window", "ema", "colour_constancy", "mixup", "cutmix", "head_epochs", "fine_tune_from_block", "fine_tune_lr_factor", "mixed_precision", "jit_compile",
-    "tensorboard",
+    "tensorboard", "compilation_cache",
     "fold",
 }
 # Flags of `train` that are not settings.
-COMMAND_FLAGS = {"help", "config", "resume", "verbose", "settings", "folds", "seeds"}
+COMMAND_FLAGS = {"help", "config", "resume", "verbose", "settings", "folds", "seeds", "submit", "jobs", "submit_options"}
 
 
 def train_parser():

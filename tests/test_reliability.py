@@ -407,7 +407,7 @@ def test_interrupted_evaluation_does_not_speak_of_resuming(monkeypatch, tmp_path
 
 def test_resume_refuses_settings_it_cannot_change(damaged_run, capsys):
     assert run_main("--resume", damaged_run, "--epochs", 10, "--lr", 0.1) == 2
-    assert "it can change data_dir, cache_dir, workers, not epochs, lr" in only_line(capsys)
+    assert "it can change data_dir, cache_dir, workers, devices, compilation_cache, not epochs, lr" in only_line(capsys)
     assert run_main("--resume", damaged_run, "--model", "vgg16") == 2
     assert "drop --model, --config, --folds and --seeds" in only_line(capsys)
     with pytest.raises(ConfigError, match="not epochs"):

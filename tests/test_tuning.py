@@ -3,6 +3,9 @@
 without redoing its finished trials."""
 
 import json
+import os
+import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -121,3 +124,46 @@ def test_tune_without_keras_tuner_says_how_to_install(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "keras_tuner", None)
     assert run_main("tune", "--model", "cnn", "--config", TINY_CONFIG) == 2
     assert capsys.readouterr().err.strip() == "error: tuning needs KerasTuner, which is not installed: pip install -e '.[tune]'"
+
+
+def test_a_distributed_search_runs_its_trials_on_two_workers(toy_dir, tmp_path):
+    """KerasTuner's distributed mode on 127.0.0.1: the chief serves the oracle and writes
+    best.yaml, the two workers train the trials into the shared search folder."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    search_dir = tmp_path / "search"
+    command = [
+        sys.executable, REPO_ROOT / "main.py", "tune", "--model", "cnn", "--config", TINY_CONFIG, "--trials", 3,
+        "--data-dir", toy_dir, "--search-dir", search_dir,
+    ]
+    processes = {
+        tuner_id: subprocess.Popen(
+            [str(part) for part in command], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO_ROOT,
+            env={**os.environ, "KERASTUNER_TUNER_ID": tuner_id, "KERASTUNER_ORACLE_IP": "127.0.0.1", "KERASTUNER_ORACLE_PORT": str(port)},
+        )
+        for tuner_id in ("chief", "tuner0", "tuner1")
+    }
+    printed = {tuner_id: process.communicate(timeout=900)[0] for tuner_id, process in processes.items()}
+    assert all(process.returncode == 0 for process in processes.values()), printed
+
+    search = json.loads((search_dir / "tuning.json").read_text())
+    results = search["results"]
+    assert len(results) == 3 and {result["tuner"] for result in results.values()} == {"tuner0", "tuner1"}
+    for result in results.values():
+        assert Path(result["run_dir"]).parent == search_dir / "runs"
+        assert Path(result["run_dir"]).joinpath("training.json").is_file()
+        assert not Path(result["run_dir"]).joinpath("predictions.csv").exists()
+    assert results[search["best"]["trial"]]["val_balanced_accuracy"] == max(result["val_balanced_accuracy"] for result in results.values())
+    assert "Best of 3 trials" in printed["chief"] and load_config("cnn", search_dir / "best.yaml").epochs == 1
+    assert "Trial" not in printed["chief"] and "Best of" not in printed["tuner0"]
+
+
+def test_a_distributed_search_needs_all_its_variables_and_a_search_folder(monkeypatch, capsys):
+    monkeypatch.setenv("KERASTUNER_ORACLE_IP", "127.0.0.1")
+    assert run_main("tune", "--model", "cnn", "--config", TINY_CONFIG) == 2
+    assert "error: a distributed search needs KERASTUNER_TUNER_ID, KERASTUNER_ORACLE_IP, KERASTUNER_ORACLE_PORT; KERASTUNER_TUNER_ID, KERASTUNER_ORACLE_PORT not set" in capsys.readouterr().err
+    monkeypatch.setenv("KERASTUNER_TUNER_ID", "tuner0")
+    monkeypatch.setenv("KERASTUNER_ORACLE_PORT", "8000")
+    assert run_main("tune", "--model", "cnn", "--config", TINY_CONFIG) == 2
+    assert "error: a distributed search needs --search-dir DIR" in capsys.readouterr().err

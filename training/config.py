@@ -112,6 +112,9 @@ class TrainConfig:
     mixed_precision: typing.Union[bool, str] = AUTO  # auto: on where there is a GPU
     jit_compile: typing.Union[bool, str] = AUTO  # auto: Keras's choice: always under JAX, on a GPU under TensorFlow, never under PyTorch
     workers: int = 2  # threads preparing batches
+    devices: typing.Union[int, str] = AUTO  # auto: every GPU (or TPU) JAX sees, one CPU; N: the first N (training.distribution)
+    # JAX's persistent compilation cache: auto: <cache_dir>/jax-compilation; a folder; or none (training.compilation)
+    compilation_cache: typing.Optional[str] = AUTO
 
     # === Reproducibility and output ===
     seed: int = 0  # fixes the split, the sampling, the augmentation and the initialisation
@@ -125,6 +128,8 @@ class TrainConfig:
     def __post_init__(self):
         if isinstance(self.weights, str) and self.weights.lower() == "none":
             self.weights = None
+        if isinstance(self.compilation_cache, str) and self.compilation_cache.lower() == "none":
+            self.compilation_cache = None
 
     @classmethod
     def defaults(cls):
@@ -201,6 +206,10 @@ class TrainConfig:
         _require(self.melanoma_cost >= 1, f"melanoma_cost must be at least 1; got {self.melanoma_cost}")
         unknown = sorted(set(self.class_weight_boost) - set(CLASS_NAMES))
         _require(not unknown, f"unknown class {', '.join(unknown)} in class_weight_boost (expected {', '.join(CLASS_NAMES)})")
+        _require(
+            self.devices == AUTO or (isinstance(self.devices, int) and self.devices >= 1),
+            f"devices must be auto or a number of devices, at least 1; got {self.devices!r}",
+        )
         for name in ("mixed_precision", "jit_compile"):
             _require(getattr(self, name) in (True, False, AUTO), f"{name} must be true, false or auto; got {getattr(self, name)!r}")
         try:
@@ -302,8 +311,8 @@ def study_configurations(config_file=None):
     return tuple(pairs)
 
 
-def parse_settings(assignments):
-    """`KEY=VALUE` strings (`--set`) as overrides for `load_config`, each value read as YAML.
+def parse_settings(assignments, flag="--set"):
+    """`KEY=VALUE` strings (`--set`, or another `flag`'s) as overrides for `load_config`, each value read as YAML.
 
         parse_settings(["ema=0.99", "augmentation={rotation: 0.5}"])  # {"ema": 0.99, "augmentation": {"rotation": 0.5}}
 
@@ -315,11 +324,11 @@ def parse_settings(assignments):
     for assignment in assignments:
         key, equals, text = assignment.partition("=")
         if not equals or not key.strip():
-            raise ConfigError(f"--set {assignment!r}: expected KEY=VALUE, e.g. --set ema=0.99")
+            raise ConfigError(f"{flag} {assignment!r}: expected KEY=VALUE, e.g. {flag} ema=0.99")
         try:
             settings[key.strip()] = yaml.safe_load(text)
         except yaml.YAMLError as error:
-            raise ConfigError(f"--set {assignment!r}: the value is not valid YAML ({str(error).splitlines()[0]})") from None
+            raise ConfigError(f"{flag} {assignment!r}: the value is not valid YAML ({str(error).splitlines()[0]})") from None
     return settings
 
 

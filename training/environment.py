@@ -13,6 +13,7 @@ import keras
 from common.files import write_json
 from common.run_folder import ENVIRONMENT_FILENAME
 from training.devices import compute_device, cpu_name
+from training.distribution import describe_devices
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RECORDED_PACKAGES = (
@@ -34,6 +35,8 @@ def environment():
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "backend": keras.backend.backend(),
         "device": compute_device(),
+        # The devices the run trains on (several under `devices`, training.distribution).
+        "devices": describe_devices(),
         "python": platform.python_version(),
         "platform": platform.platform(),
         # The host's CPU even when a GPU computes: the input pipeline and XLA compile on it.

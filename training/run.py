@@ -18,7 +18,9 @@ from common.run_folder import (
     run_lock,
 )
 from dataset import PreparedData, prepare_data, save_split
+from training.compilation import use_compilation_cache
 from training.config import ConfigError, TrainConfig, read_yaml
+from training.distribution import training_devices
 from training.environment import write_environment
 from training.tracking import Tracker, require_mlflow
 from training.trainer import build_model, fit
@@ -32,8 +34,9 @@ class TrainedRun(NamedTuple):
     tracker: Tracker
 
 
-# Settings a resumed run may change: where things are on this machine, not what is trained.
-RESUME_OVERRIDES = ("data_dir", "cache_dir", "workers")
+# Settings a resumed run may change: where things are on this machine, not what is trained (the
+# batch is the global batch on any number of devices).
+RESUME_OVERRIDES = ("data_dir", "cache_dir", "workers", "devices", "compilation_cache")
 
 
 def prepare_run_data(config, verbose=True):
@@ -69,20 +72,22 @@ def train_run(config, data=None, verbose="auto", study=None, on_start=None):
     if config.tracking:
         require_mlflow()
     data = data or prepare_run_data(config)
-    # Building the model loads its weights, the last thing that can fail before training.
-    model = build_model(config, data.encoder.size if config.metadata else 0)
-    run_dir = create_run_dir(config.output_dir, config.run_name)
-    print(f"Run folder: {run_dir}")
-    if on_start is not None:
-        on_start(run_dir)
-    with run_lock(run_dir):
-        config.save(run_dir / CONFIG_FILENAME)
-        save_split(data.split, run_dir / SPLIT_FILENAME)
-        write_environment(run_dir)
-        if config.metadata:
-            data.encoder.save(run_dir / ENCODER_FILENAME)
-        tracker = Tracker.start(config, run_dir, study)
-        fit(config, data, run_dir, model=model, verbose=verbose, tracker=tracker)
+    use_compilation_cache(config)
+    with training_devices(config):
+        # Building the model loads its weights, the last thing that can fail before training.
+        model = build_model(config, data.encoder.size if config.metadata else 0)
+        run_dir = create_run_dir(config.output_dir, config.run_name)
+        print(f"Run folder: {run_dir}")
+        if on_start is not None:
+            on_start(run_dir)
+        with run_lock(run_dir):
+            config.save(run_dir / CONFIG_FILENAME)
+            save_split(data.split, run_dir / SPLIT_FILENAME)
+            write_environment(run_dir)
+            if config.metadata:
+                data.encoder.save(run_dir / ENCODER_FILENAME)
+            tracker = Tracker.start(config, run_dir, study)
+            fit(config, data, run_dir, model=model, verbose=verbose, tracker=tracker)
     return TrainedRun(run_dir, config, data, tracker)
 
 
@@ -147,7 +152,9 @@ def resume_run(run_dir, overrides=None, verbose="auto"):
             print(f"{run_dir.name} stopped before its first epoch ended; training it from epoch 1")
             fit(config, data, run_dir, verbose=verbose, tracker=tracker)
         else:
-            fit(config, data, run_dir, resume=True, verbose=verbose, tracker=tracker)
+            use_compilation_cache(config)
+            with training_devices(config):
+                fit(config, data, run_dir, resume=True, verbose=verbose, tracker=tracker)
     return TrainedRun(run_dir, config, data, tracker)
 
 

@@ -148,21 +148,30 @@ def _continue_study(study_dir, finish, overrides, verbose):
             continue
         print(f"run {number} of {len(runs)} ({describe(run)}); ETA for the study {estimate(runs)}")
         started = time.monotonic()
-        if run["run_dir"] is not None and resumable(run["run_dir"]):
-            trained = resume_run(run["run_dir"], changes, verbose=verbose)
-        else:
-            if run["run_dir"] is not None:
-                print(f"{run['run_dir']} stopped before its first epoch ended; starting the run again")
 
-            def record(run_dir, run=run):
-                run["run_dir"] = str(run_dir)
-                save()
+        def record(run_dir, run=run):
+            run["run_dir"] = str(run_dir)
+            save()
 
-            trained = train_run(config, verbose=verbose, study=Path(study_dir).name, on_start=record)
+        trained = train_planned_run(study_dir, run, config, changes, record, verbose)
         finish(trained)
         run.update(finished=True, seconds=round(time.monotonic() - started, 1))
         save()
     return runs
+
+
+def train_planned_run(study_dir, run, config, changes, record, verbose="auto"):
+    """Trains one planned run of the study: resumed from its last completed epoch where it has one,
+    else in a new run folder, which `record` is called with before training starts.
+
+    Returns:
+        The `TrainedRun`, to evaluate.
+    """
+    if run["run_dir"] is not None and resumable(run["run_dir"]):
+        return resume_run(run["run_dir"], changes, verbose=verbose)
+    if run["run_dir"] is not None:
+        print(f"{run['run_dir']} stopped before its first epoch ended; starting the run again")
+    return train_run(config, verbose=verbose, study=Path(study_dir).name, on_start=record)
 
 
 def describe(run):

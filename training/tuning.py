@@ -12,6 +12,12 @@ the test subset, which stays for the final run.
 
 KerasTuner is an optional install (`pip install -e '.[tune]'`); main.py checks for it.
 
+A distributed search is KerasTuner's own: every process runs the same command with `--search-dir
+DIR` on a disk they share and KerasTuner's variables `KERASTUNER_ORACLE_IP` and
+`KERASTUNER_ORACLE_PORT` (the chief's address) and `KERASTUNER_TUNER_ID`: `chief` for the process
+that holds the oracle and writes best.yaml at the end, any other id (`tuner0`, `tuner1`, ...) for
+the workers, which ask it for values and train the trials (docs/scale-out.md has a Slurm script).
+
 The search folder, `<output_dir>/tuning/<stamp>-<model>[-meta]/`:
 
     tuning.json    the search's settings, each trial's values and run folder as it starts ("started")
@@ -26,13 +32,14 @@ import dataclasses
 import datetime
 import json
 import os
+import time
 from pathlib import Path
 
 import keras
 import keras_tuner
 
 from common.errors import DataError, UserError
-from common.files import new_folder, write_json
+from common.files import file_lock, new_folder, write_json
 from common.run_folder import TRAINING_FILENAME
 from networks import AugmentationOptions, model_options
 from training.config import MAX_SEED, TUNERS, TrainConfig
@@ -40,6 +47,7 @@ from training.run import RESUME_OVERRIDES, prepare_run_data, resume_run, train_r
 from training.tracking import tracking_uri
 
 SEARCH_FILENAME = "tuning.json"
+SEARCH_LOCK = "tuning.json.lock"  # held while a process updates tuning.json (the workers of a distributed search)
 BEST_FILENAME = "best.yaml"
 OBJECTIVE = "val_balanced_accuracy"
 DEFAULT_TRIALS = 10
@@ -109,21 +117,65 @@ def _scaled_width(config, scale):
     return {name: min(round(options.width * scale, 4), 4.0)}
 
 
-def start_search(trial_config, final_config, trials, tuner="bayesian"):
-    """A new search in a new folder; returns its folder once `trials` trials have run.
+DISTRIBUTED_VARIABLES = ("KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT")
+# How long a worker waits for the chief to write the search folder's tuning.json.
+JOIN_TIMEOUT_S = 600
+
+
+def distributed_role():
+    """"chief" or "worker" in a distributed search (KerasTuner's variables set), else None.
+
+    Raises:
+        UserError: some of the variables are set, not all.
+    """
+    if not any(os.environ.get(name) for name in DISTRIBUTED_VARIABLES):
+        return None
+    missing = [name for name in DISTRIBUTED_VARIABLES if not os.environ.get(name)]
+    if missing:
+        raise UserError(f"a distributed search needs {', '.join(DISTRIBUTED_VARIABLES)}; {', '.join(missing)} not set (docs/scale-out.md)")
+    return "chief" if "chief" in os.environ["KERASTUNER_TUNER_ID"] else "worker"
+
+
+def join_search(search_dir, overrides=None):
+    """A worker of a distributed search: waits for the chief to make the search folder, then
+    trains the trials the chief's oracle hands out until it has no more.
+
+    Args:
+        overrides: settings that may differ on this machine (`RESUME_OVERRIDES`: where the data is, ...).
+    """
+    search_file = Path(search_dir) / SEARCH_FILENAME
+    waited = 0
+    while not search_file.is_file():
+        if waited >= JOIN_TIMEOUT_S:
+            raise UserError(f"{search_dir}: no {SEARCH_FILENAME} after {JOIN_TIMEOUT_S} s; is the chief (KERASTUNER_TUNER_ID=chief) running with the same --search-dir?")
+        time.sleep(1)
+        waited += 1
+    return continue_search(search_dir, overrides)
+
+
+def start_search(trial_config, final_config, trials, tuner="bayesian", search_dir=None):
+    """A new search; returns its folder once `trials` trials have run.
 
     Args:
         trial_config: the config each trial starts from (the search's epochs, image size, limit).
         final_config: the config `best.yaml` applies the best values to (the real run's epochs).
         trials: how many trials to run.
         tuner: "bayesian" or "hyperband" (its largest budget: `trial_config.epochs`).
+        search_dir: the folder to make it in (a distributed search's, which its workers know),
+            or None for a new `<output_dir>/tuning/<stamp>-<model>`.
     """
     if tuner not in TUNERS:
         raise UserError(f"unknown tuner {tuner!r} (expected {', '.join(TUNERS)})")
     if trials < 1:
         raise UserError(f"--trials must be at least 1; got {trials}")
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    search_dir = new_folder(Path(trial_config.output_dir) / "tuning" / f"{stamp}-{trial_config.run_name}")
+    if search_dir is None:
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        search_dir = new_folder(Path(trial_config.output_dir) / "tuning" / f"{stamp}-{trial_config.run_name}")
+    else:
+        search_dir = Path(search_dir)
+        if search_dir.exists() and any(search_dir.iterdir()):
+            raise UserError(f"{search_dir}: a folder with other files in it, not a search folder (pass a new or empty --search-dir)")
+        search_dir.mkdir(parents=True, exist_ok=True)
     write_json(search_dir / SEARCH_FILENAME, {
         "tuner": tuner, "trials": trials, "objective": OBJECTIVE,
         "trial_config": trial_config.to_dict(), "final_config": final_config.to_dict(), "results": {},
@@ -173,17 +225,22 @@ def continue_search(search_dir, overrides=None, trials=None):
         initial = max(2, search["trials"] // 3)
         oracle = keras_tuner.oracles.BayesianOptimizationOracle(max_trials=search["trials"], num_initial_points=initial, **common)
     tuner = RunTuner(oracle, search_dir, trial_config, search)
-    if len(search["results"]) < search["trials"]:
+    role = distributed_role()
+    if role == "worker" or len(search["results"]) < search["trials"]:
         # KerasTuner would first re-run a trial that was interrupted, even past the number asked for.
+        # A chief serves the oracle to the workers until they have run every trial.
         tuner.search(verbose=0)
+    if role == "worker":
+        return search_dir
     best = tuner.oracle.get_best_trials(1)
     if not best or best[0].score is None:
         raise UserError(f"{search_dir}: no trial finished, so there is no best setting (see the errors above)")
     best_config = apply_values(final_config, best[0].hyperparameters.values)
     best_config.epochs = final_config.epochs
     best_config.save(search_dir / BEST_FILENAME)
-    search = json.loads(search_file.read_text(encoding="utf-8"))
-    write_json(search_file, {**search, "best": {"trial": best[0].trial_id, OBJECTIVE: best[0].score}})
+    with file_lock(search_dir / SEARCH_LOCK):
+        search = json.loads(search_file.read_text(encoding="utf-8"))
+        write_json(search_file, {**search, "best": {"trial": best[0].trial_id, OBJECTIVE: best[0].score}})
     print(
         f"Best of {len(tuner.oracle.trials)} trials: trial {best[0].trial_id}, validation balanced accuracy "
         f"{best[0].score:.4f}; its settings: {search_dir / BEST_FILENAME} "
@@ -217,7 +274,7 @@ class RunTuner(keras_tuner.engine.base_tuner.BaseTuner):
         values = trial.hyperparameters.values
         config = apply_values(self.trial_config, values)
         shown = ", ".join(f"{name} {_format(value)}" for name, value in values.items() if not name.startswith("tuner/"))
-        print(f"\nTrial {trial.trial_id} ({len(self.oracle.trials)} of {self.total}): {shown}")
+        print(f"\nTrial {trial.trial_id} ({len(self._results()) + 1} of {self.total}): {shown}")
         started = self._read()["started"].get(trial.trial_id, {})
         if started.get("values") == values:
             # The trial was stopped part-way: its run folder continues from its last completed epoch.
@@ -231,24 +288,32 @@ class RunTuner(keras_tuner.engine.base_tuner.BaseTuner):
         summary = json.loads((run.run_dir / TRAINING_FILENAME).read_text(encoding="utf-8"))
         run.tracker.finish(run.run_dir, with_model=config.track_model)
         score = summary["best_val_balanced_accuracy"]
-        self._record(trial.trial_id, values, score, summary["best_epoch"], run.run_dir)
-        best = max([score, *(t.score for t in self.oracle.trials.values() if t.score is not None)])
+        results = self._record(trial.trial_id, values, score, summary["best_epoch"], run.run_dir)
+        best = max(result[OBJECTIVE] for result in results.values())
         print(f"Trial {trial.trial_id}: validation balanced accuracy {score:.4f} (epoch {summary['best_epoch']}); best so far {best:.4f}")
         # A fresh graph per trial: the models of earlier trials are not kept in memory.
         keras.backend.clear_session()
         return {OBJECTIVE: score}
 
+    def _results(self):
+        return json.loads((self.search_dir / SEARCH_FILENAME).read_text(encoding="utf-8"))["results"]
+
     def _record(self, trial_id, values, score, epoch, run_dir):
-        self._update("results", trial_id, {"values": values, OBJECTIVE: score, "best_epoch": epoch, "run_dir": str(run_dir)})
+        """Adds a finished trial to tuning.json; returns every finished trial's result."""
+        entry = {"values": values, OBJECTIVE: score, "best_epoch": epoch, "run_dir": str(run_dir), "tuner": self.tuner_id}
+        return self._update("results", trial_id, entry)["results"]
 
     def _read(self):
         """`tuning.json`, with "started" (the trials' run folders from the moment they start) in a search from before it."""
         return {"started": {}, **json.loads((self.search_dir / SEARCH_FILENAME).read_text(encoding="utf-8"))}
 
     def _update(self, section, trial_id, entry):
-        search = self._read()
-        search[section][trial_id] = entry
-        write_json(self.search_dir / SEARCH_FILENAME, search)
+        """Sets one entry of tuning.json, which the other workers of a distributed search update too."""
+        with file_lock(self.search_dir / SEARCH_LOCK):
+            search = self._read()
+            search[section][trial_id] = entry
+            write_json(self.search_dir / SEARCH_FILENAME, search)
+        return search
 
 
 def _format(value):
