@@ -36,12 +36,12 @@ RUN container/install.sh "$EXTRAS" "" "$JAX"
 # === Runtime: the base image, the environment, the code; a user without root ===
 
 FROM ${BASE} AS runtime
-# HOME is writable by any user, so that `--user "$(id -u):$(id -g)"` works too (the image cache,
-# Keras's and Matplotlib's settings go there).
+# HOME is writable by any user, so that `--user "$(id -u):$(id -g)"` works too: the image cache
+# (in .cache, which a named volume mounted there inherits), Keras's and Matplotlib's settings.
 RUN useradd --uid 1000 --user-group --no-log-init --home-dir /home/app --shell /usr/sbin/nologin app \
- && mkdir -p /home/app /app/results \
+ && mkdir -p /home/app/.cache /app/results \
  && chown app:app /app/results \
- && chmod 1777 /home/app
+ && chmod 1777 /home/app /home/app/.cache
 ENV PATH=/opt/venv/bin:$PATH \
     HOME=/home/app \
     HAM10000_DIR=/data \

@@ -22,9 +22,10 @@ site=$(echo /opt/venv/lib/python3*/site-packages)
 # (numpy, scipy, pandas, scikit-learn: 120 MB) for testing them.
 rm -rf "$site/tensorflow/include"
 find "$site" -depth -type d -name tests -exec rm -rf {} +
-# TensorFlow's and JAX's libraries, built by Bazel, ship with their symbol tables (250 of
-# TensorFlow's 970 MB). Only theirs: other wheels' libraries were rewritten by auditwheel's
-# patchelf, which strip is known to break.
-find "$site" -maxdepth 1 -type d \( -name tensorflow -o -name jaxlib -o -name "jax_cuda*_plugin" \) \
-    -exec find {} -type f -name "*.so*" \; | xargs -r strip --strip-unneeded
+# TensorFlow's libraries, built by Bazel, ship with their symbol tables (250 of its 970 MB): strip
+# them. Only them: strip can corrupt libraries that auditwheel rewrote with patchelf (numpy's,
+# scipy's), and JAX's CUDA plugin, checked only on a machine without a GPU, stays as shipped.
+if [ -d "$site/tensorflow" ]; then
+    find "$site/tensorflow" -type f -name "*.so*" -exec strip --strip-unneeded {} +
+fi
 rm /tmp/requirements.txt
