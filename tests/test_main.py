@@ -23,7 +23,7 @@ FILE_ONLY_SETTINGS = {
     "model_options", "head", "split_fractions", "balance_target", "max_oversampling", "class_weight_boost",
     "augment", "augmentation", "optimizer", "weight_decay", "schedule", "warmup_epochs", "label_smoothing",
     "focal_gamma", "melanoma_cost", "lr_patience", "lr_factor", "min_lr", "early_stopping_patience",
-    "selection_window", "ema", "colour_constancy", "mixup", "cutmix", "head_epochs", "fine_tune_from_block", "fine_tune_lr_factor", "mixed_precision", "jit_compile",
+    "selection_window", "ema", "colour_constancy", "mixup", "cutmix", "head_epochs", "fine_tune_from_block", "fine_tune_lr_factor", "fine_tune_batch_norm", "mixed_precision", "jit_compile",
     "tensorboard", "compilation_cache",
     "fold",
 }
@@ -127,7 +127,7 @@ def test_interrupted_run_resumes_without_losing_or_repeating_an_epoch(toy_dir, t
 @pytest.mark.parametrize(
     "arguments, message",
     [
-        (["--model", "resnet"], "error: unknown model 'resnet' (available: cnn, densenet, vgg16, vgg16_bn)"),
+        (["--model", "resnet"], "error: unknown model 'resnet' (available: cnn, convnext_tiny, densenet, densenet121, "),
         (["--model", "cnn", "--epochs", "-2"], "error: epochs must be a positive integer; got -2"),
         (["--model", "vgg16", "--image-size", "16"], "error: image_size 16 is too small for model 'vgg16'"),
         (["--model", "cnn", "--config", "nowhere.yaml"], "error: nowhere.yaml: config file not found"),
@@ -150,7 +150,7 @@ def test_bad_input_fails_with_one_line_before_any_work(arguments, message, tmp_p
     "arguments, message",
     [
         (["--model", "cnn", "--lr", "inf"], "error: setting 'lr' must be a finite number; got inf"),
-        (["--model", ""], "error: unknown model '' (available: cnn, densenet, vgg16, vgg16_bn)"),
+        (["--model", ""], "error: unknown model '' (available: cnn, convnext_tiny, densenet, densenet121, "),
         (["--model", "cnn", "--seed", "-1"], "error: seed must be in [0, 4294967295]; got -1"),
         (["--model", "cnn", "--seed", "4294967296"], "error: seed must be in [0, 4294967295]; got 4294967296"),
         (["--model", "cnn", "--epochs", "1" + "0" * 30], "error: setting 'epochs' is too large: at most 9223372036854775807"),

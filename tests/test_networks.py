@@ -49,7 +49,7 @@ def toy_batch(metadata_features, size=2, seed=0):
 def test_registry_lists_the_study_models_and_the_pretrained_ones():
     names = list_models()
     assert set(STUDY_MODELS) | {"efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "densenet121", "convnext_tiny"} <= set(names)
-    assert names == sorted(names) and len(names) == 4 + 3 + 19
+    assert names == sorted(names) and len(names) == 4 + 3 + 20
 
 
 def test_unknown_model_error_lists_valid_names():
