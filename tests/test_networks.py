@@ -26,7 +26,7 @@ TINY_OPTIONS = {
 }
 TINY_HEAD = networks.HeadOptions(dense_units=(16,), metadata_units=8)
 METADATA_FEATURES = 5
-# The parameter counts the README states for the default configurations (image-only models).
+# The parameter counts docs/models.md states for the default configurations (image-only models).
 TARGET_PARAMETERS = {"cnn": 6.0e6, "densenet": 6.0e6, "vgg16": 14.8e6, "vgg16_bn": 14.9e6}
 
 
@@ -262,7 +262,7 @@ class PlainOptions:
 
 @pytest.fixture
 def plain_model(monkeypatch):
-    """A new architecture added the way the README says: one decorated backbone function."""
+    """A new architecture added the way docs/models.md says: one decorated backbone function."""
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
 
     @registry.register_backbone("plain", options=PlainOptions, description="two convolutions, for the test")

@@ -183,7 +183,7 @@ def test_track_without_mlflow_says_how_to_install(toy_dir, tmp_path, monkeypatch
 def test_track_command_logs_the_reference_runs_once(store, capsys):
     reference = REPO_ROOT / "results" / "reference" / "runs"
     assert run_main("track", reference, "--output-dir", store) == 0
-    # The README's query.
+    # The query of docs/tracking-and-tuning.md.
     mlflow.set_tracking_uri(f"sqlite:///{store.resolve() / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=[EXPERIMENT], order_by=["metrics.test_balanced_accuracy DESC"])
     expected = {
