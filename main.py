@@ -259,7 +259,7 @@ def build_parser():
         description="One row per image, in the order given (a folder's images sorted by name): the predicted "
         "class, its name and the seven probabilities. Printed as CSV, or written to --output.",
     )
-    predict.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a trained run folder (with model.keras)")
+    predict.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a trained run folder (with model.keras), or a study's configuration, STUDY_DIR/<configuration> (STUDY_DIR alone where it has one): the mean of its fold models")
     predict.add_argument("images", type=Path, nargs="+", metavar="IMAGE_OR_FOLDER", help="JPEG or PNG files, or folders of them")
     predict.add_argument("--metadata", type=Path, metavar="CSV", help="image_id (file name without suffix), age, sex, localization; for metadata models")
     predict.add_argument("--tta", action="store_true", help="average over the eight rotations and reflections of each image")
@@ -273,7 +273,7 @@ def build_parser():
         description="POST /predict, GET /health, GET /model, OpenAPI docs at /docs, and a page at /.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    serve.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a trained run folder (with model.keras)")
+    serve.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a trained run folder (with model.keras), or a study's configuration, STUDY_DIR/<configuration> (STUDY_DIR alone where it has one): the mean of its fold models")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 exposes it to the network")
     serve.add_argument("--port", type=int, default=8000, help="0 picks a free port")
     serve.set_defaults(handler=run_serve)
@@ -430,14 +430,15 @@ def finish(run):
     The gallery is optional: where it fails (a backbone whose feature map Grad-CAM cannot find), a
     warning says so and the evaluation is written all the same.
     """
-    options = {"with_metadata": run.config.metadata, "batch_size": run.config.batch_size, "workers": run.config.workers}
+    predictor = evaluation.Predictor.load(run.run_dir)
+    options = {"with_metadata": run.config.metadata, "batch_size": run.config.batch_size, "workers": run.config.workers, "predictor": predictor}
     evaluation.predict_subset(run.run_dir, run.data, **options)
     if run.config.fold is not None:
         # The study's out-of-fold metrics pool every fold run's validation fold.
         evaluation.predict_subset(run.run_dir, run.data, subset="val", **options)
     try:
         # Before the evaluation, whose report shows it.
-        inference.write_gallery(run.run_dir, run.data)
+        inference.write_gallery(run.run_dir, run.data, predictor)
     except Exception as error:
         reason = f"{type(error).__name__}: {error}".strip().splitlines()[0]
         print(f"warning: the Grad-CAM gallery failed ({reason}); the report goes without it", file=sys.stderr)

@@ -34,7 +34,7 @@ import numpy as np  # noqa: E402
 from sklearn.metrics import balanced_accuracy_score  # noqa: E402
 
 from dataset.sampling import Balance  # noqa: E402
-from evaluation.inference import load_run_model, predict_probabilities  # noqa: E402
+from evaluation import Predictor  # noqa: E402
 from training.run import prepare_run_data, run_config  # noqa: E402
 
 
@@ -76,13 +76,14 @@ def main():
     for run_dir in arguments.run_dirs:
         config = run_config(run_dir)
         data = prepare_run_data(config, verbose=False)
-        labels = data.subset("val")[2]
-        val = data.sequence("val", batch_size=128, with_metadata=config.metadata)
-        model = load_run_model(run_dir)
+        rows, cache_rows, labels = data.subset("val")
+        predictor = Predictor.load(run_dir)
+        model = predictor.members[0].model  # changed in place below; the predictor predicts with what it holds
         kept_weights = model.get_weights()
 
         def score():
-            return round(float(balanced_accuracy_score(labels, predict_probabilities(model, val).argmax(axis=1))), 4)
+            probabilities = predictor.predict(data.cache.images, rows, rows=cache_rows, batch_size=128)
+            return round(float(balanced_accuracy_score(labels, probabilities.argmax(axis=1))), 4)
 
         row = {"run": str(run_dir), "model": config.model, "seed": config.seed, "as saved": score()}
         for mix, balance in (

@@ -40,7 +40,9 @@ PREDICTIONS_FILENAME = "predictions.csv"
 VAL_PREDICTIONS_FILENAME = "val_predictions.csv"
 METRICS_FILENAME = "metrics.json"
 REPORT_FILENAME = "report.md"
-GALLERY_FILE = "gallery/gallery.json"
+# The report's Grad-CAM thumbnails (inference.gallery) and their list.
+GALLERY_DIR = "gallery"
+GALLERY_FILENAME = "gallery.json"  # in GALLERY_DIR
 # The test subset again with test-time augmentation, beside the plain evaluation (never instead):
 # predictions, metrics, plots and report, as in the run folder.
 TTA_DIR = "tta"

@@ -5,21 +5,22 @@
     compare_runs([run_a, run_b], "results/comparison")              # comparison.md/.json/.png
     evaluate_external(run_a, "data/isic2018-test", "data/isic2018-test/GroundTruth.csv")
 
-Everything but `evaluation.inference` (`predict_subset`) and `evaluate_external` works from
-the files in the run folder (`predictions.csv` first of all), never from `training`; those two
-load the run's model.
+Everything but `evaluation.predictor` (`Predictor`, `predict_subset`) and `evaluate_external`
+works from the files in the run folder (`predictions.csv` first of all), never from `training`;
+those run the run's model, through `Predictor`, the one class that does.
 """
 
 from evaluation.compare import compare_runs
 from evaluation.external import evaluate_external
-from evaluation.inference import predict_probabilities, predict_subset
 from evaluation.labels import read_labels
 from evaluation.metrics import compute_metrics, expected_calibration_error
 from evaluation.predictions import predictions_frame, read_predictions, write_predictions
+from evaluation.predictor import Predictor, predict_subset
 from evaluation.report import evaluate_run, evaluate_tta, write_evaluation
 from evaluation.study import compare_studies, summarize_study
 
 __all__ = [
+    "Predictor",
     "compare_runs",
     "compare_studies",
     "compute_metrics",
@@ -27,7 +28,6 @@ __all__ = [
     "evaluate_run",
     "evaluate_tta",
     "expected_calibration_error",
-    "predict_probabilities",
     "predict_subset",
     "predictions_frame",
     "read_labels",

@@ -59,12 +59,7 @@ def compare_runs(run_dirs, output_dir, *, bootstrap_draws=BOOTSTRAP_DRAWS, seed=
         DataError: fewer than two runs, two runs with the same folder name, the runs were evaluated on different test images or labels, or a run's
             files are missing or malformed.
     """
-    run_dirs = [existing_run_dir(run_dir) for run_dir in run_dirs]
-    if len(run_dirs) < 2:
-        raise DataError(f"a comparison needs at least two runs; got {len(run_dirs)}")
-    labels = [run_dir.name for run_dir in run_dirs]
-    if len(set(labels)) < len(labels):
-        raise DataError(f"two of the runs have the same folder name, which labels them: {', '.join(labels)}")
+    run_dirs, labels = labelled_runs(run_dirs)
     predictions = {label: read_predictions(run_dir / PREDICTIONS_FILENAME) for label, run_dir in zip(labels, run_dirs)}
     y_true, probabilities = shared_test_set(predictions)
 
@@ -76,26 +71,11 @@ def compare_runs(run_dirs, output_dir, *, bootstrap_draws=BOOTSTRAP_DRAWS, seed=
             "run_dir": str(run_dir),
             "parameters": training.get("parameters"),
             "wall_time_s": training.get("wall_time_s"),
-            # The same number of images and the same seed give the same resamples as below.
+            # The same number of images and the same seed give the same resamples as `compare_pairs`.
             "metrics": compute_metrics(y_true, probabilities[label], bootstrap_draws=bootstrap_draws, seed=seed),
         })
-    weights = bootstrap_weights(len(y_true), bootstrap_draws, seed)
-    predicted = {label: probabilities[label].argmax(axis=1) for label in labels}
-    balanced_accuracy_draws = {
-        label: mean_of_ratios(*weighted_hits(y_true, predicted[label], weights)) for label in labels
-    }
     metrics = {run["label"]: run["metrics"] for run in runs}
-    pairs = []
-    for first, second in itertools.combinations(labels, 2):
-        differences = balanced_accuracy_draws[second] - balanced_accuracy_draws[first]
-        pairs.append({
-            "run_a": first,
-            "run_b": second,
-            "balanced_accuracy_difference": metrics[second]["balanced_accuracy"] - metrics[first]["balanced_accuracy"],
-            "interval": bootstrap_interval(differences, seed=seed),
-            "p_value": bootstrap_p_value(differences),
-            "mcnemar": mcnemar_exact(predicted[first] == y_true, predicted[second] == y_true),
-        })
+    pairs = compare_pairs(y_true, probabilities, metrics, bootstrap_draws=bootstrap_draws, seed=seed)
     comparison = {
         "n_images": len(y_true),
         "bootstrap": {"draws": bootstrap_draws, "seed": seed, "level": INTERVAL_LEVEL},
@@ -111,6 +91,47 @@ def compare_runs(run_dirs, output_dir, *, bootstrap_draws=BOOTSTRAP_DRAWS, seed=
     if verbose:
         print(f"Wrote the comparison of {len(runs)} runs to {output_dir}")
     return comparison
+
+
+def labelled_runs(run_dirs):
+    """The run folders, checked, and their labels (their folder names).
+
+    Raises:
+        DataError: a folder does not exist, fewer than two are given, or two share a name.
+    """
+    run_dirs = [existing_run_dir(run_dir) for run_dir in run_dirs]
+    if len(run_dirs) < 2:
+        raise DataError(f"a comparison needs at least two runs; got {len(run_dirs)}")
+    labels = [run_dir.name for run_dir in run_dirs]
+    if len(set(labels)) < len(labels):
+        raise DataError(f"two of the runs have the same folder name, which labels them: {', '.join(labels)}")
+    return run_dirs, labels
+
+
+def compare_pairs(y_true, probabilities, metrics, *, bootstrap_draws, seed):
+    """For every two runs (second minus first): the difference in balanced accuracy with its paired
+    bootstrap interval and p-value, and McNemar's exact test on which images each gets right.
+
+    Args:
+        y_true: the true classes of the shared test images.
+        probabilities: {run label: (images, 7) probabilities}, in the labels' order.
+        metrics: {run label: its `compute_metrics`}.
+    """
+    weights = bootstrap_weights(len(y_true), bootstrap_draws, seed)
+    predicted = {label: values.argmax(axis=1) for label, values in probabilities.items()}
+    draws = {label: mean_of_ratios(*weighted_hits(y_true, predicted[label], weights)) for label in predicted}
+    pairs = []
+    for first, second in itertools.combinations(predicted, 2):
+        differences = draws[second] - draws[first]
+        pairs.append({
+            "run_a": first,
+            "run_b": second,
+            "balanced_accuracy_difference": metrics[second]["balanced_accuracy"] - metrics[first]["balanced_accuracy"],
+            "interval": bootstrap_interval(differences, seed=seed),
+            "p_value": bootstrap_p_value(differences),
+            "mcnemar": mcnemar_exact(predicted[first] == y_true, predicted[second] == y_true),
+        })
+    return pairs
 
 
 def shared_test_set(predictions):

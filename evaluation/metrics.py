@@ -55,13 +55,7 @@ def compute_metrics(y_true, probabilities, *, bootstrap_draws=BOOTSTRAP_DRAWS, s
     class_auc = per_class_auc(y_true, probabilities)
     defined_auc = [value for value in class_auc if value is not None]
 
-    weights = bootstrap_weights(len(y_true), bootstrap_draws, seed)
-    hits, totals = weighted_hits(y_true, y_pred, weights)
-    draws = {
-        "balanced_accuracy": mean_of_ratios(hits, totals),
-        "macro_auc": mean_of_ratios(*weighted_auc_parts(y_true, probabilities, weights)),
-        "melanoma_sensitivity": mean_of_ratios(hits[:, [MELANOMA]], totals[:, [MELANOMA]]),
-    }
+    draws = interval_draws(y_true, probabilities, bootstrap_draws=bootstrap_draws, seed=seed)
     return {
         "accuracy": float(accuracy_score(y_true, y_pred)),
         # scikit-learn's `balanced_accuracy_score` is this mean, but warns when a class is
@@ -86,6 +80,17 @@ def compute_metrics(y_true, probabilities, *, bootstrap_draws=BOOTSTRAP_DRAWS, s
         },
         "intervals": {name: bootstrap_interval(values, seed=seed) for name, values in draws.items()},
         "n_images": len(y_true),
+    }
+
+
+def interval_draws(y_true, probabilities, *, bootstrap_draws, seed):
+    """Each of `INTERVAL_METRICS` on every bootstrap resample of the images: {name: (draws,) array}."""
+    weights = bootstrap_weights(len(y_true), bootstrap_draws, seed)
+    hits, totals = weighted_hits(y_true, probabilities.argmax(axis=1), weights)
+    return {
+        "balanced_accuracy": mean_of_ratios(hits, totals),
+        "macro_auc": mean_of_ratios(*weighted_auc_parts(y_true, probabilities, weights)),
+        "melanoma_sensitivity": mean_of_ratios(hits[:, [MELANOMA]], totals[:, [MELANOMA]]),
     }
 
 

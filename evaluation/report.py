@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from common.files import write_json, write_text
-from common.run_folder import CONFIG_FILENAME, GALLERY_FILE, METRICS_FILENAME, PREDICTIONS_FILENAME, REPORT_FILENAME
+from common.run_folder import CONFIG_FILENAME, GALLERY_DIR, GALLERY_FILENAME, METRICS_FILENAME, PREDICTIONS_FILENAME, REPORT_FILENAME
 from dataset.metadata import CLASS_DESCRIPTIONS, CLASS_NAMES
 from dataset.split import split_summary
 from evaluation.markdown import MISSING, format_duration, format_interval, format_value, markdown_table
@@ -144,8 +144,9 @@ def render_report(metrics, *, title, test_set, run, plots, data, output_dir):
     sections += ["## Metrics", headline_table(metrics), metric_notes(metrics)]
     sections += ["## Per class", per_class_table(metrics)]
     sections += ["## Plots"] + [f"### {caption}\n\n![{caption}]({path.name})" for caption, path in plots.items()]
-    if (output_dir / GALLERY_FILE).is_file():
-        sections += ["## Gallery", gallery_table(json.loads((output_dir / GALLERY_FILE).read_text()))]
+    gallery_path = output_dir / GALLERY_DIR / GALLERY_FILENAME
+    if gallery_path.is_file():
+        sections += ["## Gallery", gallery_table(json.loads(gallery_path.read_text()))]
     if data is not None:
         caption, table = data
         sections += ["## Data", caption, frame_table(table)]

@@ -98,11 +98,7 @@ def write_summary(runs, output_dir, title, *, paired_over_runs=True, bootstrap_d
     predictions = {run["run_dir"]: read_predictions(Path(run["run_dir"]) / PREDICTIONS_FILENAME) for run in runs}
     y_true, probabilities = shared_test_set(predictions)
     image_ids = next(iter(predictions.values()))[0]["image_id"].to_numpy()
-    groups = {}
-    for run in runs:
-        scores = compute_metrics(y_true, probabilities[run["run_dir"]], bootstrap_draws=0)
-        groups.setdefault(run["configuration"], []).append({**run, **{key: scores[key] for key in INTERVAL_METRICS}})
-
+    groups = scored_groups(runs, y_true, probabilities)
     ensembles = {label: np.mean([probabilities[member["run_dir"]] for member in members], axis=0) for label, members in groups.items()}
     configurations = {
         label: {
@@ -115,13 +111,10 @@ def write_summary(runs, output_dir, title, *, paired_over_runs=True, bootstrap_d
     }
 
     output_dir = new_folder(output_dir)
-    ensemble_dirs = []
-    for label, configuration in configurations.items():
-        # A run-like folder: `compare` and the notebook take it as they take a run.
-        folder = output_dir / ENSEMBLES_DIR / label.replace("/", "--")
-        write_predictions(folder / PREDICTIONS_FILENAME, predictions_frame(image_ids, y_true, ensembles[label]))
-        write_json(folder / METRICS_FILENAME, configuration["ensemble"])
-        ensemble_dirs.append(folder)
+    ensemble_dirs = [
+        write_ensemble(output_dir, label, image_ids, y_true, ensembles[label], configuration["ensemble"])
+        for label, configuration in configurations.items()
+    ]
     comparison = None
     if len(configurations) > 1:
         comparison = compare_runs(ensemble_dirs, output_dir / COMPARISON_DIR, bootstrap_draws=bootstrap_draws, seed=seed, verbose=False)
@@ -139,6 +132,27 @@ def write_summary(runs, output_dir, title, *, paired_over_runs=True, bootstrap_d
     if verbose:
         print(f"Wrote the summary of {len(runs)} runs of {len(configurations)} configurations to {output_dir}")
     return summary
+
+
+def scored_groups(runs, y_true, probabilities):
+    """The runs grouped by configuration, each with its test scores of `INTERVAL_METRICS` (no intervals)."""
+    groups = {}
+    for run in runs:
+        scores = compute_metrics(y_true, probabilities[run["run_dir"]], bootstrap_draws=0)
+        groups.setdefault(run["configuration"], []).append({**run, **{key: scores[key] for key in INTERVAL_METRICS}})
+    return groups
+
+
+def write_ensemble(output_dir, label, image_ids, y_true, probabilities, metrics):
+    """Writes a configuration's ensemble into `ensembles/<configuration>/` and returns that folder.
+
+    A run-like folder (`predictions.csv`, `metrics.json`): `compare` and the notebook take it as
+    they take a run.
+    """
+    folder = output_dir / ENSEMBLES_DIR / label.replace("/", "--")
+    write_predictions(folder / PREDICTIONS_FILENAME, predictions_frame(image_ids, y_true, probabilities))
+    write_json(folder / METRICS_FILENAME, metrics)
+    return folder
 
 
 def spread(values):
@@ -250,20 +264,13 @@ def paired_tests(groups, comparison, ensemble_dirs, n_test, over_runs=True):
     return pairs
 
 
+METRIC_NAMES = {"balanced_accuracy": "balanced accuracy", "macro_auc": "macro AUC", "melanoma_sensitivity": "melanoma sensitivity"}
+
+
 def render_summary(summary, figure_name):
     """The markdown of `summary.md`."""
-    names = {"balanced_accuracy": "balanced accuracy", "macro_auc": "macro AUC", "melanoma_sensitivity": "melanoma sensitivity"}
     configurations = summary["configurations"]
-
-    def mean_sd(values):
-        if values["mean"] is None:
-            return format_value(None)
-        sd = f" ± {values['sd']:.3f}" if values["sd"] is not None else ""
-        return f"{values['mean']:.3f}{sd} ({values['min']:.3f}–{values['max']:.3f})"
-
-    def with_interval(metrics, key):
-        return f"{format_value(metrics[key])} {format_interval(metrics['intervals'].get(key))}"
-
+    names = [METRIC_NAMES[key] for key in INTERVAL_METRICS]
     spread_rows = [
         (label, str(len(configuration["runs"])), *(mean_sd(configuration["spread"][key]) for key in INTERVAL_METRICS))
         for label, configuration in configurations.items()
@@ -278,43 +285,61 @@ def render_summary(summary, figure_name):
         f"the ensembles' predictions in [{ENSEMBLES_DIR}/]({ENSEMBLES_DIR}/).",
         "## Spread over folds and seeds",
         "Per configuration, over its runs: mean ± standard deviation (min–max) of the test metrics.",
-        markdown_table(("configuration", "runs", *(names[key] for key in INTERVAL_METRICS)), spread_rows, align="lr" + "r" * len(INTERVAL_METRICS)),
+        markdown_table(("configuration", "runs", *names), spread_rows, align="lr" + "r" * len(INTERVAL_METRICS)),
         f"![Every run's test score, and the mean per configuration]({figure_name})",
         "## Ensembles",
         "The mean of the runs' test probabilities, with 95% bootstrap intervals over the test images.",
-        markdown_table(("configuration", *(names[key] for key in INTERVAL_METRICS)), ensemble_rows, align="l" + "r" * len(INTERVAL_METRICS)),
+        markdown_table(("configuration", *names), ensemble_rows, align="l" + "r" * len(INTERVAL_METRICS)),
     ]
     out_of_fold = [(label, *(with_interval(c["out_of_fold"], key) for key in INTERVAL_METRICS)) for label, c in configurations.items() if c["out_of_fold"]]
     if out_of_fold:
         sections += [
             "## Out-of-fold validation",
             "Every non-test image scored by the fold model that did not train on it (with several seeds, their mean probabilities).",
-            markdown_table(("configuration", *(names[key] for key in INTERVAL_METRICS)), out_of_fold, align="l" + "r" * len(INTERVAL_METRICS)),
+            markdown_table(("configuration", *names), out_of_fold, align="l" + "r" * len(INTERVAL_METRICS)),
         ]
     if summary["pairs"]:
-        unpaired = "" if summary["paired_over_runs"] else (
-            " The studies do not share their split (and folds), so their runs are not paired over folds or seeds."
-        )
-        rows = []
-        for pair in summary["pairs"]:
-            test, ensembles = pair["paired_over_runs"], pair["ensembles"]
-            rows.append((
-                pair["configuration_a"], pair["configuration_b"],
-                f"{np.mean(pair['balanced_accuracy_differences']):+.3f}" if pair["balanced_accuracy_differences"] else "–",
-                "–" if test is None else f"{test['name']}: t {format_value(test['t'])}, p {format_value(test['p_value'])}",
-                "–" if ensembles is None else f"{ensembles['balanced_accuracy_difference']:+.3f} {format_interval(ensembles['interval'])}",
-                "–" if ensembles is None else f"{ensembles['p_value']:.3f}",
-                "–" if ensembles is None else f"{ensembles['mcnemar']['p_value']:.3f}",
-            ))
-        sections += [
-            "## Paired tests",
-            "Second minus first. Over runs matched on (fold, seed): the corrected resampled t-test of Nadeau & Bengio "
-            "(2003) over folds, with variance factor 1/J + n_test/n_train (the fixed test subset over a fold run's "
-            "training images), or the paired t-test over seeds. On the ensembles' test predictions: the paired "
-            f"bootstrap interval and p-value, and McNemar's exact test ([{COMPARISON_DIR}/]({COMPARISON_DIR}/comparison.md)).{unpaired}",
-            markdown_table(
-                ("first", "second", "mean Δ over runs", "paired over runs", "Δ ensembles [95%]", "bootstrap p", "McNemar p"),
-                rows, align="llrlrrr",
-            ),
-        ]
+        sections += paired_tests_section(summary["pairs"], summary["paired_over_runs"])
     return "\n\n".join(sections) + "\n"
+
+
+def paired_tests_section(pairs, paired_over_runs):
+    """The "Paired tests" section of `summary.md`: its heading, explanation and table."""
+    unpaired = "" if paired_over_runs else (
+        " The studies do not share their split (and folds), so their runs are not paired over folds or seeds."
+    )
+    rows = []
+    for pair in pairs:
+        test, ensembles = pair["paired_over_runs"], pair["ensembles"]
+        rows.append((
+            pair["configuration_a"], pair["configuration_b"],
+            f"{np.mean(pair['balanced_accuracy_differences']):+.3f}" if pair["balanced_accuracy_differences"] else "–",
+            "–" if test is None else f"{test['name']}: t {format_value(test['t'])}, p {format_value(test['p_value'])}",
+            "–" if ensembles is None else f"{ensembles['balanced_accuracy_difference']:+.3f} {format_interval(ensembles['interval'])}",
+            "–" if ensembles is None else f"{ensembles['p_value']:.3f}",
+            "–" if ensembles is None else f"{ensembles['mcnemar']['p_value']:.3f}",
+        ))
+    return [
+        "## Paired tests",
+        "Second minus first. Over runs matched on (fold, seed): the corrected resampled t-test of Nadeau & Bengio "
+        "(2003) over folds, with variance factor 1/J + n_test/n_train (the fixed test subset over a fold run's "
+        "training images), or the paired t-test over seeds. On the ensembles' test predictions: the paired "
+        f"bootstrap interval and p-value, and McNemar's exact test ([{COMPARISON_DIR}/]({COMPARISON_DIR}/comparison.md)).{unpaired}",
+        markdown_table(
+            ("first", "second", "mean Δ over runs", "paired over runs", "Δ ensembles [95%]", "bootstrap p", "McNemar p"),
+            rows, align="llrlrrr",
+        ),
+    ]
+
+
+def mean_sd(values):
+    """A `spread` as "mean ± sd (min–max)"."""
+    if values["mean"] is None:
+        return format_value(None)
+    sd = f" ± {values['sd']:.3f}" if values["sd"] is not None else ""
+    return f"{values['mean']:.3f}{sd} ({values['min']:.3f}–{values['max']:.3f})"
+
+
+def with_interval(metrics, key):
+    """A metric with its bootstrap interval."""
+    return f"{format_value(metrics[key])} {format_interval(metrics['intervals'].get(key))}"

@@ -1,6 +1,7 @@
-"""The HTTP service: a trained run behind a JSON API, with a page to try it in a browser.
+"""The HTTP service: a trained run (or a study configuration's fold ensemble) behind a JSON API, with a page to try it in a browser.
 
     python main.py serve results/runs/20261123-101500-densenet --port 8000
+    python main.py serve results/studies/20261125-010000-all-3folds/densenet   # its three fold models, averaged
     curl -F image=@photo.jpg -F age=55 -F sex=male -F site=back http://127.0.0.1:8000/predict
 
 Endpoints: `POST /predict` (an image upload, optional age, sex, site and explain), `GET /health`,
@@ -28,8 +29,8 @@ from PIL import Image
 from common.errors import DataError, UserError
 from dataset.images import read_image
 from dataset.metadata import CLASS_DESCRIPTIONS, CLASS_NAMES, UNKNOWN
-from inference.gradcam import GradCAM, overlay_heatmap, png_bytes
-from inference.predict import Predictor
+from evaluation.predictor import Predictor
+from inference.gradcam import PredictorGradCAM, overlay_heatmap, png_bytes
 
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 # Decoding happens outside the prediction lock, so concurrent uploads decode side by side: a
@@ -44,30 +45,24 @@ OVERLAY_SIZE = 256
 
 
 def create_app(run_dir, *, max_upload_bytes=MAX_UPLOAD_BYTES, max_pixels=MAX_IMAGE_PIXELS):
-    """The FastAPI application serving a run's model.
+    """The FastAPI application serving a run's model, or a study configuration's fold ensemble
+    (`STUDY_DIR/<configuration>`, see `evaluation.Predictor.load`).
 
     Raises:
-        DataError: the run folder, its model or its metadata encoder is missing or malformed.
+        DataError: the folder, a model or its metadata encoder is missing or malformed.
     """
     predictor = Predictor.load(run_dir)
-    cam = GradCAM(predictor.model)
+    cam = PredictorGradCAM(predictor)
     description = predictor.describe()
     lock = threading.Lock()
     app = FastAPI(
         title=f"HAM10000 classifier: {description['run']}",
         description=f"{description['architecture']} at {predictor.image_size} px"
+        + (f", the mean of {len(predictor.members)} fold models" if len(predictor.members) > 1 else "")
         + (", with age, sex and site" if predictor.takes_metadata else "")
         + ". A research model, not a medical device.",
     )
-
-    @app.middleware("http")
-    async def refuse_large_bodies(request: Request, call_next):
-        # Refused before the body is read, when the client declares its size; a body without a
-        # declared size is checked after reading, in `predict`.
-        length = request.headers.get("content-length", "")
-        if length.isdigit() and int(length) > max_upload_bytes + FORM_OVERHEAD_BYTES:
-            return JSONResponse({"detail": too_large(max_upload_bytes)}, status_code=413)
-        return await call_next(request)
+    app.middleware("http")(body_limit(max_upload_bytes))
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page():
@@ -91,37 +86,64 @@ def create_app(run_dir, *, max_upload_bytes=MAX_UPLOAD_BYTES, max_pixels=MAX_IMA
         explain: Annotated[bool, Form(description="also return a Grad-CAM overlay (PNG data URL)")] = False,
     ):
         """The class probabilities of one image; age, sex and site are used by metadata models."""
-        data = image.file.read(max_upload_bytes + 1)
-        if len(data) > max_upload_bytes:
-            raise HTTPException(413, too_large(max_upload_bytes))
-        check_pixels(data, max_pixels)
-        try:
-            decoded = read_image(io.BytesIO(data), predictor.image_size)
-        except DataError:
-            raise HTTPException(415, f"{image.filename or 'the upload'} is not a readable JPEG or PNG image") from None
+        data = read_upload(image, max_upload_bytes, max_pixels)
+        decoded = decode_upload(data, image.filename, predictor.image_size)[None]
         metadata, notes = request_metadata(predictor, age, sex, site)
         with lock:
-            probabilities = predictor.predict(decoded[None], metadata)[0]
-            predicted = int(probabilities.argmax())
-            if explain:
-                others = [predictor.encode(metadata, 1)] if predictor.takes_metadata else []
-                heatmap = cam.heatmaps(decoded[None], [predicted], others)[0]
-        answer = {
-            "run": description["run"],
-            "predicted": {
-                "code": CLASS_NAMES[predicted],
-                "name": CLASS_DESCRIPTIONS[CLASS_NAMES[predicted]],
-                "probability": float(probabilities[predicted]),
-            },
-            "probabilities": {name: float(value) for name, value in zip(CLASS_NAMES, probabilities)},
-            "warnings": notes,
-        }
+            probabilities = predictor.predict(decoded, metadata)[0]
+            heatmap = cam.heatmaps(decoded, [int(probabilities.argmax())], metadata)[0] if explain else None
+        answer = prediction_answer(description["run"], probabilities, notes)
         if explain:
             overlay = overlay_heatmap(read_image(io.BytesIO(data), OVERLAY_SIZE), heatmap)
             answer["gradcam_png"] = "data:image/png;base64," + base64.b64encode(png_bytes(overlay)).decode("ascii")
         return answer
 
     return app
+
+
+def body_limit(max_upload_bytes):
+    """HTTP middleware refusing a body over the upload limit before it is read, where the client
+    declares its size; a body without a declared size is checked after reading (`read_upload`)."""
+
+    async def refuse_large_bodies(request: Request, call_next):
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > max_upload_bytes + FORM_OVERHEAD_BYTES:
+            return JSONResponse({"detail": too_large(max_upload_bytes)}, status_code=413)
+        return await call_next(request)
+
+    return refuse_large_bodies
+
+
+def read_upload(image, max_upload_bytes, max_pixels):
+    """The uploaded file's bytes, unless it is over the size limit or its header declares too many pixels (HTTPException 413)."""
+    data = image.file.read(max_upload_bytes + 1)
+    if len(data) > max_upload_bytes:
+        raise HTTPException(413, too_large(max_upload_bytes))
+    check_pixels(data, max_pixels)
+    return data
+
+
+def decode_upload(data, filename, size):
+    """The uploaded image as the model takes it; HTTPException 415 if it is not a readable JPEG or PNG."""
+    try:
+        return read_image(io.BytesIO(data), size)
+    except DataError:
+        raise HTTPException(415, f"{filename or 'the upload'} is not a readable JPEG or PNG image") from None
+
+
+def prediction_answer(run, probabilities, notes):
+    """The JSON answer to a prediction: the most probable class, every class's probability, the notes."""
+    predicted = int(probabilities.argmax())
+    return {
+        "run": run,
+        "predicted": {
+            "code": CLASS_NAMES[predicted],
+            "name": CLASS_DESCRIPTIONS[CLASS_NAMES[predicted]],
+            "probability": float(probabilities[predicted]),
+        },
+        "probabilities": {name: float(value) for name, value in zip(CLASS_NAMES, probabilities)},
+        "warnings": notes,
+    }
 
 
 def request_metadata(predictor, age, sex, site):
@@ -136,7 +158,7 @@ def request_metadata(predictor, age, sex, site):
         return None, notes
     sex = (sex or UNKNOWN).strip().lower()
     site = (site or UNKNOWN).strip().lower()
-    for field, value, known in (("sex", sex, predictor.encoder.sexes), ("site", site, predictor.encoder.sites)):
+    for field, value, known in (("sex", sex, predictor.sexes), ("site", site, predictor.sites)):
         if value not in known:
             raise HTTPException(422, f"unknown {field} {value!r}: expected one of {', '.join(known)}")
     missing = [name for name in ("age", "sex", "site") if name not in given]

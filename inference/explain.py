@@ -12,7 +12,7 @@ import numpy as np  # noqa: E402
 from common.files import atomic_path, new_folder  # noqa: E402
 from dataset.images import read_image  # noqa: E402
 from dataset.metadata import CLASS_DESCRIPTIONS, CLASS_NAMES  # noqa: E402
-from inference.gradcam import GradCAM, overlay_heatmap  # noqa: E402
+from inference.gradcam import PredictorGradCAM, overlay_heatmap  # noqa: E402
 
 # Figures show the image larger than small models see it; the heat map is upsampled to match.
 DISPLAY_SIZE = 256
@@ -29,9 +29,7 @@ def explain_images(predictor, images, files, probabilities, metadata, output_dir
         metadata: the metadata table given to the model, or None.
         output_dir: where to write; an existing folder is never written into ("-2" is appended).
     """
-    cam = GradCAM(predictor.model)
-    others = [predictor.encode(metadata, len(images))] if predictor.takes_metadata else []
-    heatmaps = cam.heatmaps(images, probabilities.argmax(axis=1), others)
+    heatmaps = PredictorGradCAM(predictor).heatmaps(images, probabilities.argmax(axis=1), metadata)
     folder = new_folder(output_dir)
     if folder != Path(output_dir):
         warnings.warn(f"{output_dir} exists: the Grad-CAM figures go to {folder} (an existing folder is never written into)", stacklevel=2)

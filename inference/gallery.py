@@ -1,8 +1,8 @@
 """The report's gallery: for each class, the most confident correct and wrong test images, with Grad-CAM.
 
 Written into the run folder as `gallery/<class>-<correct|wrong>.png` thumbnails and
-`gallery/gallery.json` (`common.run_folder.GALLERY_FILE`), which the report shows as its
-"Gallery" section.
+`gallery/gallery.json` (`common.run_folder.GALLERY_DIR`, `GALLERY_FILENAME`), which the report
+shows as its "Gallery" section.
 """
 
 from pathlib import Path
@@ -10,22 +10,23 @@ from pathlib import Path
 import numpy as np
 
 from common import files
-from common.run_folder import GALLERY_FILE, PREDICTIONS_FILENAME
+from common.run_folder import GALLERY_DIR, GALLERY_FILENAME, PREDICTIONS_FILENAME
 from dataset.images import locate_images, read_image
 from dataset.metadata import CLASS_NAMES
 from evaluation.predictions import read_predictions
-from inference.gradcam import GradCAM, overlay_heatmap, png_bytes
-from inference.predict import Predictor
+from evaluation.predictor import Predictor
+from inference.gradcam import PredictorGradCAM, overlay_heatmap, png_bytes
 
 THUMBNAIL_SIZE = 128
 
 
-def write_gallery(run_dir, data):
+def write_gallery(run_dir, data, predictor=None):
     """Writes the gallery of a run whose test subset has been predicted (`predictions.csv`).
 
     Args:
         run_dir: the run folder.
         data: the `dataset.PreparedData` the run trained on: its decoded images and metadata.
+        predictor: the run's `Predictor`, where the caller has loaded it already; else it is loaded.
 
     Returns:
         The gallery entries: one dict per thumbnail with `class, kind ("correct" or "wrong"),
@@ -36,25 +37,24 @@ def write_gallery(run_dir, data):
     chosen = gallery_rows(frame, probabilities)
     if not chosen:
         return []
-    predictor = Predictor.load(run_dir)
+    predictor = predictor or Predictor.load(run_dir)
     image_ids = [frame["image_id"][row] for _, _, row in chosen]
     rows = data.metadata.set_index("image_id").loc[image_ids].reset_index()
     images = data.cache.images[data.cache.rows(image_ids)]
     predicted = probabilities[[row for _, _, row in chosen]].argmax(axis=1)
-    others = [predictor.encoder.transform(rows)] if predictor.takes_metadata else []
-    heatmaps = GradCAM(predictor.model).heatmaps(images, predicted, others)
+    heatmaps = PredictorGradCAM(predictor).heatmaps(images, predicted, rows)
     paths = locate_images(image_ids, data.data_dir, drop_missing=True)
 
     entries = []
     for (name, kind, row), image_id, heatmap, pred in zip(chosen, image_ids, heatmaps, predicted):
         thumbnail = read_image(paths[image_id], THUMBNAIL_SIZE) if image_id in paths else images[image_ids.index(image_id)]
-        file = str(Path(GALLERY_FILE).parent / f"{name}-{kind}.png")
+        file = f"{GALLERY_DIR}/{name}-{kind}.png"
         files.write_bytes(run_dir / file, png_bytes(overlay_heatmap(thumbnail, heatmap)))
         entries.append({
             "class": name, "kind": kind, "image_id": image_id, "pred": CLASS_NAMES[pred],
             "probability": round(float(probabilities[row, pred]), 4), "file": file,
         })
-    files.write_json(run_dir / GALLERY_FILE, entries)
+    files.write_json(run_dir / GALLERY_DIR / GALLERY_FILENAME, entries)
     return entries
 
 

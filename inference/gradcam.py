@@ -113,6 +113,36 @@ class GradCAM:
         return keras.ops.image.resize(cam, self.image_input.shape[1:3], interpolation="bilinear")[..., 0]
 
 
+class PredictorGradCAM:
+    """Grad-CAM of a `Predictor`: its model's heat maps, or for a fold ensemble the mean of its
+    models' maps, each model given the metadata as its own encoder encodes it.
+
+    Args:
+        predictor: an `evaluation.Predictor`.
+    """
+
+    def __init__(self, predictor):
+        self.members = [(member, GradCAM(member.model)) for member in predictor.members]
+
+    def heatmaps(self, images, class_indices, metadata=None):
+        """(n, size, size) heat maps in [0, 1] of the given classes (see `GradCAM.heatmaps`).
+
+        Args:
+            images: (n, size, size, 3) images as the model takes them.
+            class_indices: the class explained for each image (e.g. the predicted one).
+            metadata: the images' `age, sex, localization` table for metadata models; None: unknown.
+        """
+        maps = [
+            cam.heatmaps(images, class_indices, [] if member.encoder is None else [member.encode(metadata, len(images))])
+            for member, cam in self.members
+        ]
+        if len(maps) == 1:
+            return maps[0]
+        mean = np.mean(maps, axis=0)
+        peak = mean.max(axis=(1, 2), keepdims=True)
+        return np.divide(mean, peak, out=np.zeros_like(mean), where=peak > 0).astype(np.float32)
+
+
 def last_feature_map_layer(model):
     """The layer of the map to explain: the last 4-D output at least `MIN_SIDE` positions wide
     that the rest of the model is computed from alone.

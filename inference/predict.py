@@ -1,18 +1,17 @@
 """Predicting new images with a trained run: any JPEG or PNG, with or without metadata.
 
     from inference import Predictor, predict_files
-    predictor = Predictor.load("results/runs/20261123-101500-densenet")
+    predictor = Predictor.load("results/runs/20261123-101500-densenet")   # or STUDY_DIR/<configuration>
     table = predict_files(predictor, ["photo.jpg", "clinic_images/"], tta=True)
 
 Images go through `dataset.read_image`, the decoder and resize every training image went
 through, so an image of any size, aspect or mode reaches the model as HAM10000's did. A
 metadata model encodes age, sex and site with the encoder saved in its run folder (fitted on its
-training subset); an image without metadata gets the encoder's "unknown".
+training subset); an image without metadata gets the encoder's "unknown". A study's configuration
+predicts with the mean of its fold models (`evaluation.Predictor`).
 """
 
-import json
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,103 +19,14 @@ import pandas as pd
 
 from common.errors import DataError
 from common.files import blocking_file, write_csv, write_json
-from common.run_folder import METRICS_FILENAME, MODEL_FILENAME
 from common.tables import line_number, read_csv
-from dataset.features import MetadataEncoder
 from dataset.images import IMAGE_SUFFIXES, first_few, read_image
 from dataset.metadata import CLASS_DESCRIPTIONS, CLASS_NAMES, UNKNOWN, validate_metadata
-from evaluation.external import load_encoder, model_inputs
-from evaluation.inference import load_run_model, predict_batch
 from evaluation.predictions import PROBABILITY_COLUMNS
-from evaluation.run_files import read_run_files
 from inference.explain import explain_images
 
 OUTPUT_SUFFIXES = (".csv", ".json")
-BATCH_SIZE = 32
 METADATA_COLUMNS = ("age", "sex", "localization")
-
-
-@dataclass(frozen=True)
-class Predictor:
-    """A trained run's model, loaded once, with what it needs to predict new images.
-
-    Attributes:
-        model: the run's `model.keras`.
-        run_dir: the run folder.
-        image_size: side of the square images the model takes.
-        encoder: the run's `MetadataEncoder`, or None for an image-only model.
-    """
-
-    model: object
-    run_dir: Path
-    image_size: int
-    encoder: MetadataEncoder | None
-
-    @classmethod
-    def load(cls, run_dir):
-        """Loads a run's model (and metadata encoder).
-
-        Raises:
-            DataError: the folder, its `model.keras`, or the encoder a metadata model needs is
-                missing or malformed.
-        """
-        run_dir = Path(run_dir)
-        read_run_files(run_dir)  # checks that the folder exists and its files are readable
-        model = load_run_model(run_dir)
-        image_size, metadata_features = model_inputs(model, run_dir / MODEL_FILENAME)
-        encoder = load_encoder(run_dir, metadata_features) if metadata_features else None
-        return cls(model, run_dir, image_size, encoder)
-
-    @property
-    def takes_metadata(self):
-        return self.encoder is not None
-
-    def describe(self):
-        """The run's name, architecture, input, classes and test metrics, for people and the API."""
-        run = read_run_files(self.run_dir)
-        metrics_path = self.run_dir / METRICS_FILENAME
-        metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
-        headline = ("balanced_accuracy", "accuracy", "macro_auc", "melanoma_sensitivity", "n_images")
-        return {
-            "run": run.name,
-            "architecture": run.config.get("model", self.model.name),
-            "metadata": self.takes_metadata,
-            "image_size": self.image_size,
-            "classes": [{"code": name, "name": CLASS_DESCRIPTIONS[name]} for name in CLASS_NAMES],
-            "sexes": list(self.encoder.sexes) if self.encoder else [],
-            "sites": list(self.encoder.sites) if self.encoder else [],
-            "test_metrics": {key: metrics[key] for key in headline if key in metrics},
-        }
-
-    def encode(self, metadata, count):
-        """The model's metadata input for `count` images: `metadata` rows, or all unknown."""
-        if metadata is None:
-            metadata = pd.DataFrame({"age": np.full(count, np.nan), "sex": UNKNOWN, "localization": UNKNOWN})
-        return self.encoder.transform(metadata)
-
-    def predict(self, images, metadata=None, *, tta=False):
-        """Class probabilities of decoded images.
-
-        Args:
-            images: (n, size, size, 3) uint8 RGB, as `read_image` returns them.
-            metadata: for a metadata model, a table with `age, sex, localization` (one row per
-                image; NaN / "unknown" where missing), or None for all unknown. Ignored by an
-                image-only model.
-            tta: average over the eight rotations and reflections of each image, the
-                transforms training augments with.
-
-        Returns:
-            An (n, 7) float array, columns in `CLASS_NAMES` order.
-        """
-        features = self.encode(metadata, len(images)) if self.takes_metadata else None
-        batches = [
-            predict_batch(
-                self.model, images[start : start + BATCH_SIZE],
-                None if features is None else features[start : start + BATCH_SIZE], tta=tta,
-            )
-            for start in range(0, len(images), BATCH_SIZE)
-        ]
-        return np.concatenate(batches) if batches else np.zeros((0, len(CLASS_NAMES)))
 
 
 def collect_images(paths):
@@ -183,13 +93,13 @@ def read_image_metadata(path):
     return validate_metadata(frame, source=path).set_index("image_id").loc[:, list(METADATA_COLUMNS)]
 
 
-def check_known_values(table, image_ids, encoder, source):
+def check_known_values(table, image_ids, predictor, source):
     """Raises DataError naming the first row, among the images', whose sex or site the model does not know.
 
     The server's rule: a typo ("mal") would otherwise be encoded as "unknown", without a word.
     """
     rows = table[table.index.isin(image_ids)]
-    for column, known in (("sex", encoder.sexes), ("localization", encoder.sites)):
+    for column, known in (("sex", predictor.sexes), ("localization", predictor.sites)):
         unknown = ~rows[column].isin(known)
         if unknown.any():
             image_id = rows.index[unknown][0]
@@ -239,15 +149,15 @@ def predict_files(predictor, paths, *, metadata_path=None, tta=False, skip_unrea
     # The metadata file is checked before the images are decoded, so a bad one fails fast.
     table = read_image_metadata(metadata_path) if metadata_path is not None else None
     if table is not None and not predictor.takes_metadata:
-        warnings.warn(f"{predictor.run_dir.name} is an image-only model: the metadata in {metadata_path} is not used", stacklevel=2)
+        warnings.warn(f"{predictor.name} is an image-only model: the metadata in {metadata_path} is not used", stacklevel=2)
     if table is not None and predictor.takes_metadata:
-        check_known_values(table, [path.stem for path in files], predictor.encoder, metadata_path)
+        check_known_values(table, [path.stem for path in files], predictor, metadata_path)
     images, files = decode_images(files, predictor.image_size, skip_unreadable=skip_unreadable)
     metadata = None
     if predictor.takes_metadata:
         if table is None:
             warnings.warn(
-                f"{predictor.run_dir.name} takes metadata and none was given (--metadata CSV): "
+                f"{predictor.name} takes metadata and none was given (--metadata CSV): "
                 "age, sex and site are encoded as unknown",
                 stacklevel=2,
             )

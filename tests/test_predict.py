@@ -36,6 +36,20 @@ def test_images_are_predicted_exactly_as_in_evaluation_in_the_order_given(study,
     assert table["pred_name"].str.len().gt(3).all()
 
 
+def test_a_study_of_several_configurations_predicts_with_the_one_named(study, real_toy_dir, capsys):
+    (study_dir,) = (study / "studies").iterdir()
+    image = next((real_toy_dir / "images").iterdir())
+    assert run_main("predict", study_dir, image) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: {study_dir} holds 4 configurations (cnn, densenet, vgg16, vgg16-meta): name one, as in {study_dir / 'cnn'}"
+    )
+    tables = []
+    for folder in (study_dir / "densenet", study_run(study, "densenet")):  # a configuration of one run is that run
+        assert run_main("predict", folder, image) == 0
+        tables.append(capsys.readouterr().out)
+    assert tables[0] == tables[1]
+
+
 def test_any_size_and_mode_is_accepted(study, tmp_path, capsys):
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, (50, 90, 4), dtype=np.uint8)

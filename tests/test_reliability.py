@@ -18,7 +18,7 @@ from conftest import REPO_ROOT, TINY_CONFIG, copy_toy_dir, run_main
 from common.errors import DataError
 from common.run_folder import LOCK_FILENAME, TIMING_COLUMNS, run_lock
 from dataset import load_images, locate_images
-from evaluation import compare_runs, predict_probabilities
+from evaluation import Predictor, compare_runs
 from test_evaluation_reports import toy_predictions, write_run
 from training import ConfigError, load_config, resume_run, trainer
 
@@ -434,15 +434,14 @@ def test_console_shows_only_the_project_lines_unless_verbose(tmp_path):
 
 
 def test_prediction_progress_in_a_log_file_has_no_carriage_returns(study, real_toy_dir, capsys):
-    import keras
-
     from dataset import prepare_data
 
     run_dir = next((study / "runs").glob("*-cnn"))
     data = prepare_data(real_toy_dir, image_size=32, split_file=run_dir / "split.csv", verbose=False)
-    sequence = data.sequence("test", batch_size=4)
+    _, cache_rows, _ = data.subset("test")
+    predictor = Predictor.load(run_dir)
     capsys.readouterr()
-    predict_probabilities(keras.saving.load_model(run_dir / "model.keras"), sequence, verbose="auto")
+    predictor.predict(data.cache.images, rows=cache_rows, batch_size=4, verbose="auto")
     out = capsys.readouterr().out
     assert out.count("\n") == 1 and "\r" not in out and "\b" not in out
 

@@ -16,8 +16,10 @@ from scipy import stats
 from conftest import TINY_CONFIG, run_main
 from common.errors import DataError
 from dataset import assign_folds, class_indices, fold_subsets, load_split, make_split, prepare_data, save_split
-from evaluation import compute_metrics, read_predictions
+from evaluation import Predictor, compute_metrics, read_predictions
+from evaluation.predictions import PROBABILITY_COLUMNS
 from evaluation.study import nadeau_bengio_test, paired_t_test, summarize_study
+from inference.predict import collect_images, decode_images
 from test_reliability import interrupt_after
 from training import load_config
 from training.study import start_study
@@ -245,3 +247,40 @@ def test_nadeau_bengio_statistic_against_a_hand_computation():
     assert (plain["t"], plain["p_value"]) == (pytest.approx(expected.statistic), pytest.approx(expected.pvalue))
     assert result["p_value"] > plain["p_value"]
     assert nadeau_bengio_test([0.01, 0.01], 0.25)["p_value"] is None  # no spread to test against
+
+
+def test_a_fold_study_predicts_and_serves_with_the_mean_of_its_fold_models(fold_study, toy_dir, tmp_path, capsys):
+    _, study_dir, _, _ = fold_study
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for path in sorted((toy_dir / "images").iterdir())[:5]:
+        shutil.copy(path, folder)
+    # `main.py predict STUDY_DIR` (one configuration, so it need not be named) with the fold ensemble.
+    assert run_main("predict", study_dir, folder, "--output", tmp_path / "ensemble.csv") == 0
+    ensemble = pd.read_csv(tmp_path / "ensemble.csv").filter(like="prob_").to_numpy()
+    images = decode_images(collect_images([folder]), 32)[0]
+    folds = [Predictor.load(run["run_dir"]).predict(images) for run in study_runs(study_dir)]
+    np.testing.assert_allclose(ensemble, np.mean(folds, axis=0), atol=1e-6)
+    assert not np.allclose(folds[0], folds[1])  # three different models, not one three times
+
+    predictor = Predictor.load(study_dir / "cnn")  # the same, named
+    assert (predictor.name, len(predictor.members)) == (f"{study_dir.name}/cnn", 3)
+    tta_folds = [Predictor.load(run["run_dir"]).predict(images, tta=True) for run in study_runs(study_dir)]
+    np.testing.assert_allclose(predictor.predict(images, tta=True), np.mean(tta_folds, axis=0), atol=1e-6)
+    with pytest.raises(DataError, match=r"has no finished run of a configuration 'densenet' \(it holds cnn\)$"):
+        Predictor.load(study_dir / "densenet")
+
+    pytest.importorskip("fastapi", reason="the serve extra is not installed: pip install -e '.[serve]'")
+    from fastapi.testclient import TestClient
+
+    from inference.app import create_app
+
+    client = TestClient(create_app(study_dir))
+    model = client.get("/model").json()
+    ensemble_metrics = json.loads((study_dir / "summary" / "ensembles" / "cnn" / "metrics.json").read_text())
+    assert (model["run"], model["models"]) == (f"{study_dir.name}/cnn", 3)
+    assert model["test_metrics"]["balanced_accuracy"] == ensemble_metrics["balanced_accuracy"]
+    first = sorted(folder.iterdir())[0]
+    answer = client.post("/predict", files={"image": (first.name, first.read_bytes(), "image/jpeg")}, data={"explain": "true"}).json()
+    np.testing.assert_allclose([answer["probabilities"][column[5:]] for column in PROBABILITY_COLUMNS], ensemble[0], atol=1e-6)
+    assert answer["gradcam_png"].startswith("data:image/png;base64,")
