@@ -1,6 +1,6 @@
 """Hyper-parameter search with KerasTuner, each trial a training run of this project's trainer.
 
-    python main.py tune --model densenet --config configs/cpu.yaml --trials 12 --image-size 48
+    python main.py tune --model densenet --config configs/cpu.yaml --trials 12 --set image_size=48
     python main.py tune --resume results/tuning/20261125-101500-densenet
 
 KerasTuner's oracle (Bayesian optimisation, or Hyperband) proposes the settings; `RunTuner` trains
@@ -29,7 +29,6 @@ The search folder, `<output_dir>/tuning/<stamp>-<model>[-meta]/`:
 """
 
 import dataclasses
-import datetime
 import json
 import os
 import time
@@ -39,12 +38,12 @@ import keras
 import keras_tuner
 
 from common.errors import DataError, UserError
-from common.files import file_lock, new_folder, write_json
+from common.files import file_lock, new_stamped_folder, write_json
 from common.run_folder import TRAINING_FILENAME
 from networks import AugmentationOptions, model_options
 from training.config import MAX_SEED, TUNERS, TrainConfig
 from training.run import RESUME_OVERRIDES, prepare_run_data, resume_run, train_run
-from training.tracking import tracking_uri
+from training.tracking import log_finished_run, tracking_uri
 
 SEARCH_FILENAME = "tuning.json"
 SEARCH_LOCK = "tuning.json.lock"  # held while a process updates tuning.json (the workers of a distributed search)
@@ -169,8 +168,7 @@ def start_search(trial_config, final_config, trials, tuner="bayesian", search_di
     if trials < 1:
         raise UserError(f"--trials must be at least 1; got {trials}")
     if search_dir is None:
-        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        search_dir = new_folder(Path(trial_config.output_dir) / "tuning" / f"{stamp}-{trial_config.run_name}")
+        search_dir = new_stamped_folder(Path(trial_config.output_dir) / "tuning", trial_config.run_name)
     else:
         search_dir = Path(search_dir)
         if search_dir.exists() and any(search_dir.iterdir()):
@@ -286,7 +284,7 @@ class RunTuner(keras_tuner.engine.base_tuner.BaseTuner):
 
             run = train_run(config, data=self.data, verbose=0, study=self.search_dir.name, on_start=start)
         summary = json.loads((run.run_dir / TRAINING_FILENAME).read_text(encoding="utf-8"))
-        run.tracker.finish(run.run_dir, with_model=config.track_model)
+        log_finished_run(run.run_dir, config, study=self.search_dir.name)
         score = summary["best_val_balanced_accuracy"]
         results = self._record(trial.trial_id, values, score, summary["best_epoch"], run.run_dir)
         best = max(result[OBJECTIVE] for result in results.values())
