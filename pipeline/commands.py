@@ -25,12 +25,13 @@ from training.trainer import check_weights
 
 def overrides(arguments):
     """The settings the command line gives, {name: value}: each setting flag's (`--epochs 5`), and
-    each `--set NAME=VALUE`'s, its value read as YAML. A setting given twice is refused."""
+    each `--set NAME=VALUE`'s, its value read as YAML. A setting given by a flag and by `--set` is
+    refused; one flag given twice keeps its last value, as argparse's options do."""
     values, flags = {}, {}
     for flag, name, value in arguments.settings:
         if name is None:
             ((name, value),) = parse_settings([value]).items()
-        if name in values:
+        if name in values and flags[name] != flag:
             raise ConfigError(f"{flags[name]} and {flag} both set {name}: give it once")
         values[name], flags[name] = str(value) if isinstance(value, Path) else value, flag
     return values

@@ -47,10 +47,12 @@ def test_flags_and_set_become_one_set_of_overrides_and_help_shows_the_real_defau
     assert "focal_gamma" in text  # the settings without a flag are listed for --set
 
 
-def test_a_setting_given_twice_is_refused():
+def test_a_setting_given_by_a_flag_and_by_set_is_refused_and_a_repeated_option_keeps_its_last_value():
     arguments = command_parser("train").parse_args(["--epochs", "3", "--set", "epochs=4"])
     with pytest.raises(ConfigError, match="--epochs and --set both set epochs: give it once"):
         commands.overrides(arguments)
+    arguments = command_parser("train").parse_args(["--epochs", "3", "--epochs", "4", "--set", "ema=0.9", "--set", "ema=0.99"])
+    assert commands.overrides(arguments) == {"epochs": 4, "ema": 0.99}
 
 
 def test_set_assigns_any_setting_in_yaml():
