@@ -276,7 +276,7 @@ def test_a_bug_is_not_reported_as_bad_input(monkeypatch):
     def bug(*args, **kwargs):
         raise ValueError("Input 0 of layer 'dense' is incompatible with the layer")
 
-    monkeypatch.setattr(main, "train_run", bug)
+    monkeypatch.setattr("pipeline.run.train_run", bug)
     with pytest.raises(ValueError, match="incompatible"):
         run_main("--model", "cnn", "--config", TINY_CONFIG)
 
@@ -426,7 +426,9 @@ def test_resume_of_a_finished_run_says_it_is_finished(study, capsys):
 def test_console_shows_only_the_project_lines_unless_verbose(tmp_path):
     def stderr(*flags):
         command = [sys.executable, str(REPO_ROOT / "main.py"), "--model", "resnet", *flags]
-        return subprocess.run(command, cwd=tmp_path, capture_output=True, text=True).stderr
+        # As from a shell: not the log level TensorFlow set in this process when it was imported.
+        environment = {name: value for name, value in os.environ.items() if name != "TF_CPP_MIN_LOG_LEVEL"}
+        return subprocess.run(command, cwd=tmp_path, env=environment, capture_output=True, text=True).stderr
 
     error = stderr()
     assert error.startswith("error: unknown model 'resnet' (available: cnn, convnext_tiny, densenet, densenet121, ") and error.count("\n") == 1
