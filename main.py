@@ -29,7 +29,6 @@ import argparse
 import errno
 import os
 import sys
-import textwrap
 from pathlib import Path
 
 from common.console import native_stderr_silenced
@@ -55,6 +54,7 @@ with native_stderr_silenced(QUIET):
     from common.errors import UserError  # noqa: E402
     from networks import get_model_entry, list_models  # noqa: E402
     from pipeline import commands  # noqa: E402
+    from pipeline.commands import SETTINGS_EPILOG, settings_parser  # noqa: E402
     from training import TrainConfig  # noqa: E402
     from training.config import TUNERS  # noqa: E402
     from training.distribution import initialize_hosts  # noqa: E402
@@ -156,50 +156,6 @@ def add_tune_parser(subparsers, parents):
         help="the search folder to make, or to continue where it has tuning.json; a distributed search's chief and "
         "workers (KERASTUNER_TUNER_ID, KERASTUNER_ORACLE_IP, KERASTUNER_ORACLE_PORT) all pass the same (docs/scale-out.md)",
     )
-
-
-SETTINGS_EPILOG = textwrap.fill("settings (--set NAME=VALUE; training/config.py describes each): " + ", ".join(TrainConfig.defaults()), 100)
-
-
-class Setting(argparse.Action):
-    """A flag that sets one setting of `TrainConfig`: it adds (flag, setting, value) to `settings`,
-    where `--set` adds (flag, None, "NAME=VALUE"); `pipeline.commands.overrides` reads them all alike."""
-
-    def __init__(self, option_strings, dest, **options):
-        super().__init__(option_strings, "settings", default=(), **options)
-        self.setting = None if dest == "set" else dest
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        value = self.const if self.nargs == 0 else values
-        namespace.settings = [*namespace.settings, (option_string, self.setting, value)]
-
-
-def settings_parser():
-    """The settings a user types every day, as flags; `--set` gives any other."""
-    parent = argparse.ArgumentParser(add_help=False)
-    group = parent.add_argument_group("settings (each once: a flag or --set; over the --config file's)")
-    setting(group, "--set", metavar="NAME=VALUE", help="any setting of training/config.py (listed below), its value in YAML; "
-            "repeatable: --set ema=0.99 --set 'augmentation={rotation: 0.5}'")
-    setting(group, "--metadata", nargs=0, const=True, help="add the metadata head (age, sex, site)")
-    setting(group, "--weights", help="pretrained models: imagenet, none, or a weights file")
-    setting(group, "--epochs", type=int)
-    setting(group, "--seed", type=int, help="fixes the split, sampling, augmentation and initial weights")
-    setting(group, "--limit", type=int, metavar="N", help="use a stratified subset of N images (smoke runs)")
-    setting(group, "--split", type=Path, metavar="FILE", help="reuse a split.csv (e.g. another run's) instead of making one")
-    setting(group, "--data-dir", type=Path, help="HAM10000 folder (default: $HAM10000_DIR, data/ham10000, ../shared/ham10000)")
-    setting(group, "--output-dir", type=Path, help="where runs/, studies/ and tuning/ go")
-    setting(group, "--track", dest="tracking", nargs=0, const="mlflow", help="log the run to MLflow: $MLFLOW_TRACKING_URI, else "
-            "OUTPUT_DIR/mlflow.db (needs `pip install -e .[track]`); --set track_model=true also logs model.keras")
-    return parent
-
-
-def setting(group, flag, help=None, **options):
-    """Adds `flag` (`--data-dir`: the setting data_dir), its help ending in the setting's default."""
-    name = options.setdefault("dest", flag.removeprefix("--").replace("-", "_"))
-    if name in TrainConfig.defaults() and options.get("nargs") != 0:
-        default = TrainConfig.defaults()[name]
-        help = f"{help + ' ' if help else ''}(default: {'none' if default is None else default})"
-    group.add_argument(flag, action=Setting, help=help, **options)
 
 
 def add_inspection_parsers(subparsers, console):

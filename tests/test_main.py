@@ -32,7 +32,7 @@ def command_parser(name):
 
 @pytest.mark.parametrize("command", ["train", "tune"])
 def test_train_and_tune_share_the_setting_flags_and_every_one_names_a_setting(command):
-    flags = {action.option_strings[0]: action for action in command_parser(command)._actions if isinstance(action, main.Setting)}
+    flags = {action.option_strings[0]: action for action in command_parser(command)._actions if isinstance(action, commands.Setting)}
     assert set(flags) - {"--set"} == SETTING_FLAGS
     assert {action.setting for flag, action in flags.items() if flag != "--set"} <= set(TrainConfig.defaults())
 

@@ -209,19 +209,7 @@ def continue_search(search_dir, overrides=None, trials=None):
         # The trials' run folders live in the search folder; their MLflow runs go beside the others.
         os.environ["MLFLOW_TRACKING_URI"] = tracking_uri(search_dir.parent.parent)
     trial_config = dataclasses.replace(trial_config, output_dir=str(search_dir))
-    objective = keras_tuner.Objective(OBJECTIVE, direction="max")
-    space = search_space(trial_config)
-    # KerasTuner takes a seed of 0 for none (a random one): shifted by one, the seed fixes the proposals.
-    seed = trial_config.seed + 1 if trial_config.seed < MAX_SEED else MAX_SEED
-    common = dict(objective=objective, seed=seed, hyperparameters=space, allow_new_entries=False, tune_new_entries=False)
-    if search["tuner"] == "hyperband":
-        oracle = keras_tuner.oracles.HyperbandOracle(max_epochs=trial_config.epochs, factor=3, **common)
-        oracle.max_trials = search["trials"]
-    else:
-        # KerasTuner's default is 3 random trials per hyper-parameter (21 here): a CPU-sized search
-        # would never leave random search. A third of the trials, at least 2, start the model.
-        initial = max(2, search["trials"] // 3)
-        oracle = keras_tuner.oracles.BayesianOptimizationOracle(max_trials=search["trials"], num_initial_points=initial, **common)
+    oracle = _oracle(search, trial_config)
     tuner = RunTuner(oracle, search_dir, trial_config, search)
     role = distributed_role()
     if role == "worker" or len(search["results"]) < search["trials"]:
@@ -245,6 +233,24 @@ def continue_search(search_dir, overrides=None, trials=None):
         f"(train it: python main.py --model {final_config.model} --config {search_dir / BEST_FILENAME})"
     )
     return search_dir
+
+
+def _oracle(search, trial_config):
+    """KerasTuner's oracle of the search (`tuning.json`'s tuner and trials), over `search_space`."""
+    objective = keras_tuner.Objective(OBJECTIVE, direction="max")
+    space = search_space(trial_config)
+    # KerasTuner takes a seed of 0 for none (a random one): shifted by one, the seed fixes the proposals.
+    seed = trial_config.seed + 1 if trial_config.seed < MAX_SEED else MAX_SEED
+    common = dict(objective=objective, seed=seed, hyperparameters=space, allow_new_entries=False, tune_new_entries=False)
+    if search["tuner"] == "hyperband":
+        oracle = keras_tuner.oracles.HyperbandOracle(max_epochs=trial_config.epochs, factor=3, **common)
+        oracle.max_trials = search["trials"]
+    else:
+        # KerasTuner's default is 3 random trials per hyper-parameter (21 here): a CPU-sized search
+        # would never leave random search. A third of the trials, at least 2, start the model.
+        initial = max(2, search["trials"] // 3)
+        oracle = keras_tuner.oracles.BayesianOptimizationOracle(max_trials=search["trials"], num_initial_points=initial, **common)
+    return oracle
 
 
 class RunTuner(keras_tuner.engine.base_tuner.BaseTuner):
