@@ -161,7 +161,7 @@ class Check:
             "--data-dir", self.data_dir, "--output-dir", str(output),
         ]
         if self.toy:
-            arguments += ["--image-size", str(self.size["image_size"]), "--batch-size", str(self.size["batch_size"]), *TOY_TRAINING]
+            arguments += ["--set", f"image_size={self.size['image_size']}", "--set", f"batch_size={self.size['batch_size']}", *TOY_TRAINING]
         started = time.monotonic()
         status = main.main(arguments)
         seconds = time.monotonic() - started

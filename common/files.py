@@ -6,6 +6,7 @@ so an interrupted run leaves either the old file or the new one, never half of o
 """
 
 import contextlib
+import datetime
 import fcntl
 import json
 import os
@@ -88,6 +89,16 @@ def check_writable(folder):
             pass
     except OSError as error:
         raise UserError(f"{folder}: cannot write there ({error.strerror})") from None
+
+
+def timestamp(now=None):
+    """"20261123-101500": how every run, study, search and comparison folder's name begins."""
+    return (now or datetime.datetime.now()).strftime("%Y%m%d-%H%M%S")
+
+
+def new_stamped_folder(parent, name, now=None):
+    """A new folder `parent/<timestamp>-<name>` (`new_folder`: "-2", "-3", ... for a second in the same second)."""
+    return new_folder(Path(parent) / f"{timestamp(now)}-{name}")
 
 
 def new_folder(path):

@@ -7,7 +7,7 @@
         gallery/ (Grad-CAM thumbnails of the test subset)
         checkpoint/ (while training: the last epoch's model and state, for --resume)
         run.lock (while a process trains in the folder: its id and machine)
-        tensorboard/ (TensorBoard's logs)  mlflow_run.json (with tracking: the MLflow run's id)
+        tensorboard/ (TensorBoard's logs)
 
 This module owns the layout: the file names, the history's columns, and the helpers that make,
 lock and read the folder. Training writes it, evaluation and inference read it, and neither
@@ -15,7 +15,6 @@ imports the other for it.
 """
 
 import contextlib
-import datetime
 import json
 import os
 import socket
@@ -25,7 +24,7 @@ import pandas as pd
 import yaml
 
 from common.errors import DataError, UserError
-from common.files import new_folder, process_alive, write_csv
+from common.files import new_stamped_folder, process_alive, write_csv
 from common.tables import read_csv, require_columns
 
 CONFIG_FILENAME = "config.yaml"
@@ -49,7 +48,6 @@ TTA_DIR = "tta"
 CHECKPOINT_DIR = "checkpoint"
 STATE_FILENAME = "state.json"  # in CHECKPOINT_DIR: what a resumed run trusts
 LOCK_FILENAME = "run.lock"
-TRACKING_FILENAME = "mlflow_run.json"  # the run's MLflow run id, where it is tracked (training.tracking)
 TENSORBOARD_DIR = "tensorboard"  # TensorBoard's event files, train/ and validation/
 
 # history.csv, one row per epoch: where the epoch stands, then what Keras measured.
@@ -68,8 +66,7 @@ def create_run_dir(output_dir, name, now=None):
 
     Two runs started in the same second get the suffixes "-2", "-3", ...
     """
-    stamp = (now or datetime.datetime.now()).strftime("%Y%m%d-%H%M%S")
-    return new_folder(Path(output_dir) / "runs" / f"{stamp}-{name}")
+    return new_stamped_folder(Path(output_dir) / "runs", name, now)
 
 
 @contextlib.contextmanager

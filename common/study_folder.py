@@ -17,6 +17,7 @@ from pathlib import Path
 
 from common.errors import DataError
 from common.files import read_json
+from common.run_folder import CONFIG_FILENAME
 
 STUDY_FILENAME = "study.json"
 SETTINGS_FILENAME = "study.yaml"
@@ -53,3 +54,24 @@ def finished_runs(study_dir):
         for run in read_study(study_dir)["runs"]
         if run["finished"]
     ]
+
+
+def find_run_folders(folders):
+    """The run folders in `folders` (run folders, study folders, or folders of run folders), as
+    (run folder, its study's name or None), a study's finished runs in planned order.
+
+    Raises:
+        DataError: a folder that is none of the three.
+    """
+    found = []
+    for folder in map(Path, folders):
+        if is_study_dir(folder):
+            found += [(Path(run["run_dir"]), folder.resolve().name) for run in finished_runs(folder)]
+        elif (folder / CONFIG_FILENAME).is_file():
+            found.append((folder, None))
+        else:
+            run_dirs = sorted(path.parent for path in folder.glob(f"*/{CONFIG_FILENAME}"))
+            if not run_dirs:
+                raise DataError(f"{folder}: neither a run folder, a study folder, nor a folder of run folders")
+            found += [(run_dir, None) for run_dir in run_dirs]
+    return found

@@ -31,7 +31,7 @@ CACHE_DIR_VARIABLE = "HAM10000_CACHE"
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "ham10000-study"
 # Bump when `read_image` changes how it resizes, so that old caches are not reused.
 DECODER_VERSION = 1
-CACHE_DIR_REMEDY = f"pass --cache-dir a writable folder, or set {CACHE_DIR_VARIABLE} to one"
+CACHE_DIR_REMEDY = f"pass --set cache_dir=DIR (evaluate: --cache-dir DIR) a writable folder, or set {CACHE_DIR_VARIABLE} to one"
 
 
 @dataclass(frozen=True)
@@ -153,7 +153,7 @@ def _check_free_space(cache_dir, needed_bytes):
     if needed_bytes * 1.1 > free:
         raise DataError(
             f"{cache_dir}: the image cache needs {_size(needed_bytes)} and the disk has {_size(free)} free "
-            "(free some space, use a smaller --image-size, or pass --cache-dir on another disk)"
+            "(free some space, use a smaller image_size, or a cache_dir on another disk)"
         )
 
 
@@ -177,7 +177,7 @@ def _unreadable_error(image_ids, total):
     if len(image_ids) == total:
         return DataError(f"none of the {total} images can be decoded: {first_few(image_ids)} (are they image files?)")
     return DataError(
-        f"{_unreadable_summary(image_ids, total)} (replace the files, or pass --drop-missing-images to leave them out)"
+        f"{_unreadable_summary(image_ids, total)} (replace the files, or leave them out: --set drop_missing_images=true, evaluate: --drop-missing-images)"
     )
 
 

@@ -39,7 +39,7 @@ class Balance:
 
     def __post_init__(self):
         if self.mode not in BALANCE_MODES:
-            raise ValueError(f"unknown balance mode {self.mode!r} (expected one of {', '.join(BALANCE_MODES)})")
+            raise ValueError(f"unknown balance {self.mode!r} (expected one of {', '.join(BALANCE_MODES)})")
         if self.target < 1:
             raise ValueError(f"balance target must be a positive number of images per class; got {self.target}")
         if self.max_oversampling < 1:
@@ -107,9 +107,7 @@ def class_weights(labels, boost=None, num_classes=len(CLASS_NAMES)):
     balanced = compute_class_weight("balanced", classes=present, y=labels)
     weights = {index: 1.0 for index in range(num_classes)}
     weights.update({int(label): float(weight) for label, weight in zip(present, balanced)})
-    for name, factor in (boost or {}).items():
-        if name not in CLASS_NAMES:
-            raise ValueError(f"unknown class {name!r} in class weight boost (expected one of {', '.join(CLASS_NAMES)})")
+    for name, factor in (boost or {}).items():  # its class names are checked with the config (`TrainConfig.validate`)
         weights[CLASS_NAMES.index(name)] *= float(factor)
     return weights
 

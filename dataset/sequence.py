@@ -10,7 +10,6 @@ however many workers fetch its batches and whether or not it was interrupted and
 """
 
 import math
-import threading
 import time
 
 import keras
@@ -83,9 +82,9 @@ class LesionSequence(keras.utils.PyDataset):
         # the two images' weights as MixUp and CutMix mix their labels.
         self.class_weights = None
         self.seed = seed
-        # Seconds spent in __getitem__ by all workers together: how hard the input pipeline works.
-        self.fetch_seconds = 0.0
-        self._fetch_lock = threading.Lock()
+        # Seconds each batch took to make, in the order made by all workers together: how hard the
+        # input pipeline works (`training.diagnostics.input_bound`). list.append needs no lock between threads.
+        self.fetch_seconds = []
         self.set_epoch(epoch)
 
     def set_epoch(self, epoch):
@@ -103,12 +102,6 @@ class LesionSequence(keras.utils.PyDataset):
 
     def __getitem__(self, index):
         started = time.perf_counter()
-        batch = self._make_batch(index)
-        with self._fetch_lock:
-            self.fetch_seconds += time.perf_counter() - started
-        return batch
-
-    def _make_batch(self, index):
         if not 0 <= index < len(self):
             raise IndexError(f"batch {index} out of range for a sequence of {len(self)} batches")
         positions = self.positions[index * self.batch_size : (index + 1) * self.batch_size]
@@ -121,9 +114,9 @@ class LesionSequence(keras.utils.PyDataset):
         metadata = None if self.metadata is None else self.metadata[positions]
         images, labels, metadata = mix_batch(images, labels, rng, mixup=self.mixup, cutmix=self.cutmix, metadata=metadata)
         inputs = images if metadata is None else (images, metadata)
-        if self.class_weights is None:
-            return inputs, labels
-        return inputs, labels, labels @ np.asarray(self.class_weights, dtype=np.float32)
+        batch = (inputs, labels) if self.class_weights is None else (inputs, labels, labels @ np.asarray(self.class_weights, dtype=np.float32))
+        self.fetch_seconds.append(time.perf_counter() - started)
+        return batch
 
     @property
     def epoch_labels(self):

@@ -7,17 +7,18 @@ Importing the package registers every model; add a new one by writing a module w
 `@register_backbone` function and importing it here (the README's "Adding a model").
 """
 
-from networks import applications, cnn, densenet, efficientnet_lite, vgg16, vgg16_bn  # noqa: F401  (registers the models)
+from networks import applications, conv_blocks, densenet, efficientnet_lite, vgg16  # noqa: F401  (registers the models)
 from networks.augmentation import AugmentationOptions, build_augmentation, let_augmentation_compile
 from networks.finetune import Blocks, backbone_variables, freeze_backbone, unfreeze_top_blocks
 from networks.heads import HeadOptions
-from networks.registry import create_model, get_model_entry, list_models, model_options
+from networks.registry import check_input, create_model, get_model_entry, list_models, model_options
 
 __all__ = [
     "AugmentationOptions",
     "Blocks",
     "backbone_variables",
     "build_augmentation",
+    "check_input",
     "HeadOptions",
     "create_model",
     "freeze_backbone",

@@ -123,6 +123,9 @@ def let_augmentation_compile(model):
     """
     if keras.backend.backend() != "jax":
         return model
+    # Private Keras API, for want of a public one: `_flatten_layers` is the only walk that reaches
+    # the layers nested inside other layers (RandAugment's own transforms), which `Model.layers`
+    # does not list; `supports_jit` is what `compile`'s "auto" reads, and has no public setter.
     for layer in model._flatten_layers():
         if layer.name == AUGMENTATION_NAME:
             for transform in layer._flatten_layers(include_self=False):

@@ -85,6 +85,15 @@ def model_options(name, overrides=None):
     return entry.options(**overrides)
 
 
+def check_input(name, image_size, weights=None):
+    """Raises ValueError where model `name` cannot take `image_size`, or takes no `weights`."""
+    entry = get_model_entry(name)
+    if image_size < entry.min_image_size:
+        raise ValueError(f"image_size {image_size} is too small for model {name!r} (it needs at least {entry.min_image_size})")
+    if weights is not None and not entry.pretrained:
+        raise ValueError(f"model {name!r} is trained from scratch and takes no weights; got weights={weights!r}")
+
+
 def create_model(
     name, image_size, *, num_classes=7, metadata_features=0, head=None, options=None, weights=None, augmentation=None,
     colour_constancy=0,
@@ -112,11 +121,8 @@ def create_model(
         ValueError: unknown name or option, an image size the model cannot take, or weights for
             a model that has none.
     """
+    check_input(name, image_size, weights)
     entry = get_model_entry(name)
-    if image_size < entry.min_image_size:
-        raise ValueError(f"model {name!r} needs images of at least {entry.min_image_size}x{entry.min_image_size}; got image size {image_size}")
-    if weights is not None and not entry.pretrained:
-        raise ValueError(f"model {name!r} is trained from scratch and takes no weights; got weights={weights!r}")
     if not isinstance(options, entry.options):
         options = model_options(name, options)
     backbone = entry.backbone(image_size, options, weights) if entry.pretrained else entry.backbone(image_size, options)

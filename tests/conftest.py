@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-import main
 from dataset import find_data_dir, load_metadata
 from dataset.metadata import METADATA_FILENAME, stratified_subset
+from pipeline import run_experiment
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TINY_CONFIG = REPO_ROOT / "configs" / "tiny.yaml"
@@ -132,7 +132,7 @@ def study(real_toy_dir, tmp_path_factory):
     tell ten requests apart), which a toy model trained on generated images does not always do.
     """
     output = tmp_path_factory.mktemp("study")
-    assert run_main("--model", "all", "--config", TINY_CONFIG, "--data-dir", real_toy_dir, "--output-dir", output) == 0
+    run_experiment("all", TINY_CONFIG, {"data_dir": str(real_toy_dir), "output_dir": str(output)})
     return output
 
 
@@ -142,6 +142,9 @@ def study_run(study, name):
 
 
 def run_main(*arguments):
+    """`python main.py ARGUMENTS` in this process; its exit status."""
+    import main  # only the tests of the command line need it (it sets up the console when imported)
+
     return main.main([str(argument) for argument in arguments])
 
 

@@ -7,7 +7,7 @@ import yaml
 
 from benchmarks.ablation import command, read_runs, recipe_difference
 from conftest import TINY_CONFIG
-from main import parse_settings
+from training.config import parse_settings
 from training import load_config
 
 

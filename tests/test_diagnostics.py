@@ -10,7 +10,7 @@ import pytest
 
 from common.errors import TrainingError
 from conftest import TINY_CONFIG, run_main
-from dataset.sequence import LesionSequence
+from dataset import sequence
 from evaluation.report import diagnostics_list
 from training.diagnostics import (
     CHANCE_FROM_EPOCH, INPUT_BOUND_SHARE, LOSS_PATIENCE, OVERFIT_EPOCHS, at_chance, check_finite, first_warnings,
@@ -98,34 +98,33 @@ def test_a_non_finite_loss_raises_a_one_line_error_naming_the_epoch_and_the_fixe
         check_finite(rows)
     message = str(error.value)
     assert "\n" not in message and message.startswith(f"epoch 4: {column} is")
-    assert "--lr" in message and "mixed_precision" in message
+    assert "--set lr=" in message and "mixed_precision" in message
 
 
 @pytest.mark.backend
 def test_nan_loss_stops_a_real_run_with_the_one_line_error(toy_dir, tmp_path, capsys):
-    arguments = ["--model", "cnn", "--config", TINY_CONFIG, "--lr", 1e12, "--data-dir", toy_dir, "--output-dir", tmp_path]
+    arguments = ["--model", "cnn", "--config", TINY_CONFIG, "--set", "lr=1e12", "--data-dir", toy_dir, "--output-dir", tmp_path]
     assert run_main(*arguments) == 2
     (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
-    assert line.startswith("error: epoch 1: loss is nan; training diverged") and "--lr" in line
+    assert line.startswith("error: epoch 1: loss is nan; training diverged") and "--set lr=" in line
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert not (run_dir / "training.json").exists() and not (run_dir / "history.csv").exists()
 
 
 @pytest.mark.backend
 def test_a_real_run_with_slow_batches_warns_that_the_model_waits_for_data(toy_dir, tmp_path, monkeypatch, capsys):
-    make_batch = LesionSequence._make_batch
+    flip = sequence.random_dihedral
 
-    def slow_batch(self, index):
-        if self.shuffle:  # the training batch, as a slow disk or decoder would make it
-            time.sleep(3.0)
-        return make_batch(self, index)
+    def slow_flip(images, rng):  # the training batch's augmentation, as a slow disk or decoder would make it
+        time.sleep(3.0)
+        return flip(images, rng)
 
-    monkeypatch.setattr(LesionSequence, "_make_batch", slow_batch)
+    monkeypatch.setattr(sequence, "random_dihedral", slow_flip)
     # One step per epoch, so that the sleep outweighs the step however busy the machine is, and
     # one worker: the input share divides the sequence's time by the workers, as if they all
     # fetched at once, which one batch per epoch does not give them.
     arguments = [
-        "--model", "cnn", "--config", TINY_CONFIG, "--epochs", 2, "--batch-size", 128,
+        "--model", "cnn", "--config", TINY_CONFIG, "--epochs", 2, "--set", "batch_size=128",
         "--data-dir", toy_dir, "--output-dir", tmp_path, "--set", "workers=1",
     ]
     assert run_main(*arguments) == 0

@@ -146,20 +146,20 @@ def train_every_run(toy_dir, output):
     cache = Path(os.environ["HAM10000_CACHE"]) / "jax-compilation"
     entries = {}
     arguments = ["--model", "cnn", "--config", TINY_CONFIG, "--epochs", 2, "--data-dir", toy_dir]
-    assert run_main(*arguments, "--devices", 1, "--output-dir", output / "one-device") == 0
-    assert run_main(*arguments, "--devices", 2, "--output-dir", output / "two-devices") == 0
+    assert run_main(*arguments, "--set", "devices=1", "--output-dir", output / "one-device") == 0
+    assert run_main(*arguments, "--set", "devices=2", "--output-dir", output / "two-devices") == 0
     entries["after two devices"] = sorted(path.name for path in cache.iterdir())
     with pytest.MonkeyPatch.context() as patch:
         interrupt_after(patch, 1)
-        assert run_main(*arguments, "--devices", 2, "--output-dir", output / "two-devices-resumed") == 130
+        assert run_main(*arguments, "--set", "devices=2", "--output-dir", output / "two-devices-resumed") == 130
     (interrupted,) = (output / "two-devices-resumed" / "runs").iterdir()
     assert run_main("--resume", interrupted) == 0
     entries["after the resumed run"] = sorted(path.name for path in cache.iterdir())
     (output / "cache-entries.json").write_text(json.dumps(entries))
     with pytest.MonkeyPatch.context() as patch:
         interrupt_after(patch, 1)
-        assert run_main(*arguments, "--devices", 2, "--output-dir", output / "to-resume-on-two-hosts") == 130
-    assert run_main(*arguments, "--devices", 2, "--batch-size", 7, "--output-dir", output / "refused") == 2
+        assert run_main(*arguments, "--set", "devices=2", "--output-dir", output / "to-resume-on-two-hosts") == 130
+    assert run_main(*arguments, "--set", "devices=2", "--set", "batch_size=7", "--output-dir", output / "refused") == 2
 
 
 if __name__ == "__main__":

@@ -157,7 +157,7 @@ def test_evaluate_external_feeds_metadata_through_the_run_encoder(tmp_path):
 def test_evaluate_external_reports_a_missing_image(external_case, tmp_path):
     run_dir, data_dir = external_case
     (data_dir / "ISIC_0000003.jpg").unlink()
-    message = r"^1 of 8 images not found in .*clinic: ISIC_0000003 \(pass --drop-missing-images to leave them out\)$"
+    message = r"^1 of 8 images not found in .*clinic: ISIC_0000003 \(to leave them out: --set drop_missing_images=true, evaluate: --drop-missing-images\)$"
     with pytest.raises(DataError, match=message):
         evaluate_external(run_dir, data_dir, cache_dir=tmp_path / "cache", verbose=False)
     assert not (run_dir / "external").exists()

@@ -6,10 +6,13 @@ import pandas as pd
 import pytest
 
 import main
+import pipeline.experiment
 import training.config
 from common.errors import DataError
 from conftest import REPO_ROOT, TINY_CONFIG, copy_toy_dir, run_main
+from pipeline import commands
 from training import ConfigError, TrainConfig, load_config, trainer
+from training.config import parse_settings
 
 RUN_FILES = (
     "config.yaml", "split.csv", "environment.json", "history.csv", "training.json", "model.keras",
@@ -18,46 +21,45 @@ RUN_FILES = (
 )
 
 
-# Settings a config file sets and no flag does: structured values and tuning knobs.
-FILE_ONLY_SETTINGS = {
-    "model_options", "head", "split_fractions", "balance_target", "max_oversampling", "class_weight_boost",
-    "augment", "augmentation", "optimizer", "weight_decay", "schedule", "warmup_epochs", "label_smoothing",
-    "focal_gamma", "melanoma_cost", "lr_patience", "lr_factor", "min_lr", "early_stopping_patience",
-    "selection_window", "ema", "colour_constancy", "mixup", "cutmix", "head_epochs", "fine_tune_from_block", "fine_tune_lr_factor", "fine_tune_batch_norm", "mixed_precision", "jit_compile",
-    "tensorboard", "compilation_cache",
-    "fold",
-}
-# Flags of `train` that are not settings.
-COMMAND_FLAGS = {"help", "config", "resume", "verbose", "settings", "folds", "seeds", "submit", "jobs", "submit_options"}
+# The settings a user types every day have flags; `--set` gives every setting.
+SETTING_FLAGS = {"--metadata", "--weights", "--epochs", "--seed", "--limit", "--split", "--data-dir", "--output-dir", "--track"}
 
 
-def train_parser():
+def command_parser(name):
     commands = next(action for action in main.build_parser()._actions if action.dest == "command")
-    return commands.choices["train"]
+    return commands.choices[name]
 
 
-def test_every_setting_has_a_flag_or_is_file_only_and_every_flag_is_a_setting():
-    flags = {action.dest for action in train_parser()._actions}
-    settings = set(TrainConfig.defaults())
-    assert flags - settings == COMMAND_FLAGS
-    assert settings - flags == FILE_ONLY_SETTINGS
+@pytest.mark.parametrize("command", ["train", "tune"])
+def test_train_and_tune_share_the_setting_flags_and_every_one_names_a_setting(command):
+    flags = {action.option_strings[0]: action for action in command_parser(command)._actions if isinstance(action, commands.Setting)}
+    assert set(flags) - {"--set"} == SETTING_FLAGS
+    assert {action.setting for flag, action in flags.items() if flag != "--set"} <= set(TrainConfig.defaults())
 
 
-def test_flags_become_overrides_and_help_shows_the_real_defaults():
-    arguments = train_parser().parse_args(["--model", "cnn", "--lr", "0.01", "--no-class-weights", "--data-dir", "x"])
-    overrides = main.setting_flags(arguments)
-    assert {key: value for key, value in overrides.items() if value is not None} == {"lr": 0.01, "class_weights": False, "data_dir": "x"}
-    assert "model" not in overrides and set(overrides) <= set(TrainConfig.defaults())
-    text = " ".join(train_parser().format_help().split())
-    assert "learning rate (default: 0.001)" in text and f"(default: {TrainConfig.epochs})" in text
-    assert "(default: None)" not in text
+def test_flags_and_set_become_one_set_of_overrides_and_help_shows_the_real_defaults():
+    arguments = command_parser("train").parse_args(
+        ["--model", "cnn", "--set", "lr=0.01", "--set", "class_weights=false", "--data-dir", "x", "--metadata", "--track"]
+    )
+    assert commands.overrides(arguments) == {"lr": 0.01, "class_weights": False, "data_dir": "x", "metadata": True, "tracking": "mlflow"}
+    text = " ".join(command_parser("train").format_help().split())
+    assert f"(default: {TrainConfig.epochs})" in text and "(default: None)" not in text
+    assert "focal_gamma" in text  # the settings without a flag are listed for --set
 
 
-def test_set_assigns_any_setting_in_yaml_and_a_flag_wins_over_it():
-    assert main.parse_settings(["ema=0.99", "augmentation={rotation: 0.5, zoom: 0.2}", "lr=1"]) == {
+def test_a_setting_given_by_a_flag_and_by_set_is_refused_and_a_repeated_option_keeps_its_last_value():
+    arguments = command_parser("train").parse_args(["--epochs", "3", "--set", "epochs=4"])
+    with pytest.raises(ConfigError, match="--epochs and --set both set epochs: give it once"):
+        commands.overrides(arguments)
+    arguments = command_parser("train").parse_args(["--epochs", "3", "--epochs", "4", "--set", "ema=0.9", "--set", "ema=0.99"])
+    assert commands.overrides(arguments) == {"epochs": 4, "ema": 0.99}
+
+
+def test_set_assigns_any_setting_in_yaml():
+    assert parse_settings(["ema=0.99", "augmentation={rotation: 0.5, zoom: 0.2}", "lr=1"]) == {
         "ema": 0.99, "augmentation": {"rotation": 0.5, "zoom": 0.2}, "lr": 1,
     }
-    config = load_config("densenet", TINY_CONFIG, main.parse_settings(["ema=0.99", "weights=none"]))
+    config = load_config("densenet", TINY_CONFIG, parse_settings(["ema=0.99", "weights=none"]))
     assert config.ema == 0.99 and config.weights is None and config.image_size == 32  # the rest from the file
 
 
@@ -129,7 +131,7 @@ def test_interrupted_run_resumes_without_losing_or_repeating_an_epoch(toy_dir, t
     [
         (["--model", "resnet"], "error: unknown model 'resnet' (available: cnn, convnext_tiny, densenet, densenet121, "),
         (["--model", "cnn", "--epochs", "-2"], "error: epochs must be a positive integer; got -2"),
-        (["--model", "vgg16", "--image-size", "16"], "error: image_size 16 is too small for model 'vgg16'"),
+        (["--model", "vgg16", "--set", "image_size=16"], "error: image_size 16 is too small for model 'vgg16'"),
         (["--model", "cnn", "--config", "nowhere.yaml"], "error: nowhere.yaml: config file not found"),
         (["--model", "cnn", "--data-dir", "nowhere"], "error: nowhere: data folder not found"),
         (["--resume", "nowhere"], "error: nowhere: not a run folder"),
@@ -149,7 +151,7 @@ def test_bad_input_fails_with_one_line_before_any_work(arguments, message, tmp_p
 @pytest.mark.parametrize(
     "arguments, message",
     [
-        (["--model", "cnn", "--lr", "inf"], "error: setting 'lr' must be a finite number; got inf"),
+        (["--model", "cnn", "--set", "lr=.inf"], "error: setting 'lr' must be a finite number; got inf"),
         (["--model", ""], "error: unknown model '' (available: cnn, convnext_tiny, densenet, densenet121, "),
         (["--model", "cnn", "--seed", "-1"], "error: seed must be in [0, 4294967295]; got -1"),
         (["--model", "cnn", "--seed", "4294967296"], "error: seed must be in [0, 4294967295]; got 4294967296"),
@@ -203,7 +205,7 @@ def test_without_config_the_preset_fits_the_hardware(kind, preset, monkeypatch, 
         trained.append(config)
         raise DataError("stopped before training")
 
-    monkeypatch.setattr(main, "train_run", record)
+    monkeypatch.setattr(pipeline.experiment, "train_and_evaluate", record)
     assert run_main("--model", "densenet", "--seed", 3) == 2
     assert trained == [load_config("densenet", REPO_ROOT / "configs" / preset, {"seed": 3})]
     assert f"so the preset configs/{preset}" in capsys.readouterr().out

@@ -58,7 +58,7 @@ def test_unknown_model_error_lists_valid_names():
 
 
 def test_image_too_small_for_the_model():
-    with pytest.raises(ValueError, match="needs images of at least 32x32; got image size 16"):
+    with pytest.raises(ValueError, match=r"image_size 16 is too small for model .* \(it needs at least 32\)"):
         create_model("cnn", 16)
 
 

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
-import main
+import evaluation
 from conftest import REPO_ROOT, TINY_CONFIG, copy_toy_dir, run_main
 from common.errors import DataError
 from common.run_folder import LOCK_FILENAME, TIMING_COLUMNS, run_lock
@@ -219,13 +219,13 @@ def test_cache_the_disk_cannot_hold_is_refused(toy_dir, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("where", ["--cache-dir", "HAM10000_CACHE"])
+@pytest.mark.parametrize("where", ["cache_dir", "HAM10000_CACHE"])
 def test_image_cache_in_a_file_is_one_line(where, toy_dir, tmp_path, monkeypatch, capsys):
     file = tmp_path / "file"
     file.write_text("")
     arguments = ["--model", "cnn", "--config", TINY_CONFIG, "--data-dir", toy_dir, "--output-dir", tmp_path / "out"]
-    if where == "--cache-dir":
-        arguments += ["--cache-dir", file / "cache"]
+    if where == "cache_dir":
+        arguments += ["--set", f"cache_dir={file / 'cache'}"]
     else:
         monkeypatch.setenv("HAM10000_CACHE", str(file))
     assert run_main(*arguments) == 2
@@ -250,9 +250,9 @@ def test_read_only_image_cache_names_the_cache_s_flag(toy_dir, tmp_path, monkeyp
     monkeypatch.setattr(os, "open", read_only(os.open))
     monkeypatch.setattr("builtins.open", read_only(open))
     arguments = ["--model", "cnn", "--config", TINY_CONFIG, "--data-dir", toy_dir, "--output-dir", tmp_path / "out"]
-    assert run_main(*arguments, "--cache-dir", cache) == 2
+    assert run_main(*arguments, "--set", f"cache_dir={cache}") == 2
     line = only_line(capsys)
-    assert f"{cache}: cannot write there (Read-only file system); the image cache needs a writable folder (pass --cache-dir" in line
+    assert f"{cache}: cannot write there (Read-only file system); the image cache needs a writable folder (pass --set cache_dir=DIR" in line
     assert "--output-dir" not in line
 
 
@@ -276,7 +276,7 @@ def test_a_bug_is_not_reported_as_bad_input(monkeypatch):
     def bug(*args, **kwargs):
         raise ValueError("Input 0 of layer 'dense' is incompatible with the layer")
 
-    monkeypatch.setattr(main, "train_run", bug)
+    monkeypatch.setattr("pipeline.run.train_run", bug)
     with pytest.raises(ValueError, match="incompatible"):
         run_main("--model", "cnn", "--config", TINY_CONFIG)
 
@@ -391,8 +391,8 @@ def test_every_image_unreadable_says_so(toy_dir, tmp_path, capsys):
     data = copy_toy_dir(toy_dir, tmp_path / "data")
     for image in (data / "images").glob("*.jpg"):
         image.write_text("not an image")
-    arguments = ["--model", "cnn", "--config", TINY_CONFIG, "--data-dir", data, "--drop-missing-images"]
-    assert run_main(*arguments, "--output-dir", tmp_path, "--cache-dir", tmp_path / "cache") == 2
+    arguments = ["--model", "cnn", "--config", TINY_CONFIG, "--data-dir", data, "--set", "drop_missing_images=true"]
+    assert run_main(*arguments, "--output-dir", tmp_path, "--set", f"cache_dir={tmp_path / 'cache'}") == 2
     assert "none of the 80 images can be decoded" in only_line(capsys)
 
 
@@ -400,13 +400,13 @@ def test_interrupted_evaluation_does_not_speak_of_resuming(monkeypatch, tmp_path
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(main.evaluation, "evaluate_run", interrupted)
+    monkeypatch.setattr(evaluation, "evaluate_run", interrupted)
     assert run_main("evaluate", tmp_path) == 130
     assert capsys.readouterr().err == "\ninterrupted\n"
 
 
 def test_resume_refuses_settings_it_cannot_change(damaged_run, capsys):
-    assert run_main("--resume", damaged_run, "--epochs", 10, "--lr", 0.1) == 2
+    assert run_main("--resume", damaged_run, "--epochs", 10, "--set", "lr=0.1") == 2
     assert "it can change data_dir, cache_dir, workers, devices, compilation_cache, not epochs, lr" in only_line(capsys)
     assert run_main("--resume", damaged_run, "--model", "vgg16") == 2
     assert "drop --model, --config, --folds and --seeds" in only_line(capsys)
@@ -426,7 +426,9 @@ def test_resume_of_a_finished_run_says_it_is_finished(study, capsys):
 def test_console_shows_only_the_project_lines_unless_verbose(tmp_path):
     def stderr(*flags):
         command = [sys.executable, str(REPO_ROOT / "main.py"), "--model", "resnet", *flags]
-        return subprocess.run(command, cwd=tmp_path, capture_output=True, text=True).stderr
+        # As from a shell: not the log level TensorFlow set in this process when it was imported.
+        environment = {name: value for name, value in os.environ.items() if name != "TF_CPP_MIN_LOG_LEVEL"}
+        return subprocess.run(command, cwd=tmp_path, env=environment, capture_output=True, text=True).stderr
 
     error = stderr()
     assert error.startswith("error: unknown model 'resnet' (available: cnn, convnext_tiny, densenet, densenet121, ") and error.count("\n") == 1

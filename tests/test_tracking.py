@@ -1,5 +1,5 @@
 """MLflow tracking (training.tracking) and TensorBoard logs: what a tracked run logs, that a
-resumed run continues its MLflow run, that finished run folders can be logged, and that
+resumed run continues its MLflow run, that finished run folders are logged once, and that
 tracking never stops a run."""
 
 import json
@@ -11,16 +11,21 @@ import pandas as pd
 import pytest
 import yaml
 
-from common.run_folder import HISTORY_FILENAME, METRICS_FILENAME, TENSORBOARD_DIR, TRACKING_FILENAME
+from common.run_folder import HISTORY_FILENAME, METRICS_FILENAME, TENSORBOARD_DIR
 from tests.conftest import REPO_ROOT, TINY_CONFIG, run_main
-from training import load_config
-from training import trainer
+from training import load_config, tracking, trainer
 from training.trainer import tensorboard_callbacks
-from training.tracking import EXPERIMENT, Tracker, flatten
+from training.tracking import EXPERIMENT, LiveCurves, flatten, log_finished_run, track_finished_run
 
 mlflow = pytest.importorskip("mlflow", reason="tracking needs the .[track] extra")
 
 TRACK_WARNING = "warning: MLflow tracking failed"
+
+
+@pytest.fixture(autouse=True)
+def fresh_process(monkeypatch):
+    """No store has failed yet, as in a new process (a failed store is not tried again in one)."""
+    monkeypatch.setattr(tracking, "_FAILED_STORES", set())
 
 
 @pytest.fixture
@@ -84,29 +89,43 @@ def test_an_interrupted_run_resumes_into_the_same_mlflow_run(toy_dir, store, mon
     (run_dir,) = (store / "runs").iterdir()
     assert run_main("--resume", run_dir) == 0
     (run,) = search(store)
-    assert run.info.run_id == json.loads((run_dir / TRACKING_FILENAME).read_text())["run_id"]
+    assert run.data.tags["run_folder"] == str(run_dir.resolve())
     assert [m.step for m in client(store).get_metric_history(run.info.run_id, "val_loss")] == [1, 2]
     assert run.info.status == "FINISHED" and "test_balanced_accuracy" in run.data.metrics
 
 
-def test_a_resumed_run_continues_its_mlflow_run(store, tmp_path):
+def tracked_folder(store, tmp_path):
+    """A config and a run folder holding its config.yaml, as `train_run` makes them before training."""
     config = load_config("cnn", TINY_CONFIG, {"tracking": "mlflow", "output_dir": str(store)})
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    first = Tracker.start(config, run_dir)
-    first.log_epoch(1, {"loss": 2.0})
-    # The process dies here; the resumed run finds the MLflow run in the run folder.
-    again = Tracker.start(config, run_dir)
-    assert again.run_id == first.run_id == json.loads((run_dir / TRACKING_FILENAME).read_text())["run_id"]
-    again.log_epoch(2, {"loss": 1.0})
-    again.finish(run_dir)
+    config.save(run_dir / "config.yaml")
+    return config, run_dir
+
+
+def test_a_resumed_run_continues_its_mlflow_run_and_the_folder_completes_it_once(store, tmp_path):
+    config, run_dir = tracked_folder(store, tmp_path)
+    history = []
+    first = LiveCurves(config, run_dir, history)
+    first.on_train_begin()
+    history.append({"epoch": 1, "loss": 2.0})
+    first.on_epoch_end(0)
+    # The process dies after epoch 2's checkpoint, before MLflow heard of it: the resumed run finds
+    # the MLflow run by the folder's tag and catches up.
+    history.append({"epoch": 2, "loss": 1.0})
+    again = LiveCurves(config, run_dir, history)
+    again.on_train_begin()
+    assert again.run_id == first.run_id
+    pd.DataFrame(history).to_csv(run_dir / HISTORY_FILENAME, index=False)
+    assert track_finished_run(run_dir, store, study="a-study") == first.run_id
     (run,) = search(store)
     assert [m.step for m in client(store).get_metric_history(run.info.run_id, "loss")] == [1, 2]
-    assert run.info.status == "FINISHED"
+    assert run.info.status == "FINISHED" and run.data.tags["study"] == "a-study"
+    assert track_finished_run(run_dir, store) is None  # logged once
 
 
 def test_track_model_logs_the_weights_too(toy_dir, store):
-    assert train_toy(toy_dir, store, "--track", "--track-model") == 0
+    assert train_toy(toy_dir, store, "--track", "--set", "track_model=true") == 0
     (run,) = search(store)
     assert "model.keras" in {item.path for item in client(store).list_artifacts(run.info.run_id)}
 
@@ -120,36 +139,42 @@ def test_unreachable_tracking_server_warns_once_and_the_run_goes_on(toy_dir, tmp
     assert len(warnings) == 1 and warnings[0].startswith(TRACK_WARNING) and "127.0.0.1:9" in warnings[0]
 
 
-def test_unwritable_or_locked_store_warns_once_and_tracking_stops(tmp_path, monkeypatch, capsys):
+def test_unwritable_or_locked_store_warns_once_and_tracking_stops(store, tmp_path, monkeypatch, capsys):
+    config, run_dir = tracked_folder(store, tmp_path)
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{blocker / 'mlflow.db'}")
-    config = load_config("cnn", TINY_CONFIG, {"tracking": "mlflow", "output_dir": str(tmp_path)})
-    assert not Tracker.start(config, tmp_path).active
+    curves = LiveCurves(config, run_dir, [])
+    curves.on_train_begin()
+    assert curves.run_id is None
     assert capsys.readouterr().err.count(TRACK_WARNING) == 1
 
     # A store that another process holds locked while the run is under way.
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    tracker = Tracker.start(config, tmp_path)
-    assert tracker.active
+    history = []
+    curves = LiveCurves(config, run_dir, history)
+    curves.on_train_begin()
+    assert curves.run_id is not None
     lock = sqlite3.connect(tmp_path / "mlflow.db", isolation_level=None)
     lock.execute("BEGIN EXCLUSIVE")
     try:
-        tracker.log_epoch(1, {"loss": 1.0})
-        tracker.log_epoch(2, {"loss": 0.5})  # switched off: no second wait, no second warning
-        tracker.finish(tmp_path)
+        for epoch in (1, 2):  # switched off after the first: no second wait, no second warning
+            history.append({"epoch": epoch, "loss": 1.0 / epoch})
+            curves.on_epoch_end(epoch - 1)
+        log_finished_run(run_dir, config)
     finally:
         lock.close()
-    assert not tracker.active
     error = capsys.readouterr().err
     assert error.count(TRACK_WARNING) == 1 and "locked" in error and "Traceback" not in error
 
 
-def test_a_sqlite_store_that_is_a_folder_fails_at_once(tmp_path, monkeypatch, capsys):
+def test_a_sqlite_store_that_is_a_folder_fails_at_once(store, tmp_path, monkeypatch, capsys):
+    config, run_dir = tracked_folder(store, tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}")  # MLflow would retry it for two minutes
-    config = load_config("cnn", TINY_CONFIG, {"tracking": "mlflow", "output_dir": str(tmp_path)})
     started = time.monotonic()
-    assert not Tracker.start(config, tmp_path).active
+    curves = LiveCurves(config, run_dir, [])
+    curves.on_train_begin()
+    assert curves.run_id is None
     assert time.monotonic() - started < 30
     assert f"{TRACK_WARNING} while starting (sqlite:///{tmp_path}: the database is a folder" in capsys.readouterr().err
 

@@ -27,9 +27,9 @@ import yaml
 
 from common.errors import ConfigError
 from common.files import write_text
-from dataset import BALANCE_MODES, CLASS_NAMES, Balance
+from dataset import CLASS_NAMES, Balance
 from dataset.split import DEFAULT_FRACTIONS, check_fractions
-from networks import AugmentationOptions, get_model_entry, list_models, model_options
+from networks import AugmentationOptions, check_input, get_model_entry, list_models, model_options
 from networks.heads import HeadOptions
 from training.devices import compute_device
 
@@ -158,6 +158,10 @@ class TrainConfig:
         return _options(AugmentationOptions, self.augmentation, "augmentation")
 
     @property
+    def balance_options(self):
+        return Balance(self.balance, self.balance_target, self.max_oversampling)
+
+    @property
     def head_options(self):
         return _options(HeadOptions, self.head, "head")
 
@@ -165,13 +169,8 @@ class TrainConfig:
         """Checks every value; raises ConfigError naming the first bad one."""
         if self.model not in list_models():
             raise ConfigError(f"unknown model {self.model!r} (available: {', '.join(list_models())})")
-        for name in ("epochs", "batch_size", "image_size", "balance_target", "workers"):
+        for name in ("epochs", "batch_size", "image_size", "workers"):
             _require(getattr(self, name) >= 1, f"{name} must be a positive integer; got {getattr(self, name)}")
-        minimum = get_model_entry(self.model).min_image_size
-        _require(
-            self.image_size >= minimum,
-            f"image_size {self.image_size} is too small for model {self.model!r} (it needs at least {minimum})",
-        )
         _require(
             self.image_size <= MAX_IMAGE_SIZE,
             f"image_size {self.image_size} is too large: at most {MAX_IMAGE_SIZE} (HAM10000's images are 600 x 450 px)",
@@ -185,8 +184,6 @@ class TrainConfig:
         _require(self.head_epochs >= 0, f"head_epochs must be 0 or more; got {self.head_epochs}")
         _require(self.fine_tune_from_block >= 1, f"fine_tune_from_block must be 1 (every block) or more; got {self.fine_tune_from_block}")
         _require(self.lr_patience >= 1 and self.early_stopping_patience >= 1, "lr_patience and early_stopping_patience must be at least 1")
-        _require(self.max_oversampling >= 1, f"max_oversampling must be at least 1; got {self.max_oversampling}")
-        _require(self.balance in BALANCE_MODES, f"unknown balance {self.balance!r} (expected one of {', '.join(BALANCE_MODES)})")
         _require(self.loss in LOSSES, f"unknown loss {self.loss!r} (expected one of {', '.join(LOSSES)})")
         _require(self.optimizer in OPTIMIZERS, f"unknown optimizer {self.optimizer!r} (expected one of {', '.join(OPTIMIZERS)})")
         _require(self.schedule in SCHEDULES, f"unknown schedule {self.schedule!r} (expected one of {', '.join(SCHEDULES)})")
@@ -213,10 +210,13 @@ class TrainConfig:
         for name in ("mixed_precision", "jit_compile"):
             _require(getattr(self, name) in (True, False, AUTO), f"{name} must be true, false or auto; got {getattr(self, name)!r}")
         try:
+            # Each group of options is checked by the one that owns it.
+            check_input(self.model, self.image_size)
             check_fractions(self.split_fractions)
             model_options(self.model, self.model_options)
             self.head_options
             self.augmentation_options
+            self.balance_options
         except (ValueError, TypeError) as error:
             raise ConfigError(str(error)) from None
         if self.weights not in (None, "imagenet"):

@@ -34,7 +34,7 @@ def check_finite(history):
         if not math.isfinite(row[name]):
             raise TrainingError(
                 f"epoch {row['epoch']}: {name} is {row[name]}; training diverged and was stopped. Likely fixes: "
-                "a lower --lr, checking the inputs (images and metadata) for NaN or extreme values, "
+                "a lower lr (--set lr=...), checking the inputs (images and metadata) for NaN or extreme values, "
                 "mixed_precision: false in the config file"
             )
 
@@ -86,10 +86,8 @@ def at_chance(history, num_classes, margin=CHANCE_MARGIN, from_epoch=CHANCE_FROM
 def input_bound(history, share=INPUT_BOUND_SHARE):
     """The model waits for data: the input pipeline took at least `share` of the training phase.
 
-    The history's `input_share` is, over the training phase's wall time (validation excluded):
-    the time from the epoch's start to its first step (the backend starting the epoch's input
-    iterator, nothing else), plus the time the `LesionSequence` then spent making batches, divided
-    by its worker threads. Timing Keras's fit loop from the outside (the gap between one batch's
+    The history's `input_share` is the time the `LesionSequence` spent making the epoch's batches,
+    divided by its worker threads, over the training phase's wall time (validation excluded). Timing Keras's fit loop from the outside (the gap between one batch's
     end and the next one's start) would not do: the TensorFlow backend fetches the batch inside
     the compiled train step, JAX outside it. Timing where the batches are made measures the same
     on every backend. With one worker Keras fetches batches in line, so the share is the part of
@@ -101,7 +99,7 @@ def input_bound(history, share=INPUT_BOUND_SHARE):
         return None
     return (
         f"the model waits for data: making batches took {value:.0%} of the training time; "
-        "raise --workers, or build the image cache at the training size"
+        "raise workers (--set workers=N), or build the image cache at the training size"
     )
 
 

@@ -8,6 +8,7 @@ folder is made, so a bad input leaves nothing behind. While a process trains in 
 holds the folder's lock: a second `resume_run` of it is refused.
 """
 
+import typing
 from pathlib import Path
 from typing import NamedTuple
 
@@ -22,7 +23,7 @@ from training.compilation import use_compilation_cache
 from training.config import ConfigError, TrainConfig, read_yaml
 from training.distribution import training_devices
 from training.environment import write_environment
-from training.tracking import Tracker, require_mlflow
+from training.tracking import require_mlflow
 from training.trainer import build_model, fit
 
 
@@ -30,8 +31,8 @@ class TrainedRun(NamedTuple):
     run_dir: Path
     config: TrainConfig
     data: PreparedData
-    # Its MLflow run, still open: the evaluation's metrics and reports are logged with `tracker.finish`.
-    tracker: Tracker
+    # The study the run is part of (an MLflow tag, logged once the run is evaluated), or None.
+    study: typing.Optional[str] = None
 
 
 # Settings a resumed run may change: where things are on this machine, not what is trained (the
@@ -66,7 +67,7 @@ def train_run(config, data=None, verbose="auto", study=None, on_start=None):
         on_start: called with the run folder once it is made, before training (a study records it).
 
     Returns:
-        A `TrainedRun`: the run folder, the config, and the `PreparedData` it trained on.
+        A `TrainedRun`: the run folder, the config, the `PreparedData` it trained on, and `study`.
     """
     check_writable(config.output_dir)
     if config.tracking:
@@ -86,9 +87,8 @@ def train_run(config, data=None, verbose="auto", study=None, on_start=None):
             write_environment(run_dir)
             if config.metadata:
                 data.encoder.save(run_dir / ENCODER_FILENAME)
-            tracker = Tracker.start(config, run_dir, study)
-            fit(config, data, run_dir, model=model, verbose=verbose, tracker=tracker)
-    return TrainedRun(run_dir, config, data, tracker)
+            fit(config, data, run_dir, model=model, verbose=verbose)
+    return TrainedRun(run_dir, config, data, study)
 
 
 def check_resume_overrides(overrides):
@@ -121,7 +121,7 @@ def run_config(run_dir, overrides=None):
     return TrainConfig.from_dict({**saved, **changes, "split": str(run_dir / SPLIT_FILENAME)}, config_file)
 
 
-def resume_run(run_dir, overrides=None, verbose="auto"):
+def resume_run(run_dir, overrides=None, verbose="auto", study=None):
     """Continues an interrupted run from its last completed epoch, with its own config and split.
 
     A run stopped before its first epoch ended (no checkpoint yet) trains from epoch 1. A run
@@ -131,6 +131,7 @@ def resume_run(run_dir, overrides=None, verbose="auto"):
     Args:
         run_dir: the interrupted run's folder.
         overrides: new values for `RESUME_OVERRIDES` only (the data may live elsewhere now).
+        study: the name of the study the run is part of, or None.
 
     Returns:
         A `TrainedRun`, as `train_run` returns it.
@@ -144,17 +145,15 @@ def resume_run(run_dir, overrides=None, verbose="auto"):
     config = run_config(run_dir, overrides)
     with run_lock(run_dir):
         data = prepare_run_data(config)
-        # The MLflow run the run started, if it was tracked.
-        tracker = Tracker.start(config, run_dir)
         if (run_dir / TRAINING_FILENAME).is_file():
             print(f"{run_dir.name} has finished training; nothing to resume")
         elif not (run_dir / CHECKPOINT_DIR / STATE_FILENAME).is_file():
             print(f"{run_dir.name} stopped before its first epoch ended; training it from epoch 1")
-            fit(config, data, run_dir, verbose=verbose, tracker=tracker)
+            fit(config, data, run_dir, verbose=verbose)
         else:
             use_compilation_cache(config)
             with training_devices(config):
-                fit(config, data, run_dir, resume=True, verbose=verbose, tracker=tracker)
-    return TrainedRun(run_dir, config, data, tracker)
+                fit(config, data, run_dir, resume=True, verbose=verbose)
+    return TrainedRun(run_dir, config, data, study)
 
 

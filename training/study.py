@@ -1,30 +1,27 @@
 """A study: configurations x (K folds, or the single split) x seeds, every run on one split, resumable.
 
     study_dir = start_study(configs, folds=3, seeds=1, name="all-3folds", settings={...})
-    runs = continue_study(study_dir, finish)  # trains what is not finished; finish(run) evaluates each
+    run = train_planned_run(study_dir, planned, config, changes, record)  # for each planned run
 
 The folder's layout is `common.study_folder`'s. `study.json` lists every planned run; a run's
-folder is recorded there when the run starts, and the run marked finished once `finish` has
-evaluated it. So a study stopped anywhere continues (`continue_study` again, or
-`main.py --resume STUDY_DIR`) without retraining a finished run: an interrupted run resumes from
-its last completed epoch, and the runs not yet started start.
+folder is recorded there when the run starts, and the run marked finished once it is evaluated
+(`pipeline.study.continue_study`, which evaluation may be imported by). So a study stopped anywhere
+continues without retraining a finished run: an interrupted run resumes from its last completed
+epoch, and the runs not yet started start.
 """
 
-import datetime
 import json
-import time
 from pathlib import Path
 
 import yaml
 
 from common.errors import ConfigError, DataError
-from common.files import new_folder, write_json, write_text
-from common.run_folder import CHECKPOINT_DIR, SPLIT_FILENAME, STATE_FILENAME, TRAINING_FILENAME, run_lock
+from common.files import new_stamped_folder, write_json, write_text
+from common.run_folder import CHECKPOINT_DIR, SPLIT_FILENAME, STATE_FILENAME, TRAINING_FILENAME
 from common.study_folder import SETTINGS_FILENAME, STUDY_FILENAME, read_study
 from dataset import assign_folds, save_split
 from dataset.split import FOLD_COLUMN, TEST_FOLD
-from training.config import TrainConfig
-from training.run import check_resume_overrides, prepare_run_data, resume_run, train_run
+from training.run import prepare_run_data, resume_run, train_run
 from training.trainer import check_weights
 
 
@@ -59,8 +56,7 @@ def start_study(configs, *, folds=None, seeds=1, name, settings):
         if existing and len(existing) != folds:
             raise ConfigError(f"{base.split} has {len(existing)} folds; --folds {folds} asks for {folds} (drop --folds, or pass it {len(existing)})")
         split = split if existing else assign_folds(split, folds, seed=base.seed)
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    study_dir = new_folder(Path(base.output_dir) / "studies" / f"{stamp}-{name}")
+    study_dir = new_stamped_folder(Path(base.output_dir) / "studies", name)
     save_split(split, study_dir / SPLIT_FILENAME)
     write_text(study_dir / SETTINGS_FILENAME, yaml.safe_dump({**settings, "folds": folds, "seeds": seeds}, sort_keys=False))
     seed_values = [base.seed + offset for offset in range(seeds)]
@@ -108,58 +104,6 @@ def _what_is_trained(values):
     return {key: value for key, value in values.items() if key not in ("split", "fold", "seed")}
 
 
-def continue_study(study_dir, finish, overrides=None, verbose="auto"):
-    """Trains and evaluates the study's runs that are not finished, in the planned order.
-
-    Args:
-        study_dir: the study folder (`start_study`'s).
-        finish: called with each `TrainedRun` once it has trained, to evaluate it; the run counts
-            as finished when it returns.
-        overrides: settings that may change (`RESUME_OVERRIDES`: where the data is, ...).
-        verbose: Keras's progress output.
-
-    Returns:
-        The study's runs, as `study.json` lists them.
-
-    Raises:
-        UserError: another process is working on the study (its folder's lock, as a run's).
-    """
-    # One process per study: a second would take the first's run in progress for a stopped one,
-    # train it and every later run again, and overwrite study.json.
-    with run_lock(study_dir, what="study"):
-        return _continue_study(study_dir, finish, overrides, verbose)
-
-
-def _continue_study(study_dir, finish, overrides, verbose):
-    study_file = Path(study_dir) / STUDY_FILENAME
-    study = read_study(study_dir)
-    changes = check_resume_overrides(overrides)
-    runs = study["runs"]
-    configs = [TrainConfig.from_dict({**run["config"], **changes}, study_file) for run in runs]
-    # Every pretrained weight is fetched before the first run that needs it starts.
-    check_weights([config for config, run in zip(configs, runs) if not run["finished"]])
-
-    def save():
-        write_json(study_file, {**study, "runs": runs})
-
-    for number, (run, config) in enumerate(zip(runs, configs), start=1):
-        if run["finished"]:
-            print(f"run {number} of {len(runs)} ({describe(run)}): finished in {run['run_dir']}, kept")
-            continue
-        print(f"run {number} of {len(runs)} ({describe(run)}); ETA for the study {estimate(runs)}")
-        started = time.monotonic()
-
-        def record(run_dir, run=run):
-            run["run_dir"] = str(run_dir)
-            save()
-
-        trained = train_planned_run(study_dir, run, config, changes, record, verbose)
-        finish(trained)
-        run.update(finished=True, seconds=round(time.monotonic() - started, 1))
-        save()
-    return runs
-
-
 def train_planned_run(study_dir, run, config, changes, record, verbose="auto"):
     """Trains one planned run of the study: resumed from its last completed epoch where it has one,
     else in a new run folder, which `record` is called with before training starts.
@@ -168,7 +112,7 @@ def train_planned_run(study_dir, run, config, changes, record, verbose="auto"):
         The `TrainedRun`, to evaluate.
     """
     if run["run_dir"] is not None and resumable(run["run_dir"]):
-        return resume_run(run["run_dir"], changes, verbose=verbose)
+        return resume_run(run["run_dir"], changes, verbose=verbose, study=Path(study_dir).name)
     if run["run_dir"] is not None:
         print(f"{run['run_dir']} stopped before its first epoch ended; starting the run again")
     return train_run(config, verbose=verbose, study=Path(study_dir).name, on_start=record)

@@ -1,17 +1,18 @@
 """Logging runs to MLflow: settings, per-epoch metrics, test metrics, tags and the reports.
 
-    tracker = Tracker.start(config, run_dir, study="20261125-101500")   # does nothing if tracking is off
-    model.fit(..., callbacks=[recorder, tracker.callback(recorder.history)])
-    tracker.finish(run_dir)                                               # after the evaluation
+    model.fit(..., callbacks=[recorder, *tracking_callbacks(config, run_dir, recorder.history)])  # live curves
+    log_finished_run(run_dir, config)                  # after the evaluation: everything else, from the folder
+    track_finished_run(run_dir, output_dir)            # `python main.py track`: a folder trained earlier
 
 The store is `$MLFLOW_TRACKING_URI`, else a sqlite database beside the runs
 (`<output_dir>/mlflow.db`, its artifacts in `<output_dir>/mlartifacts/`); the experiment is
-"ham10000". A run folder remembers its MLflow run (`mlflow_run.json`), so a resumed run goes on
-logging into the same MLflow run.
+"ham10000". A run folder's MLflow run is the one tagged with the folder's path, so a resumed run
+goes on logging into the same MLflow run.
 
 Tracking never stops a run: the first MLflow call that fails (server unreachable, store locked or
-unwritable) prints one warning line, and the tracker does nothing from then on. MLflow itself is
-an optional install (`pip install -e '.[track]'`); asking for tracking without it is a UserError.
+unwritable) prints one warning line, and that store is not tried again in this process. MLflow
+itself is an optional install (`pip install -e '.[track]'`); asking for tracking without it is a
+UserError.
 """
 
 import json
@@ -28,10 +29,9 @@ import pandas as pd
 import yaml
 
 from common.errors import UserError
-from common.files import check_writable, write_json
+from common.files import check_writable
 from common.run_folder import (
-    CONFIG_FILENAME, ENVIRONMENT_FILENAME, HISTORY_FILENAME, METRICS_FILENAME, MODEL_FILENAME, TRACKING_FILENAME,
-    TRAINING_FILENAME,
+    CONFIG_FILENAME, ENVIRONMENT_FILENAME, HISTORY_FILENAME, LOCK_FILENAME, METRICS_FILENAME, MODEL_FILENAME, TRAINING_FILENAME,
 )
 
 EXPERIMENT = "ham10000"
@@ -40,7 +40,7 @@ ARTIFACTS_DIR = "mlartifacts"
 # The run folder's files logged as artifacts: reports, plots, tables and settings. The checkpoint
 # and TensorBoard's event files are not; the model only with `track_model`.
 ARTIFACT_PATTERNS = ("*.md", "*.png", "*.json", "*.csv", "*.yaml", "gallery/*", "tta/*")
-NOT_ARTIFACTS = (TRACKING_FILENAME, "run.lock")
+NOT_ARTIFACTS = (LOCK_FILENAME,)
 # Test metrics logged after the evaluation: metrics.json's single numbers.
 TEST_PREFIX = "test_"
 # An unreachable server fails after this many retries, seconds each, not after MLflow's default
@@ -63,6 +63,11 @@ def tracking_uri(output_dir):
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(Path(output_dir) / DATABASE_FILENAME).resolve()}"
 
 
+def tracking_callbacks(config, run_dir, history):
+    """The live-curves callback (`LiveCurves`) where `config.tracking` is "mlflow", else none."""
+    return [LiveCurves(config, run_dir, history)] if config.tracking == "mlflow" else []
+
+
 def flatten(values, prefix=""):
     """A nested mapping as {"a.b": value}: MLflow's parameters are flat. Tuples become lists, as
     in config.yaml, so that a run logs the same parameters live as from its folder."""
@@ -76,171 +81,147 @@ def flatten(values, prefix=""):
     return flat
 
 
-class Tracker:
-    """One run's MLflow run. Every method is safe to call after a failure: it then does nothing.
+class LiveCurves(keras.callbacks.Callback):
+    """Logs each epoch's row of the run's history (history.csv's columns, as `EpochRecorder`
+    appends them: it must come after the recorder) to the run folder's MLflow run, at step = epoch.
 
-    Use `Tracker.start` (a live run) or `Tracker.for_folder` (a finished run folder).
+    Before training it finds the folder's MLflow run (a resumed run's, by its `run_folder` tag) or
+    starts one, and logs the rows that run lacks. It cannot stop the run: any MLflow failure is one
+    warning line, and the store is not tried again in this process (`_softly`).
     """
 
-    def __init__(self, client, run_id):
-        self.client = client
-        self.run_id = run_id
-
-    @property
-    def active(self):
-        return self.run_id is not None
-
-    @classmethod
-    def start(cls, config, run_dir, study=None):
-        """Starts, or for a resumed run continues, the MLflow run of `run_dir`.
-
-        Returns a tracker that does nothing if `config.tracking` is off or MLflow fails.
-        Raises UserError if tracking is asked for and MLflow is not installed.
-        """
-        if config.tracking != "mlflow":
-            return cls(None, None)
-        require_mlflow()
-        run_dir = Path(run_dir)
-        tracker = cls(None, None)
-        with tracker._failing_soft("starting"):
-            client = _client(config.output_dir)
-            saved = run_dir / TRACKING_FILENAME
-            if saved.is_file():
-                run_id = json.loads(saved.read_text(encoding="utf-8"))["run_id"]
-                client.update_run(run_id, status="RUNNING")
-            else:
-                run_id = _create_run(client, run_dir, config.to_dict(), study)
-                write_json(saved, {"run_id": run_id, "tracking_uri": tracking_uri(config.output_dir)})
-            tracker.client, tracker.run_id = client, run_id
-            print(f"Tracking in MLflow: run {run_id} of experiment {EXPERIMENT!r} at {tracking_uri(config.output_dir)}")
-        return tracker
-
-    def callback(self, history):
-        """A Keras callback that logs each epoch's row of `history` (history.csv's rows, as
-        `EpochRecorder` appends them; it must come after the recorder) at step = epoch."""
-        return EpochLogger(self, history)
-
-    def log_epoch(self, epoch, logs):
-        if not self.active:
-            return
-        with self._failing_soft("logging an epoch"):
-            from mlflow.entities import Metric
-
-            now = int(time.time() * 1000)
-            metrics = [Metric(name, float(value), now, epoch) for name, value in logs.items() if _is_number(value)]
-            self.client.log_batch(self.run_id, metrics=metrics)
-
-    def log_missing_epochs(self, history):
-        """Logs the rows of `history` that the MLflow run lacks: a run killed after an epoch's
-        checkpoint but before MLflow heard of the epoch catches up when it resumes."""
-        if not self.active or not history:
-            return
-        with self._failing_soft("catching up on the history"):
-            logged = {metric.step for metric in self.client.get_metric_history(self.run_id, "loss")}
-        for row in history:
-            if int(row["epoch"]) not in logged:
-                self.log_epoch(int(row["epoch"]), {key: value for key, value in row.items() if key != "epoch"})
-
-    def finish(self, run_dir, with_model=False):
-        """Logs the test metrics (if evaluated), the training summary and the folder's reports and
-        plots (and the model, `with_model`), then marks the MLflow run finished."""
-        if not self.active:
-            return
-        run_dir = Path(run_dir)
-        with self._failing_soft("logging the results"):
-            from mlflow.entities import Metric
-
-            now = int(time.time() * 1000)
-            results = {}
-            if (run_dir / TRAINING_FILENAME).is_file():
-                summary = json.loads((run_dir / TRAINING_FILENAME).read_text(encoding="utf-8"))
-                results.update({key: summary[key] for key in ("best_epoch", "best_val_balanced_accuracy", "wall_time_s", "parameters")})
-            if (run_dir / METRICS_FILENAME).is_file():
-                metrics = json.loads((run_dir / METRICS_FILENAME).read_text(encoding="utf-8"))
-                results.update({f"{TEST_PREFIX}{key}": value for key, value in metrics.items() if _is_number(value)})
-            self.client.log_batch(self.run_id, metrics=[Metric(key, float(value), now, 0) for key, value in results.items() if _is_number(value)])
-            for path in _artifacts(run_dir, with_model):
-                folder = path.parent.relative_to(run_dir).as_posix()
-                self.client.log_artifact(self.run_id, str(path), None if folder == "." else folder)
-            self.client.set_terminated(self.run_id)
-
-    def _failing_soft(self, doing):
-        return _FailSoft(self, doing)
-
-
-class _FailSoft:
-    """Turns any error of the block into one warning line and switches the tracker off."""
-
-    def __init__(self, tracker, doing):
-        self.tracker, self.doing = tracker, doing
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, error, traceback):
-        if error is None or not isinstance(error, Exception):
-            return False
-        print(f"warning: MLflow tracking failed while {self.doing} ({_reason(error)}); the run goes on without tracking", file=sys.stderr)
-        self.tracker.run_id = None
-        return True
-
-
-class EpochLogger(keras.callbacks.Callback):
-    """Logs the last row of the run's history (history.csv's columns) after each epoch, and
-    before training (a resumed run) the rows the MLflow run lacks."""
-
-    def __init__(self, tracker, history):
+    def __init__(self, config, run_dir, history):
         super().__init__()
-        self.tracker = tracker
-        self.history = history
+        self.output_dir, self.run_dir, self.history = config.output_dir, Path(run_dir), history
+        self.client = self.run_id = None
 
     def on_train_begin(self, logs=None):
-        self.tracker.log_missing_epochs(self.history)
+        if self.run_id is not None:
+            return  # the next stage of the same run
+
+        def start():
+            client = _client(self.output_dir)
+            run_id = _find_run(client, self.run_dir) or _create_run(client, self.run_dir, _saved_config(self.run_dir), None)
+            _log_missing_epochs(client, run_id, self.history)
+            print(f"Tracking in MLflow: run {run_id} of experiment {EXPERIMENT!r} at {tracking_uri(self.output_dir)}")
+            self.client, self.run_id = client, run_id
+
+        _softly(self.output_dir, "starting", start)
 
     def on_epoch_end(self, epoch, logs=None):
-        row = self.history[-1]
-        self.tracker.log_epoch(int(row["epoch"]), {key: value for key, value in row.items() if key != "epoch"})
+        if self.run_id is not None:
+            _softly(self.output_dir, "logging an epoch", lambda: _log_epochs(self.client, self.run_id, self.history[-1:]))
 
 
-def track_finished_run(run_dir, output_dir, study=None):
-    """Logs a finished run folder (config, history, metrics, reports) as a new MLflow run.
+def log_finished_run(run_dir, config, study=None):
+    """`track_finished_run` for a run this process trained with `tracking: mlflow`: an MLflow failure
+    is one warning line (none if the store failed already), never an error."""
+    if config.tracking == "mlflow":
+        _softly(config.output_dir, "logging the results", lambda: track_finished_run(run_dir, config.output_dir, study, config.track_model))
 
-    A folder already in the experiment (tag `run_folder`, its absolute path) is not logged twice.
-    The folder itself is not written to: a reference run in git stays as it is.
+
+def track_finished_run(run_dir, output_dir, study=None, with_model=False):
+    """Logs a finished run folder (config, history, test metrics, reports) to MLflow.
+
+    The folder's MLflow run is the one tagged with its absolute path (`run_folder`): a run tracked
+    live (`LiveCurves`) is completed, a folder not logged yet gets a new one, and a folder whose
+    MLflow run is finished already is not logged twice. The folder itself is not written to: a
+    reference run in git stays as it is.
 
     Returns:
-        The MLflow run id, or None if the folder was already logged.
+        The MLflow run id, or None if the folder was logged already.
     """
     require_mlflow()
     run_dir = Path(run_dir).resolve()
     for name in (CONFIG_FILENAME, HISTORY_FILENAME):
         if not (run_dir / name).is_file():
             raise UserError(f"{run_dir}: not a finished run folder (no {name})")
+    from mlflow.entities import Metric
     from mlflow.exceptions import MlflowException
 
-    config = yaml.safe_load((run_dir / CONFIG_FILENAME).read_text(encoding="utf-8"))
     try:
         client = _client(output_dir)
-        experiment = client.get_experiment_by_name(EXPERIMENT)
-        if experiment is not None:
-            found = client.search_runs([experiment.experiment_id], filter_string=f"tags.run_folder = '{run_dir}'", max_results=1)
-            if found:
-                return None
-        run_id = _create_run(client, run_dir, config, study)
+        run_id = _find_run(client, run_dir)
+        if run_id is not None and client.get_run(run_id).info.status == "FINISHED":
+            return None
+        run_id = run_id or _create_run(client, run_dir, _saved_config(run_dir), study)
+        if study:
+            client.set_tag(run_id, "study", str(study))
+        _log_missing_epochs(client, run_id, pd.read_csv(run_dir / HISTORY_FILENAME).to_dict("records"))
+        now = int(time.time() * 1000)
+        client.log_batch(run_id, metrics=[Metric(key, float(value), now, 0) for key, value in _results(run_dir).items()])
+        for path in _artifacts(run_dir, with_model):
+            folder = path.parent.relative_to(run_dir).as_posix()
+            client.log_artifact(run_id, str(path), None if folder == "." else folder)
+        client.set_terminated(run_id)
     except MlflowException as error:
         raise UserError(f"{run_dir}: could not be logged to MLflow at {tracking_uri(output_dir)} ({_reason(error)})") from None
-    tracker = Tracker(client, run_id)
-    tracker.log_missing_epochs(pd.read_csv(run_dir / HISTORY_FILENAME).to_dict("records"))
-    tracker.finish(run_dir)
-    if not tracker.active:
-        raise UserError(f"{run_dir}: could not be logged to MLflow at {tracking_uri(output_dir)} (see the warning above)")
     return run_id
+
+
+# The stores that failed in this process: tracking of a run never waits for them, or warns, twice.
+_FAILED_STORES = set()
+
+
+def _softly(output_dir, doing, action):
+    """Calls `action()`, any error of which is one warning line, and then the store is not tried again."""
+    uri = tracking_uri(output_dir)
+    if uri in _FAILED_STORES:
+        return
+    try:
+        action()
+    except Exception as error:
+        _FAILED_STORES.add(uri)
+        reason = error.args[0] if isinstance(error, UserError) else _reason(error)
+        print(f"warning: MLflow tracking failed while {doing} ({reason}); the run goes on without tracking", file=sys.stderr)
+
+
+def _find_run(client, run_dir):
+    """The id of the MLflow run tagged with the run folder, or None."""
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    if experiment is None:
+        return None
+    found = client.search_runs([experiment.experiment_id], filter_string=f"tags.run_folder = '{Path(run_dir).resolve()}'", max_results=1)
+    return found[0].info.run_id if found else None
+
+
+def _log_epochs(client, run_id, rows):
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    metrics = [Metric(name, float(value), now, int(row["epoch"])) for row in rows for name, value in row.items() if name != "epoch" and _is_number(value)]
+    client.log_batch(run_id, metrics=metrics)
+
+
+def _log_missing_epochs(client, run_id, history):
+    """Logs the rows of `history` that the MLflow run lacks: a run killed after an epoch's
+    checkpoint but before MLflow heard of the epoch catches up when it resumes."""
+    logged = {metric.step for metric in client.get_metric_history(run_id, "loss")}
+    missing = [row for row in history if int(row["epoch"]) not in logged]
+    if missing:
+        _log_epochs(client, run_id, missing)
+
+
+def _results(run_dir):
+    """The training summary's headline numbers and the test metrics (`test_` + metrics.json's numbers)."""
+    results = {}
+    if (run_dir / TRAINING_FILENAME).is_file():
+        summary = json.loads((run_dir / TRAINING_FILENAME).read_text(encoding="utf-8"))
+        results.update({key: summary[key] for key in ("best_epoch", "best_val_balanced_accuracy", "wall_time_s", "parameters")})
+    if (run_dir / METRICS_FILENAME).is_file():
+        metrics = json.loads((run_dir / METRICS_FILENAME).read_text(encoding="utf-8"))
+        results.update({f"{TEST_PREFIX}{key}": value for key, value in metrics.items()})
+    return {key: value for key, value in results.items() if _is_number(value)}
+
+
+def _saved_config(run_dir):
+    return yaml.safe_load((Path(run_dir) / CONFIG_FILENAME).read_text(encoding="utf-8"))
 
 
 def _client(output_dir):
     mlflow = require_mlflow()
     # MLflow announces creating and migrating its database, and logs a database error with its
-    # traceback before raising it: the one warning line of `_FailSoft` says what matters.
+    # traceback before raising it: the one warning line of `_softly` says what matters.
     logging.getLogger("alembic").setLevel(logging.WARNING)
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     uri = tracking_uri(output_dir)

@@ -26,7 +26,7 @@ from common.run_folder import (
     CHECKPOINT_DIR, METRIC_COLUMNS, MODEL_FILENAME, STATE_FILENAME, TENSORBOARD_DIR, TRAINING_FILENAME, read_history,
     write_history,
 )
-from dataset import CLASS_NAMES, Balance, class_weights
+from dataset import CLASS_NAMES, class_weights
 from networks import (
     backbone_variables, build_augmentation, create_model, freeze_backbone, get_model_entry, let_augmentation_compile,
     unfreeze_top_blocks,
@@ -37,6 +37,7 @@ from training.losses import make_loss, weighs_samples
 from training.metrics import BalancedAccuracy
 from training.optimizers import ScaledRatesAdam, ScaledRatesAdamW, scaled_indices
 from training.rules import MONITOR, EpochRules, TrainingState, judge_epoch, plan_stages, start_stage
+from training.tracking import tracking_callbacks
 
 def load_state(run_dir):
     """The `TrainingState` of an interrupted run's last completed epoch; DataError if there is none."""
@@ -136,7 +137,7 @@ def make_optimizer(config, learning_rate, stage_steps=None, warmup_steps=0, scal
     return (ScaledRatesAdam if scaled_variables else keras.optimizers.Adam)(learning_rate, **options)
 
 
-def fit(config, data, run_dir, *, resume=False, model=None, verbose="auto", tracker=None):
+def fit(config, data, run_dir, *, resume=False, model=None, verbose="auto"):
     """Trains the configured model on prepared data, recording everything in `run_dir`.
 
     Args:
@@ -146,7 +147,6 @@ def fit(config, data, run_dir, *, resume=False, model=None, verbose="auto", trac
         resume: continue from the folder's last completed epoch.
         model: the model `build_model(config, ...)` made, to train from its start; None builds it.
         verbose: Keras's progress output ("auto": a bar on a terminal, a line per epoch in logs).
-        tracker: a `training.tracking.Tracker` to log every epoch to, or None.
 
     Returns:
         The summary written to `training.json` (best epoch, epochs run, wall time, ...).
@@ -156,33 +156,10 @@ def fit(config, data, run_dir, *, resume=False, model=None, verbose="auto", trac
         # Keras's "auto" is always the bar, which floods a log file with carriage returns.
         verbose = 1 if sys.stdout.isatty() else 2
     state = load_state(run_dir) if resume else TrainingState()
-    train = data.sequence(
-        "train", batch_size=config.batch_size, with_metadata=config.metadata,
-        balance=Balance(config.balance, config.balance_target, config.max_oversampling),
-        augment=config.augment, mixup=config.mixup, cutmix=config.cutmix, seed=config.seed, workers=config.workers,
-    )
-    val = data.sequence("val", batch_size=config.batch_size, with_metadata=config.metadata, workers=config.workers)
-    # From the first epoch's resampling, in a resumed run too.
-    weights = (
-        class_weights(train.epoch_labels, config.class_weight_boost)
-        if config.class_weights
-        else {index: 1.0 for index in range(len(CLASS_NAMES))}
-    )
-    weigh_samples = weighs_samples(config.loss)
-    if weigh_samples:
-        # The sequence weighs each image by its label (`class_weight` of `fit` would weigh a mixed
-        # label by its larger part only); for one-hot labels the two are the same.
-        train.class_weights = [weights[index] for index in range(len(CLASS_NAMES))]
+    train, val, weights = _sequences(config, data)
     stages = plan_stages(config)
 
-    if resume:
-        model = _load_checkpoint(_checkpoint_path(run_dir, state.epochs_completed))
-        # The kept model may not have been copied out before the interruption.
-        _copy_atomically(_checkpoint_path(run_dir, state.best_epoch), run_dir / MODEL_FILENAME)
-        print(f"Resuming {run_dir.name} after epoch {state.epochs_completed}")
-    elif model is None:
-        model = build_model(config, data.encoder.size if config.metadata else 0)
-
+    model = _resumed_model(run_dir, state) if resume else model or build_model(config, data.encoder.size if config.metadata else 0)
     print(
         f"Training {model.name} ({model.count_params():,} parameters) on {len(train.rows)} images, "
         f"{len(train.positions)} per epoch after '{config.balance}' balancing: "
@@ -191,9 +168,7 @@ def fit(config, data, run_dir, *, resume=False, model=None, verbose="auto", trac
     checkpoint_loaded = resume
     recorder = EpochRecorder(run_dir, state, _read_history(run_dir, state.epochs_completed), config, train, val)
     # The recorder first: the others read the epoch's row it appends.
-    callbacks = [recorder, *tensorboard_callbacks(config, run_dir)]
-    if tracker is not None:
-        callbacks.append(tracker.callback(recorder.history))
+    callbacks = [recorder, *tensorboard_callbacks(config, run_dir), *tracking_callbacks(config, run_dir, recorder.history)]
     for stage in stages:
         state = recorder.state
         if stage.number < state.stage or (stage.number == state.stage and state.stage_finished(stage)):
@@ -216,9 +191,46 @@ def fit(config, data, run_dir, *, resume=False, model=None, verbose="auto", trac
             callbacks=[*averaging, *callbacks],
             verbose=verbose,
         )
-    state = recorder.state
+    summary = _summary(recorder, model, stages, config, train, weights)
+    _keep_for_inference(run_dir / MODEL_FILENAME)
+    write_json(run_dir / TRAINING_FILENAME, summary)
+    shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)
+    return summary
 
-    summary = {
+
+def _resumed_model(run_dir, state):
+    """The model of an interrupted run's last completed epoch, with its optimizer state."""
+    model = _load_checkpoint(_checkpoint_path(run_dir, state.epochs_completed))
+    # The kept model may not have been copied out before the interruption.
+    _copy_atomically(_checkpoint_path(run_dir, state.best_epoch), run_dir / MODEL_FILENAME)
+    print(f"Resuming {run_dir.name} after epoch {state.epochs_completed}")
+    return model
+
+
+def _sequences(config, data):
+    """The training and validation sequences, and the class weights of the training loss."""
+    train = data.sequence(
+        "train", batch_size=config.batch_size, with_metadata=config.metadata, balance=config.balance_options,
+        augment=config.augment, mixup=config.mixup, cutmix=config.cutmix, seed=config.seed, workers=config.workers,
+    )
+    val = data.sequence("val", batch_size=config.batch_size, with_metadata=config.metadata, workers=config.workers)
+    # From the first epoch's resampling, in a resumed run too.
+    weights = (
+        class_weights(train.epoch_labels, config.class_weight_boost)
+        if config.class_weights
+        else {index: 1.0 for index in range(len(CLASS_NAMES))}
+    )
+    if weighs_samples(config.loss):
+        # The sequence weighs each image by its label (`class_weight` of `fit` would weigh a mixed
+        # label by its larger part only); for one-hot labels the two are the same.
+        train.class_weights = [weights[index] for index in range(len(CLASS_NAMES))]
+    return train, val, weights
+
+
+def _summary(recorder, model, stages, config, train, weights):
+    """What `training.json` records of the finished training."""
+    state = recorder.state
+    return {
         "best_epoch": state.best_epoch,
         "best_val_balanced_accuracy": state.best_value,
         "epochs_completed": state.epochs_completed,
@@ -232,15 +244,11 @@ def fit(config, data, run_dir, *, resume=False, model=None, verbose="auto", trac
         "trainable_parameters": int(sum(np.prod(w.shape) for w in model.trainable_weights)),
         "train_images": int(len(train.rows)),
         "train_images_per_epoch": int(len(train.positions)),
-        "class_weights": {CLASS_NAMES[i]: round(w, 4) for i, w in weights.items()} if weigh_samples else None,
+        "class_weights": {CLASS_NAMES[i]: round(w, 4) for i, w in weights.items()} if weighs_samples(config.loss) else None,
         "stage_boundaries": _stage_boundaries(recorder.history),
         "stages": stage_records(stages, recorder.history, config),
         "diagnostics": recorder.warnings(),
     }
-    _keep_for_inference(run_dir / MODEL_FILENAME)
-    write_json(run_dir / TRAINING_FILENAME, summary)
-    shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)
-    return summary
 
 
 def tensorboard_callbacks(config, run_dir):
@@ -345,6 +353,8 @@ class SwapEMAWeights(keras.callbacks.SwapEMAWeights):
 
     def __init__(self, averaged_in_model=False):
         super().__init__(swap_on_epoch=True)
+        # Private: Keras's callback tracks which weights the model holds in this attribute and has no
+        # public way to start from "the average is in the model", as a loaded checkpoint is.
         self._ema_weights_in_model = averaged_in_model
 
 
@@ -369,7 +379,7 @@ class EpochRecorder(keras.callbacks.Callback):
         self.val_classes = len(np.unique(val.labels))
         self._started = None
         self._train_seconds = None
-        self._fetch_seconds = None
+        self._batches_before = 0
         self._first_step_seconds = None
         self._first_val_step_seconds = None
         self._val_steps = 0
@@ -383,13 +393,7 @@ class EpochRecorder(keras.callbacks.Callback):
         reseed(self.model, self.config.seed, epoch)
         self._started = time.perf_counter()
         self._train_seconds = None
-        self._fetch_seconds = self.train.fetch_seconds
-        self._startup = None
-
-    def on_train_batch_begin(self, batch, logs=None):
-        if self._startup is None:
-            # Until the first step the model can only wait for the epoch's input iterator to start.
-            self._startup = (time.perf_counter() - self._started, self.train.fetch_seconds)
+        self._batches_before = len(self.train.fetch_seconds)
 
     def on_test_begin(self, logs=None):
         # Validation starts: the training phase, which the input share is measured over, is over.
@@ -408,13 +412,10 @@ class EpochRecorder(keras.callbacks.Callback):
             self._first_val_step_seconds = time.perf_counter() - self._started - self._train_seconds
 
     def _input_share(self, seconds):
-        """The share of the epoch's training phase the model spent waiting for its input pipeline:
-        the wait before its first step, then the time the sequence spent making batches per worker
+        """The share of the epoch's training phase that making its batches took, per worker thread
         (see `training.diagnostics.input_bound`)."""
-        train_seconds = self._train_seconds or seconds
-        startup_seconds, fetched_by_then = self._startup or (0.0, self._fetch_seconds)
-        fetch_seconds = (self.train.fetch_seconds - fetched_by_then) / max(self.train.workers, 1)
-        return min((startup_seconds + fetch_seconds) / train_seconds, 1.0)
+        fetch_seconds = sum(self.train.fetch_seconds[self._batches_before:]) / max(self.train.workers, 1)
+        return min(fetch_seconds / (self._train_seconds or seconds), 1.0)
 
     def on_epoch_end(self, epoch, logs=None):
         seconds = time.perf_counter() - self._started

@@ -1,6 +1,6 @@
 """Hyper-parameter search with KerasTuner, each trial a training run of this project's trainer.
 
-    python main.py tune --model densenet --config configs/cpu.yaml --trials 12 --image-size 48
+    python main.py tune --model densenet --config configs/cpu.yaml --trials 12 --set image_size=48
     python main.py tune --resume results/tuning/20261125-101500-densenet
 
 KerasTuner's oracle (Bayesian optimisation, or Hyperband) proposes the settings; `RunTuner` trains
@@ -29,7 +29,6 @@ The search folder, `<output_dir>/tuning/<stamp>-<model>[-meta]/`:
 """
 
 import dataclasses
-import datetime
 import json
 import os
 import time
@@ -39,12 +38,12 @@ import keras
 import keras_tuner
 
 from common.errors import DataError, UserError
-from common.files import file_lock, new_folder, write_json
+from common.files import file_lock, new_stamped_folder, write_json
 from common.run_folder import TRAINING_FILENAME
 from networks import AugmentationOptions, model_options
 from training.config import MAX_SEED, TUNERS, TrainConfig
 from training.run import RESUME_OVERRIDES, prepare_run_data, resume_run, train_run
-from training.tracking import tracking_uri
+from training.tracking import log_finished_run, tracking_uri
 
 SEARCH_FILENAME = "tuning.json"
 SEARCH_LOCK = "tuning.json.lock"  # held while a process updates tuning.json (the workers of a distributed search)
@@ -169,8 +168,7 @@ def start_search(trial_config, final_config, trials, tuner="bayesian", search_di
     if trials < 1:
         raise UserError(f"--trials must be at least 1; got {trials}")
     if search_dir is None:
-        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        search_dir = new_folder(Path(trial_config.output_dir) / "tuning" / f"{stamp}-{trial_config.run_name}")
+        search_dir = new_stamped_folder(Path(trial_config.output_dir) / "tuning", trial_config.run_name)
     else:
         search_dir = Path(search_dir)
         if search_dir.exists() and any(search_dir.iterdir()):
@@ -211,19 +209,7 @@ def continue_search(search_dir, overrides=None, trials=None):
         # The trials' run folders live in the search folder; their MLflow runs go beside the others.
         os.environ["MLFLOW_TRACKING_URI"] = tracking_uri(search_dir.parent.parent)
     trial_config = dataclasses.replace(trial_config, output_dir=str(search_dir))
-    objective = keras_tuner.Objective(OBJECTIVE, direction="max")
-    space = search_space(trial_config)
-    # KerasTuner takes a seed of 0 for none (a random one): shifted by one, the seed fixes the proposals.
-    seed = trial_config.seed + 1 if trial_config.seed < MAX_SEED else MAX_SEED
-    common = dict(objective=objective, seed=seed, hyperparameters=space, allow_new_entries=False, tune_new_entries=False)
-    if search["tuner"] == "hyperband":
-        oracle = keras_tuner.oracles.HyperbandOracle(max_epochs=trial_config.epochs, factor=3, **common)
-        oracle.max_trials = search["trials"]
-    else:
-        # KerasTuner's default is 3 random trials per hyper-parameter (21 here): a CPU-sized search
-        # would never leave random search. A third of the trials, at least 2, start the model.
-        initial = max(2, search["trials"] // 3)
-        oracle = keras_tuner.oracles.BayesianOptimizationOracle(max_trials=search["trials"], num_initial_points=initial, **common)
+    oracle = _oracle(search, trial_config)
     tuner = RunTuner(oracle, search_dir, trial_config, search)
     role = distributed_role()
     if role == "worker" or len(search["results"]) < search["trials"]:
@@ -247,6 +233,24 @@ def continue_search(search_dir, overrides=None, trials=None):
         f"(train it: python main.py --model {final_config.model} --config {search_dir / BEST_FILENAME})"
     )
     return search_dir
+
+
+def _oracle(search, trial_config):
+    """KerasTuner's oracle of the search (`tuning.json`'s tuner and trials), over `search_space`."""
+    objective = keras_tuner.Objective(OBJECTIVE, direction="max")
+    space = search_space(trial_config)
+    # KerasTuner takes a seed of 0 for none (a random one): shifted by one, the seed fixes the proposals.
+    seed = trial_config.seed + 1 if trial_config.seed < MAX_SEED else MAX_SEED
+    common = dict(objective=objective, seed=seed, hyperparameters=space, allow_new_entries=False, tune_new_entries=False)
+    if search["tuner"] == "hyperband":
+        oracle = keras_tuner.oracles.HyperbandOracle(max_epochs=trial_config.epochs, factor=3, **common)
+        oracle.max_trials = search["trials"]
+    else:
+        # KerasTuner's default is 3 random trials per hyper-parameter (21 here): a CPU-sized search
+        # would never leave random search. A third of the trials, at least 2, start the model.
+        initial = max(2, search["trials"] // 3)
+        oracle = keras_tuner.oracles.BayesianOptimizationOracle(max_trials=search["trials"], num_initial_points=initial, **common)
+    return oracle
 
 
 class RunTuner(keras_tuner.engine.base_tuner.BaseTuner):
@@ -286,7 +290,7 @@ class RunTuner(keras_tuner.engine.base_tuner.BaseTuner):
 
             run = train_run(config, data=self.data, verbose=0, study=self.search_dir.name, on_start=start)
         summary = json.loads((run.run_dir / TRAINING_FILENAME).read_text(encoding="utf-8"))
-        run.tracker.finish(run.run_dir, with_model=config.track_model)
+        log_finished_run(run.run_dir, config, study=self.search_dir.name)
         score = summary["best_val_balanced_accuracy"]
         results = self._record(trial.trial_id, values, score, summary["best_epoch"], run.run_dir)
         best = max(result[OBJECTIVE] for result in results.values())

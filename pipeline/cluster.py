@@ -21,7 +21,6 @@ timeout) is requeued by submitit and resumes its run from its last completed epo
 study's last run writes its summary.
 """
 
-import importlib
 import os
 import queue
 import shlex
@@ -36,6 +35,8 @@ import submitit
 from common.errors import UserError
 from common.files import file_lock, write_json
 from common.study_folder import STUDY_FILENAME, SUMMARY_DIR, read_study
+from evaluation import summarize_study
+from pipeline.run import evaluate_trained_run
 from training.config import TrainConfig
 from training.run import check_resume_overrides
 from training.study import describe, train_planned_run
@@ -60,16 +61,12 @@ class RunJob(submitit.helpers.Checkpointable):
     Args:
         study_dir: the study folder.
         index: the run's place in study.json's `runs`.
-        finish, summarize: "module:function" of what evaluates a `TrainedRun` and what writes a
-            study's summary, imported in the job (training does not import evaluation; main.py wires).
         overrides: settings that may differ on the nodes (`RESUME_OVERRIDES`).
     """
 
-    def __init__(self, study_dir, index, finish, summarize, overrides=None):
+    def __init__(self, study_dir, index, overrides=None):
         self.study_dir = str(study_dir)
         self.index = index
-        self.finish = finish
-        self.summarize = summarize
         self.overrides = overrides or {}
 
     def __call__(self):
@@ -84,12 +81,12 @@ class RunJob(submitit.helpers.Checkpointable):
                 config = TrainConfig.from_dict({**run["config"], **changes}, study_dir / STUDY_FILENAME)
                 print(f"run {self.index + 1} ({describe(run)}) of {study_dir}")
                 trained = train_planned_run(study_dir, run, config, changes, lambda run_dir: self._update(run_dir=str(run_dir)))
-                _resolve(self.finish)(trained)
+                evaluate_trained_run(trained)
                 self._update(finished=True, seconds=round(time.monotonic() - started, 1))
         with file_lock(study_dir / JOBS_DIR / UPDATE_LOCK):
             # One job at a time sees the study: only the last to finish finds every run finished.
             if all(run["finished"] for run in read_study(study_dir)["runs"]) and not (study_dir / SUMMARY_DIR).exists():
-                _resolve(self.summarize)(study_dir)
+                summarize_study(study_dir)
 
     def _update(self, **values):
         """Sets values of this job's run in study.json, which other jobs update too."""
@@ -99,7 +96,7 @@ class RunJob(submitit.helpers.Checkpointable):
             write_json(Path(self.study_dir) / STUDY_FILENAME, study)
 
 
-def submit_study(study_dir, executor, *, jobs=None, options=None, finish, summarize, overrides=None):
+def submit_study(study_dir, executor, *, jobs=None, options=None, overrides=None):
     """Submits one job per unfinished run of the study.
 
     Local jobs are waited for, `jobs` at a time; Slurm's are left to the cluster once submitted.
@@ -109,7 +106,7 @@ def submit_study(study_dir, executor, *, jobs=None, options=None, finish, summar
         executor: "local" or "slurm".
         jobs: at most this many at once (local: default one per GPU, or 1; Slurm: no limit).
         options: submitit's parameters (`timeout_min`, `gpus_per_node`, `slurm_partition`, ...).
-        finish, summarize, overrides: as `RunJob` takes them.
+        overrides: as `RunJob` takes them.
 
     Raises:
         UserError: an unknown executor or option, or local jobs that failed (naming their logs).
@@ -121,7 +118,7 @@ def submit_study(study_dir, executor, *, jobs=None, options=None, finish, summar
     changes = check_resume_overrides(overrides)
     # The nodes may have no internet: every pretrained weight is fetched (into Keras's cache) first.
     check_weights([TrainConfig.from_dict({**runs[index]["config"], **changes}) for index in pending])
-    calls = [RunJob(study_dir, index, finish, summarize, changes) for index in pending]
+    calls = [RunJob(study_dir, index, changes) for index in pending]
     if not calls:
         print(f"{study_dir.name}: every run is finished")
         return []
@@ -203,8 +200,3 @@ def local_gpus():
     except (OSError, subprocess.CalledProcessError):
         return []
     return [str(index) for index, line in enumerate(listed.splitlines()) if line.startswith("GPU")]
-
-
-def _resolve(reference):
-    module, _, name = reference.partition(":")
-    return getattr(importlib.import_module(module), name)

@@ -1,0 +1,85 @@
+"""One run's whole flow: train it (or continue it), then evaluate it.
+
+    from pipeline import train_and_evaluate
+    run = train_and_evaluate(load_config("densenet", "configs/tiny.yaml", {"limit": 200}))
+"""
+
+import sys
+
+import evaluation
+import inference
+from common.errors import DataError
+from common.run_folder import METRICS_FILENAME, REPORT_FILENAME
+from training import prepare_run_data, resume_run, run_config, train_run
+from training.tracking import log_finished_run
+
+
+def evaluate_trained_run(run):
+    """Predicts the run's test subset with the kept model, then writes the gallery, metrics, plots and report.
+
+    The gallery is optional: where it fails (a backbone whose feature map Grad-CAM cannot find), a
+    warning says so and the evaluation is written all the same.
+
+    Returns:
+        The test metrics (`metrics.json`).
+    """
+    # One load of the model serves both subsets and the gallery.
+    predictor = evaluation.Predictor.load(run.run_dir)
+    options = {"with_metadata": run.config.metadata, "batch_size": run.config.batch_size, "predictor": predictor}
+    evaluation.predict_subset(run.run_dir, run.data, **options)
+    if run.config.fold is not None:
+        # The study's out-of-fold metrics pool every fold run's validation fold.
+        evaluation.predict_subset(run.run_dir, run.data, subset="val", **options)
+    try:
+        # Before the evaluation, whose report shows it.
+        inference.write_gallery(run.run_dir, run.data, predictor)
+    except Exception as error:
+        reason = f"{type(error).__name__}: {error}".strip().splitlines()[0]
+        print(f"warning: the Grad-CAM gallery failed ({reason}); the report goes without it", file=sys.stderr)
+    metrics = evaluation.evaluate_run(run.run_dir)
+    log_finished_run(run.run_dir, run.config, run.study)
+    # A metric is None where the test subset cannot define it (melanoma sensitivity without melanomas).
+    shown = {key: "n/a" if metrics[key] is None else f"{metrics[key]:.3f}" for key in ("balanced_accuracy", "accuracy", "melanoma_sensitivity")}
+    print(
+        f"{run.run_dir.name}: test balanced accuracy {shown['balanced_accuracy']}, accuracy {shown['accuracy']}, "
+        f"melanoma sensitivity {shown['melanoma_sensitivity']}; report: {run.run_dir / REPORT_FILENAME}"
+    )
+    return metrics
+
+
+def train_and_evaluate(config):
+    """Trains `config` in a new run folder and evaluates it; returns the `TrainedRun`."""
+    run = train_run(config)
+    evaluate_trained_run(run)
+    return run
+
+
+def resume_and_evaluate(run_dir, overrides=None):
+    """Continues an interrupted run (`training.resume_run`) and evaluates it; returns the `TrainedRun`.
+
+    Raises:
+        DataError: the run is finished already (it has its metrics).
+    """
+    if (run_dir / METRICS_FILENAME).is_file():
+        raise DataError(f"{run_dir}: finished (trained and evaluated), nothing to resume; `python main.py evaluate {run_dir}` recomputes its evaluation")
+    run = resume_run(run_dir, overrides)
+    evaluate_trained_run(run)
+    return run
+
+
+def reevaluate_run(run_dir, tta=False, cache_dir=None):
+    """Writes a run's evaluation again from its predictions; with `tta`, also predicts its test
+    subset with test-time augmentation (8 views) and evaluates that into its tta/ folder.
+
+    Returns:
+        (the metrics, the TTA metrics with their "folder", or None without `tta`).
+    """
+    metrics = evaluation.evaluate_run(run_dir)
+    if not tta:
+        return metrics, None
+    config = run_config(run_dir, {"cache_dir": cache_dir and str(cache_dir)})
+    predictions = evaluation.predict_subset(
+        run_dir, prepare_run_data(config), with_metadata=config.metadata,
+        batch_size=config.batch_size, workers=config.workers, tta=True,
+    )
+    return metrics, {**evaluation.evaluate_tta(run_dir, predictions.parent), "folder": predictions.parent}
