@@ -6,8 +6,9 @@ For each model and image size (batch 32 by default) it measures:
     (c) `fit` on the real training sequence;
 and prints (c)/(b), which is 1.0 when the pipeline costs nothing. A pretrained model is measured in
 the stages asked for (`--stages`): "scratch" (every layer trains, batch norm included), "head" (the
-backbone frozen: stage one) and "fine-tune" (every block trains at its lower rate, batch norm
-frozen: stage two as the presets run it). Warm-up steps are excluded;
+backbone frozen: stage one) and "fine-tune" (stage two: blocks `fine_tune_from_block` and above
+train at their lower rate, batch norm frozen unless `fine_tune_batch_norm`). `--set` changes any
+setting, as main.py's does: `jit_compile`, the fine-tuning ones. Warm-up steps are excluded;
 each number is the median of several repetitions. It also times the image-cache build and
 measures a training run's peak private memory at two dataset sizes, which shows that memory
 does not grow with the dataset: the images stay in the memory-mapped cache.
@@ -15,6 +16,8 @@ does not grow with the dataset: the images stay in the memory-mapped cache.
     python benchmarks/throughput.py                         # the study's models at 64 and 128 px
     python benchmarks/throughput.py --models cnn --sizes 64 --repeats 5
     python benchmarks/throughput.py --models efficientnet_lite0 --sizes 96 128 160 --stages head fine-tune
+    python benchmarks/throughput.py --models efficientnet_lite0 --sizes 128 --stages fine-tune --set jit_compile=true
+    TF_ENABLE_ONEDNN_OPTS=0 python benchmarks/throughput.py     # without oneDNN's kernels
     KERAS_BACKEND=jax python benchmarks/throughput.py       # the same on another backend
 
 Targets: (c)/(b) >= 0.9 for every model and size; (a) >= 10x the fastest model's (b).
@@ -41,6 +44,7 @@ from common.files import write_json  # noqa: E402
 from dataset import CLASS_NAMES, Balance, class_weights, prepare_data  # noqa: E402
 from networks import freeze_backbone, get_model_entry, list_models, unfreeze_top_blocks  # noqa: E402
 from training import load_config  # noqa: E402
+from training.config import parse_settings  # noqa: E402
 from training.devices import compute_device, cpu_name  # noqa: E402
 from training.trainer import build_model, compile_model  # noqa: E402
 
@@ -57,6 +61,7 @@ def main():
     parser.add_argument("--steps", type=int, default=10, help="timed training steps per repetition")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--data-dir", help="HAM10000 folder (default: as main.py finds it)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="settings", help="any setting of training/config.py, as main.py's --set (repeatable)")
     parser.add_argument("--output", type=Path, help="also write the results as JSON here")
     parser.add_argument("--skip-memory", action="store_true", help="leave out the peak-memory runs")
     parser.add_argument("--memory-probe", nargs=2, type=int, metavar=("SIZE", "IMAGES"), help=argparse.SUPPRESS)
@@ -65,14 +70,15 @@ def main():
         print(json.dumps(memory_probe(*arguments.memory_probe, arguments.batch_size, arguments.steps, arguments.data_dir)))
         return
 
-    results = {"machine": machine(), "batch_size": arguments.batch_size, "cache": [], "throughput": [], "memory": []}
+    settings = parse_settings(arguments.settings)
+    results = {"machine": machine(), "batch_size": arguments.batch_size, "settings": settings, "cache": [], "throughput": [], "memory": []}
     for size in arguments.sizes:
         results["cache"].append(time_cache_build(size, arguments.data_dir))
         print_row("cache", results["cache"][-1])
         data = prepare_data(arguments.data_dir, image_size=size, verbose=False)
         for name in arguments.models:
             for stage in arguments.stages if get_model_entry(name).pretrained else ["scratch"]:
-                row = measure(name, size, data, arguments.batch_size, arguments.steps, arguments.repeats, stage)
+                row = measure(name, size, data, arguments.batch_size, arguments.steps, arguments.repeats, stage, settings=settings)
                 results["throughput"].append(row)
                 print_row("throughput", row)
         for images in () if arguments.skip_memory else (2000, None):
@@ -84,11 +90,12 @@ def main():
         write_json(arguments.output, results)
 
 
-def measure(name, size, data, batch_size, steps, repeats, stage="scratch", config_file=None):
+def measure(name, size, data, batch_size, steps, repeats, stage="scratch", config_file=None, settings=None):
     """(a), (b) and (c) for one model at one size (and training stage), in images per second; the
-    model as the config file sets it (default: training/config.py's defaults, the full-width networks)."""
+    model as the config file and `settings` set it (default: training/config.py's defaults, the
+    full-width networks)."""
     # Random weights train as fast as ImageNet's: the stage, not the values, sets the cost.
-    config = load_config(name, config_file, {"image_size": size, "batch_size": batch_size, "weights": "none"})
+    config = load_config(name, config_file, {**(settings or {}), "image_size": size, "batch_size": batch_size, "weights": "none"})
     train = data.sequence("train", batch_size=batch_size, balance=Balance("combined", 1000), augment=True, seed=0)
     weights = class_weights(train.epoch_labels)
     train.class_weights = [weights[index] for index in range(len(CLASS_NAMES))]  # as training weighs the images
@@ -96,8 +103,8 @@ def measure(name, size, data, batch_size, steps, repeats, stage="scratch", confi
     if stage == "head":
         freeze_backbone(model)
     elif stage == "fine-tune":
-        unfreeze_top_blocks(model, 1, get_model_entry(name).blocks)
-    compile_model(model, config, config.lr, weights, backbone_lr_factor=0.1 if stage == "fine-tune" else 1.0)
+        unfreeze_top_blocks(model, config.fine_tune_from_block, get_model_entry(name).blocks, config.fine_tune_batch_norm)
+    compile_model(model, config, config.lr, weights, backbone_lr_factor=config.fine_tune_lr_factor if stage == "fine-tune" else 1.0)
 
     def sequence_alone():
         start = time.perf_counter()
@@ -137,6 +144,8 @@ def measure(name, size, data, batch_size, steps, repeats, stage="scratch", confi
         "compute_images_per_s": round(medians["ceiling"], 1),
         "fit_images_per_s": round(medians["fit"], 1),
         "fit_over_compute": round(medians["fit"] / medians["ceiling"], 3),
+        "jit_compile": bool(model.jit_compile),
+        "onednn": os.environ["TF_ENABLE_ONEDNN_OPTS"] != "0",
     }
 
 
