@@ -15,6 +15,7 @@ Examples:
     python main.py compare results/runs/RUN_A results/runs/RUN_B    # side-by-side, with paired tests
     python main.py compare results/studies/STUDY_A results/studies/STUDY_B   # studies: ensembles and per-fold tests
     python main.py predict results/runs/RUN photo.jpg FOLDER/ --output predictions.csv --explain gradcam/
+    python main.py predict results/studies/STUDY/densenet photo.jpg   # a study configuration's fold ensemble
     python main.py serve results/runs/RUN --port 8000               # HTTP API and a page to try it (needs .[serve])
     python main.py --model densenet --config configs/cpu.yaml --track   # also log the run to MLflow (needs .[track])
     python main.py track results/reference/runs                     # log finished run folders to MLflow

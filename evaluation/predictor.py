@@ -244,7 +244,7 @@ def predict_batches(model, batches, *, tta=False, progress=None):
     return probabilities
 
 
-def predict_subset(run_dir, data, *, with_metadata, batch_size=32, workers=2, tta=False, subset="test", predictor=None):
+def predict_subset(run_dir, data, *, with_metadata, batch_size=32, tta=False, subset="test", predictor=None):
     """Predicts the test subset of a run's split (or `subset`) with its kept model and writes `predictions.csv`.
 
     With `subset="val"`, the validation subset instead, into `val_predictions.csv` (a fold run's
@@ -255,8 +255,6 @@ def predict_subset(run_dir, data, *, with_metadata, batch_size=32, workers=2, tt
         data: the `dataset.PreparedData` the run trained on (its split, image cache and metadata).
         with_metadata: whether the model takes the metadata input.
         batch_size: of the prediction batches.
-        workers: accepted with the run's other settings; the batches are read from the
-            memory-mapped cache as the model takes them, which needs no threads.
         tta: predict with test-time augmentation, into a new `tta/` folder of the run (`tta-2`,
             ... if there is one already) rather than the run's own `predictions.csv`.
         predictor: the run's `Predictor`, where the caller has loaded it already; else it is loaded.

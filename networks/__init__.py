@@ -4,7 +4,7 @@
     model = create_model("densenet", image_size=128, metadata_features=0)
 
 Importing the package registers every model; add a new one by writing a module with one
-`@register_backbone` function and importing it here (the README's "Adding a model").
+`@register_backbone` function and importing it here (docs/models.md, "Adding a model").
 """
 
 from networks import applications, conv_blocks, densenet, efficientnet_lite, vgg16  # noqa: F401  (registers the models)

@@ -117,8 +117,8 @@ def let_augmentation_compile(model):
 
     Keras marks its geometric layers unfit for XLA because TensorFlow's image transform has no XLA
     kernel; under JAX they are plain jax.numpy and compile. Left marked, they switch jit off for
-    the whole model, and a JAX training step runs op by op, about ten times slower (README,
-    Backends). The mark is not saved: a model loaded from a file (a resumed run's checkpoint, a
+    the whole model, and a JAX training step runs op by op, about ten times slower
+    (docs/performance.md). The mark is not saved: a model loaded from a file (a resumed run's checkpoint, a
     kept model) needs this again before it is compiled or predicts.
     """
     if keras.backend.backend() != "jax":

@@ -80,6 +80,6 @@ def reevaluate_run(run_dir, tta=False, cache_dir=None):
     config = run_config(run_dir, {"cache_dir": cache_dir and str(cache_dir)})
     predictions = evaluation.predict_subset(
         run_dir, prepare_run_data(config), with_metadata=config.metadata,
-        batch_size=config.batch_size, workers=config.workers, tta=True,
+        batch_size=config.batch_size, tta=True,
     )
     return metrics, {**evaluation.evaluate_tta(run_dir, predictions.parent), "folder": predictions.parent}
