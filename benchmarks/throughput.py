@@ -64,6 +64,7 @@ def main():
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="settings", help="any setting of training/config.py, as main.py's --set (repeatable)")
     parser.add_argument("--output", type=Path, help="also write the results as JSON here")
     parser.add_argument("--skip-memory", action="store_true", help="leave out the peak-memory runs")
+    parser.add_argument("--skip-cache-build", action="store_true", help="leave out timing the image cache's build")
     parser.add_argument("--memory-probe", nargs=2, type=int, metavar=("SIZE", "IMAGES"), help=argparse.SUPPRESS)
     arguments = parser.parse_args()
     if arguments.memory_probe:
@@ -73,8 +74,9 @@ def main():
     settings = parse_settings(arguments.settings)
     results = {"machine": machine(), "batch_size": arguments.batch_size, "settings": settings, "cache": [], "throughput": [], "memory": []}
     for size in arguments.sizes:
-        results["cache"].append(time_cache_build(size, arguments.data_dir))
-        print_row("cache", results["cache"][-1])
+        if not arguments.skip_cache_build:
+            results["cache"].append(time_cache_build(size, arguments.data_dir))
+            print_row("cache", results["cache"][-1])
         data = prepare_data(arguments.data_dir, image_size=size, verbose=False)
         for name in arguments.models:
             for stage in arguments.stages if get_model_entry(name).pretrained else ["scratch"]:
@@ -239,11 +241,11 @@ def print_summary(results):
         f"\nKeras {machine_['keras']} on {machine_['backend']}, computing on {device['kind']} ({device['name']}); "
         f"{machine_['cpu']}, {machine_['cores']} cores; batch {results['batch_size']}\n"
     )
-    print("| backend | model | stage | size | (a) sequence img/s | (b) compute img/s | (c) fit img/s | (c)/(b) |")
-    print("|---|---|---|---:|---:|---:|---:|---:|")
+    print("| backend | jit | oneDNN | model | stage | size | (a) sequence img/s | (b) compute img/s | (c) fit img/s | (c)/(b) |")
+    print("|---|---|---|---|---|---:|---:|---:|---:|---:|")
     for row in results["throughput"]:
         print(
-            f"| {machine_['backend']} | {row['model']} | {row.get('stage', 'scratch')} | {row['image_size']} | {row['sequence_images_per_s']:,.0f} | {row['compute_images_per_s']:,.1f} "
+            f"| {machine_['backend']} | {row['jit_compile']} | {row['onednn']} | {row['model']} | {row.get('stage', 'scratch')} | {row['image_size']} | {row['sequence_images_per_s']:,.0f} | {row['compute_images_per_s']:,.1f} "
             f"| {row['fit_images_per_s']:,.1f} | {row['fit_over_compute']:.2f} |"
         )
     for size in sorted({row["image_size"] for row in results["throughput"]}):
