@@ -17,6 +17,7 @@ does not grow with the dataset: the images stay in the memory-mapped cache.
     python benchmarks/throughput.py --models cnn --sizes 64 --repeats 5
     python benchmarks/throughput.py --models efficientnet_lite0 --sizes 96 128 160 --stages head fine-tune
     python benchmarks/throughput.py --models efficientnet_lite0 --sizes 128 --stages fine-tune --set jit_compile=true
+    python benchmarks/throughput.py --models densenet --sizes 64 --config configs/cpu.yaml   # the main job's network
     TF_ENABLE_ONEDNN_OPTS=0 python benchmarks/throughput.py     # without oneDNN's kernels
     KERAS_BACKEND=jax python benchmarks/throughput.py       # the same on another backend
 
@@ -61,6 +62,7 @@ def main():
     parser.add_argument("--steps", type=int, default=10, help="timed training steps per repetition")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--data-dir", help="HAM10000 folder (default: as main.py finds it)")
+    parser.add_argument("--config", type=Path, metavar="FILE", help="a preset (configs/cpu.yaml): its models as it sets them (default: training/config.py's, full width)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="settings", help="any setting of training/config.py, as main.py's --set (repeatable)")
     parser.add_argument("--output", type=Path, help="also write the results as JSON here")
     parser.add_argument("--skip-memory", action="store_true", help="leave out the peak-memory runs")
@@ -72,7 +74,7 @@ def main():
         return
 
     settings = parse_settings(arguments.settings)
-    results = {"machine": machine(), "batch_size": arguments.batch_size, "settings": settings, "cache": [], "throughput": [], "memory": []}
+    results = {"machine": machine(), "batch_size": arguments.batch_size, "config": arguments.config and str(arguments.config), "settings": settings, "cache": [], "throughput": [], "memory": []}
     for size in arguments.sizes:
         if not arguments.skip_cache_build:
             results["cache"].append(time_cache_build(size, arguments.data_dir))
@@ -80,7 +82,7 @@ def main():
         data = prepare_data(arguments.data_dir, image_size=size, verbose=False)
         for name in arguments.models:
             for stage in arguments.stages if get_model_entry(name).pretrained else ["scratch"]:
-                row = measure(name, size, data, arguments.batch_size, arguments.steps, arguments.repeats, stage, settings=settings)
+                row = measure(name, size, data, arguments.batch_size, arguments.steps, arguments.repeats, stage, arguments.config, settings)
                 results["throughput"].append(row)
                 print_row("throughput", row)
         for images in () if arguments.skip_memory else (2000, None):
@@ -106,7 +108,8 @@ def measure(name, size, data, batch_size, steps, repeats, stage="scratch", confi
         freeze_backbone(model)
     elif stage == "fine-tune":
         unfreeze_top_blocks(model, config.fine_tune_from_block, get_model_entry(name).blocks, config.fine_tune_batch_norm)
-    compile_model(model, config, config.lr, weights, backbone_lr_factor=config.fine_tune_lr_factor if stage == "fine-tune" else 1.0)
+    # A preset's cosine schedule needs a length; any will do, the step costs the same.
+    compile_model(model, config, config.lr, weights, stage_steps=10_000, backbone_lr_factor=config.fine_tune_lr_factor if stage == "fine-tune" else 1.0)
 
     def sequence_alone():
         start = time.perf_counter()
