@@ -4,8 +4,8 @@ Examples:
     python main.py --model densenet --config configs/cpu.yaml      # train one model (train is the default)
     python main.py --model vgg16 --metadata --weights none          # VGG16 with the metadata head, from scratch
     python main.py --model densenet --set lr=0.0003 --set 'augmentation={rotation: 0.5}'   # any setting
-    python main.py --model all --config configs/cpu.yaml            # the study's four runs, then their comparison
-    python main.py --model all --folds 3                            # the four x 3 lesion-grouped folds, with fold ensembles
+    python main.py --model all --config configs/cpu.yaml            # the preset's study: one run per configuration
+    python main.py --model all --folds 3                            # the study x 3 lesion-grouped folds, with fold ensembles
     python main.py --model densenet --seeds 3                       # three seeds of one configuration on one split
     python main.py --resume results/runs/20261123-101500-densenet   # continue an interrupted run
     python main.py --resume results/studies/20261123-101500-all     # continue an interrupted study
@@ -97,7 +97,7 @@ def build_parser():
     models = "\n".join(f"  {name:<9} {get_model_entry(name).description}" for name in list_models())
     parser = argparse.ArgumentParser(
         prog="main.py",
-        description=__doc__.split("\n")[0] + f"\n\nmodels:\n{models}\n  all       the study: the config file's `study:` list (configs/cpu.yaml: cnn, densenet, vgg16_bn, vgg16_bn-meta), else cnn, densenet, vgg16, vgg16-meta",
+        description=__doc__.split("\n")[0] + f"\n\nmodels:\n{models}\n  all       the study: the config file's `study:` list (configs/cpu.yaml: cnn, densenet, vgg16_bn, vgg16_bn-meta, efficientnet_lite0, efficientnet_lite0-meta), else cnn, densenet, vgg16, vgg16-meta",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="`python main.py COMMAND --help` describes each command; train is the default.",
     )
@@ -112,7 +112,7 @@ def build_parser():
 
 def add_train_parser(subparsers, parents):
     train = subparsers.add_parser(
-        "train", help="train one model, or the study's four (--model all), and evaluate on the test subset",
+        "train", help="train one model, or the config file's study (--model all), and evaluate on the test subset",
         description=__doc__.split("\n\n")[0] + "\n\nA setting's default is training/config.py's; a --config file "
         "sets it over that, and a flag or --set (one of them, once) over both.",
         formatter_class=argparse.RawDescriptionHelpFormatter, parents=parents, epilog=SETTINGS_EPILOG,

@@ -2,7 +2,7 @@
 
 Slow (about 15 minutes per configuration on 2 cores), so not in the default run:
 
-    pytest -m slow                     # all four configurations
+    pytest -m slow                     # every configuration of the preset's study
     pytest -m slow -k densenet         # one
 """
 

@@ -2,10 +2,10 @@
 
 Defaults come from one place, in this order of precedence:
 
-    TrainConfig defaults  <  --config FILE.yaml  <  command-line flags
+    TrainConfig defaults  <  --config FILE.yaml  <  --set and the setting flags
 
 A YAML file sets any field by name, and may hold a `models:` section whose entries apply to one
-model only, so that one file configures all four runs of `--model all`:
+model only, so that one file configures every run of `--model all`:
 
     epochs: 30
     image_size: 64
