@@ -11,14 +11,14 @@ from common.study_folder import finished_runs, read_study
 from evaluation.study import write_summary
 
 REFERENCE = REPO_ROOT / "results" / "reference"
-CONFIGURATIONS = ["cnn", "densenet", "vgg16_bn", "vgg16_bn-meta"]
+CONFIGURATIONS = ["cnn", "densenet", "vgg16_bn", "vgg16_bn-meta", "efficientnet_lite0", "efficientnet_lite0-meta"]
 FOLDS = 3
 RUN_FILES = (
     "config.yaml", "environment.json", "history.csv", "training.json", "predictions.csv", "val_predictions.csv", "metrics.json",
 )
 
 
-def test_reference_is_a_finished_study_of_four_configurations_by_three_folds_without_weights():
+def test_reference_is_a_finished_study_of_six_configurations_by_three_folds_without_weights():
     study = read_study(REFERENCE)
     assert [(run["configuration"], run["fold"], run["finished"]) for run in study["runs"]] == [
         (configuration, fold, True) for configuration in CONFIGURATIONS for fold in range(FOLDS)
