@@ -305,7 +305,7 @@ def test_a_failing_gallery_is_a_warning_and_the_evaluation_is_written(toy_dir, t
     def unexplainable(*args, **kwargs):  # a backbone whose feature map Grad-CAM cannot cut out
         raise ValueError("Output with path '' is not connected to inputs")
 
-    monkeypatch.setattr("inference.gallery.GradCAM.heatmaps", unexplainable)
+    monkeypatch.setattr("inference.gallery.PredictorGradCAM.heatmaps", unexplainable)
     arguments = ["--model", "cnn", "--config", TINY_CONFIG, "--data-dir", toy_dir, "--output-dir", tmp_path]
     assert run_main(*arguments) == 0
     assert "warning: the Grad-CAM gallery failed (ValueError: Output with path '' is not connected to inputs)" in only_line(capsys)
