@@ -10,6 +10,7 @@ is what a resumed run trusts. A run killed at any moment resumes from its last c
 
 import dataclasses
 import importlib.util
+import random
 import shutil
 import sys
 import time
@@ -481,13 +482,18 @@ def steady_seconds(seconds, first_step_seconds, steps):
 
 
 def reseed(model, seed, epoch):
-    """Makes an epoch's random draws (dropout, Keras's global generator) a function of (seed, epoch) only.
+    """Makes an epoch's random draws (the model's random layers, Python's and NumPy's generators) a function of (seed, epoch) only.
 
     Without this they would continue from wherever the previous epochs left the generators, which
     a resumed run cannot recreate: a run resumed after epoch k would not be the uninterrupted run.
     """
     rng = np.random.default_rng([seed, epoch])
-    keras.utils.set_random_seed(int(rng.integers(2**31 - 1)))
+    # Not keras.utils.set_random_seed, which the run's start calls: its tf.random.set_seed makes
+    # TensorFlow trace the training and validation steps again, 9 s an epoch of the CPU preset's
+    # densenet on 2 cores (docs/performance.md), and the model's random layers do not read it.
+    epoch_seed = int(rng.integers(2**31 - 1))
+    random.seed(epoch_seed)
+    np.random.seed(epoch_seed)
     # Every layer that draws random numbers (Dropout, ...) owns a SeedGenerator with this state.
     for state in (variable for variable in model.variables if variable.name == "seed_generator_state"):
         dtype = keras.backend.standardize_dtype(state.dtype)
