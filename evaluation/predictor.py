@@ -244,7 +244,7 @@ def predict_batches(model, batches, *, tta=False, progress=None):
     return probabilities
 
 
-def predict_subset(run_dir, data, *, with_metadata, batch_size=32, tta=False, subset="test", predictor=None):
+def predict_subset(run_dir, data, *, batch_size=32, tta=False, subset="test", predictor=None):
     """Predicts the test subset of a run's split (or `subset`) with its kept model and writes `predictions.csv`.
 
     With `subset="val"`, the validation subset instead, into `val_predictions.csv` (a fold run's
@@ -253,7 +253,6 @@ def predict_subset(run_dir, data, *, with_metadata, batch_size=32, tta=False, su
     Args:
         run_dir: a trained run's folder, with `model.keras`.
         data: the `dataset.PreparedData` the run trained on (its split, image cache and metadata).
-        with_metadata: whether the model takes the metadata input.
         batch_size: of the prediction batches.
         tta: predict with test-time augmentation, into a new `tta/` folder of the run (`tta-2`,
             ... if there is one already) rather than the run's own `predictions.csv`.
@@ -264,7 +263,7 @@ def predict_subset(run_dir, data, *, with_metadata, batch_size=32, tta=False, su
     """
     rows, cache_rows, labels = data.subset(subset)
     predictor = predictor or Predictor.load(run_dir)
-    probabilities = predictor.predict(data.cache.images, rows if with_metadata else None, rows=cache_rows, tta=tta, batch_size=batch_size)
+    probabilities = predictor.predict(data.cache.images, rows, rows=cache_rows, tta=tta, batch_size=batch_size)
     frame = predictions_frame(rows["image_id"].tolist(), labels, probabilities)
     folder = new_folder(Path(run_dir) / TTA_DIR) if tta else Path(run_dir)
     path = folder / (PREDICTIONS_FILENAME if subset == "test" else VAL_PREDICTIONS_FILENAME)

@@ -25,7 +25,7 @@ def evaluate_trained_run(run):
     """
     # One load of the model serves both subsets and the gallery.
     predictor = evaluation.Predictor.load(run.run_dir)
-    options = {"with_metadata": run.config.metadata, "batch_size": run.config.batch_size, "predictor": predictor}
+    options = {"batch_size": run.config.batch_size, "predictor": predictor}
     evaluation.predict_subset(run.run_dir, run.data, **options)
     if run.config.fold is not None:
         # The study's out-of-fold metrics pool every fold run's validation fold.
@@ -79,7 +79,6 @@ def reevaluate_run(run_dir, tta=False, cache_dir=None):
         return metrics, None
     config = run_config(run_dir, {"cache_dir": cache_dir and str(cache_dir)})
     predictions = evaluation.predict_subset(
-        run_dir, prepare_run_data(config), with_metadata=config.metadata,
-        batch_size=config.batch_size, tta=True,
+        run_dir, prepare_run_data(config), batch_size=config.batch_size, tta=True
     )
     return metrics, {**evaluation.evaluate_tta(run_dir, predictions.parent), "folder": predictions.parent}
