@@ -4,6 +4,7 @@ trained one run after another."""
 
 import json
 import os
+import re
 import signal
 import threading
 import time
@@ -26,7 +27,8 @@ def studies(toy_dir, tmp_path_factory):
     """The study trained here run after run, then as local jobs, 2 at once, the first run to
     checkpoint an epoch pre-empted (SIGUSR2, Slurm's and submitit's signal) right after it.
 
-    Returns (the sequential study folder, the jobs' study folder, the pre-empted run folder, wall seconds of each).
+    Returns (the sequential study folder, the jobs' study folder, (the pre-empted run folder, its
+    epochs completed when signalled), wall seconds of each).
     """
     sequential, submitted = tmp_path_factory.mktemp("sequential"), tmp_path_factory.mktemp("submitted")
     arguments = [*STUDY, "--data-dir", toy_dir]
@@ -49,13 +51,21 @@ def studies(toy_dir, tmp_path_factory):
 
 def preempt_first_checkpointed_run(runs_dir, main_thread):
     """Sends SIGUSR2 to the job training the first run that has checkpointed an epoch, as a
-    cluster does before it pre-empts a job; returns that run's folder."""
+    cluster does before it pre-empts a job; returns that run's folder and its completed epochs.
+
+    The job is stopped while it is signalled: the toy run's last epochs take a second or two, and
+    a loaded machine could delay this poll, or the job's handler, past the end of its training,
+    which leaves the requeued job nothing to resume.
+    """
     while main_thread.is_alive():
         for state in runs_dir.glob(f"*/{CHECKPOINT_DIR}/{STATE_FILENAME}"):
             run_dir = state.parent.parent
-            holder = (run_dir / LOCK_FILENAME).read_text().split()
-            os.kill(int(holder[0]), signal.SIGUSR2)
-            return run_dir
+            pid = int((run_dir / LOCK_FILENAME).read_text().split()[0])
+            os.kill(pid, signal.SIGSTOP)
+            epochs = json.loads(state.read_text())["epochs_completed"]
+            os.kill(pid, signal.SIGUSR2)
+            os.kill(pid, signal.SIGCONT)
+            return run_dir, epochs
         time.sleep(0.05)
     pytest.fail("the jobs ended before any of them checkpointed an epoch")
 
@@ -80,10 +90,13 @@ def test_jobs_give_the_summary_of_the_sequential_study(studies):
 
 
 def test_a_preempted_job_is_requeued_and_resumes_its_run(studies):
-    _, submitted, preempted, _ = studies
+    _, submitted, (preempted, epochs), _ = studies
+    assert epochs < 3, "the job was signalled after its last epoch: nothing was left to resume"
     logs = "\n".join(path.read_text() for path in (submitted / "jobs").glob("*_log.*"))
     assert "this job is preempted" in logs and "Requeued job" in logs
-    assert f"Resuming {preempted.name} after epoch" in logs
+    # The epoch it checkpointed when signalled, or a later one that it was finishing writing then.
+    resumed = [int(epoch) for epoch in re.findall(rf"Resuming {re.escape(preempted.name)} after epoch (\d+)", logs)]
+    assert len(resumed) == 1 and epochs <= resumed[0] < 3
     assert len((preempted / "history.csv").read_text().splitlines()) == 1 + 3
 
 
