@@ -40,6 +40,7 @@ import main  # noqa: E402
 from common.files import write_json  # noqa: E402
 from common.run_folder import METRICS_FILENAME, TRAINING_FILENAME, read_history  # noqa: E402
 from dataset import find_data_dir, prepare_data  # noqa: E402
+from evaluation.catalogue import GPU_CHECK, keys_shown  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 GPU_PRESET = REPO_ROOT / "configs" / "gpu.yaml"
@@ -181,7 +182,7 @@ class Check:
             "epoch_s": history["seconds"].round(1).tolist(),
             "history": history[["epoch", "loss", "val_loss", "val_balanced_accuracy"]].round(4).to_dict("records"),
             "training": {key: training[key] for key in ("precision", "jit_compile", "parameters", "train_images_per_epoch", "best_epoch", "best_val_balanced_accuracy")},
-            "test": {key: metrics[key] for key in ("balanced_accuracy", "macro_auc", "melanoma_sensitivity", "n_images")},
+            "test": {key: metrics[key] for key in keys_shown(GPU_CHECK)},
             "environment": json.loads((run_dir / "environment.json").read_text())["devices"],
         }
         self.results["summary"]["training"] = {key: result[key] for key in ("epoch_s", "evaluation_s", "test")}

@@ -18,6 +18,7 @@ from scipy.stats import binomtest
 from common.errors import DataError
 from common.files import new_folder, write_json, write_text
 from common.run_folder import PREDICTIONS_FILENAME, existing_run_dir
+from evaluation.catalogue import COMPARISON, metrics_shown
 from evaluation.markdown import format_duration, format_interval, format_value, markdown_table
 from evaluation.metrics import (
     BOOTSTRAP_DRAWS,
@@ -193,10 +194,10 @@ def render_comparison(comparison, figure_name):
         (
             run["label"],
             *(
-                f"{format_value(run['metrics'][key])} {format_interval(run['metrics']['intervals'][key])}"
-                if key in run["metrics"]["intervals"]
-                else format_value(run["metrics"][key])
-                for key in ("balanced_accuracy", "accuracy", "macro_f1", "macro_auc", "melanoma_sensitivity")
+                f"{format_value(run['metrics'][metric.key])} {format_interval(run['metrics']['intervals'][metric.key])}"
+                if metric.interval is not None
+                else format_value(run["metrics"][metric.key])
+                for metric in metrics_shown(COMPARISON)
             ),
             format_value(run["parameters"]),
             format_duration(run["wall_time_s"]) or format_value(None),
@@ -223,9 +224,8 @@ def render_comparison(comparison, figure_name):
         f"{bootstrap['seed']}), the same resamples for every run. Files: [comparison.json](comparison.json).",
         "## Runs",
         markdown_table(
-            ("run", "balanced accuracy", "accuracy", "macro F1", "macro AUC", "melanoma sensitivity",
-             "parameters", "wall time"),
-            run_rows, align="lrrrrrrr",
+            ("run", *(metric.name for metric in metrics_shown(COMPARISON)), "parameters", "wall time"),
+            run_rows, align="l" + "r" * (len(metrics_shown(COMPARISON)) + 2),
         ),
         "## Paired tests",
         "Δ is the second run's balanced accuracy minus the first's, with its paired bootstrap interval "

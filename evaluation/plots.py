@@ -158,7 +158,7 @@ def plot_study_spread(runs, metrics, path):
 
     Args:
         runs: {configuration: [{metric: value or None, ...} for each run]}, in the order to show them.
-        metrics: the keys to plot, one panel each.
+        metrics: the `catalogue.Metric`s to plot, one panel each.
         path: the PNG to write.
     """
     labels = list(runs)
@@ -167,13 +167,13 @@ def plot_study_spread(runs, metrics, path):
     for panel, metric in enumerate(metrics, start=1):
         axes = figure.add_subplot(1, len(metrics), panel)
         for position, label in enumerate(labels):
-            values = np.array([run[metric] for run in runs[label] if run[metric] is not None], dtype=np.float64)
+            values = np.array([run[metric.key] for run in runs[label] if run[metric.key] is not None], dtype=np.float64)
             colour = PALETTE[position % len(PALETTE)]
             if len(values):
                 axes.hlines(values.mean(), position - 0.3, position + 0.3, color=colour, linewidth=2.5)
                 axes.plot(position + rng.uniform(-0.12, 0.12, len(values)), values, "o", color=colour, alpha=0.7)
         axes.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)
-        axes.set(xlim=(-0.6, len(labels) - 0.4), ylim=(0, 1.02), title=metric.replace("_", " ").replace("auc", "AUC"))
+        axes.set(xlim=(-0.6, len(labels) - 0.4), ylim=(0, 1.02), title=metric.name)
         axes.grid(axis="y", alpha=0.3)
     figure.suptitle("Test scores of every run (dots) and their mean (line)")
     return _save(figure, path)

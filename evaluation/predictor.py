@@ -35,12 +35,12 @@ from common.study_folder import SUMMARY_DIR, finished_runs, is_study_dir
 from dataset.augment import DIHEDRAL_TRANSFORMS
 from dataset.features import MetadataEncoder
 from dataset.metadata import CLASS_DESCRIPTIONS, CLASS_NAMES, UNKNOWN
+from evaluation.catalogue import CARD, keys_shown
 from evaluation.predictions import predictions_frame, write_predictions
 from evaluation.run_files import read_run_files
 from evaluation.study import ENSEMBLES_DIR
 
 BATCH_SIZE = 32
-HEADLINE_METRICS = ("balanced_accuracy", "accuracy", "macro_auc", "melanoma_sensitivity", "n_images")
 
 
 @dataclass(frozen=True)
@@ -151,7 +151,7 @@ class Predictor:
             "classes": [{"code": name, "name": CLASS_DESCRIPTIONS[name]} for name in CLASS_NAMES],
             "sexes": list(self.sexes),
             "sites": list(self.sites),
-            "test_metrics": {key: metrics[key] for key in HEADLINE_METRICS if key in metrics},
+            "test_metrics": {key: metrics[key] for key in keys_shown(CARD) if key in metrics},
         }
 
     def predict(self, images, metadata=None, *, rows=None, tta=False, batch_size=BATCH_SIZE, verbose=0):

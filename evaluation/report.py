@@ -19,22 +19,11 @@ from common.run_folder import CONFIG_FILENAME, GALLERY_DIR, GALLERY_FILENAME, ME
 from dataset.metadata import CLASS_DESCRIPTIONS, CLASS_NAMES
 from dataset.split import split_summary
 from evaluation.markdown import MISSING, format_duration, format_interval, format_value, markdown_table
-from evaluation.metrics import BOOTSTRAP_DRAWS, CALIBRATION_BINS, INTERVAL_LEVEL, compute_metrics
+from evaluation.catalogue import REPORT, metrics_shown
+from evaluation.metrics import BOOTSTRAP_DRAWS, INTERVAL_LEVEL, compute_metrics
 from evaluation.plots import plot_confusion_matrix, plot_per_class, plot_roc_curves, plot_training_curves
 from evaluation.predictions import read_predictions
 from evaluation.run_files import read_run_files
-
-# The rows of the headline table, in order: metrics.json key and the name a reader sees.
-HEADLINE_METRICS = (
-    ("balanced_accuracy", "Balanced accuracy (mean recall over classes)"),
-    ("accuracy", "Accuracy"),
-    ("macro_f1", "Macro F1"),
-    ("macro_auc", "Macro AUC (one-vs-rest)"),
-    ("melanoma_sensitivity", "Melanoma sensitivity"),
-    ("melanoma_specificity", "Melanoma specificity"),
-    ("expected_calibration_error", f"Expected calibration error ({CALIBRATION_BINS} bins; lower is better)"),
-)
-
 
 def evaluate_tta(run_dir, tta_dir, *, bootstrap_draws=BOOTSTRAP_DRAWS, seed=0):
     """Evaluates a run's test-time-augmented predictions (`tta_dir/predictions.csv`) in `tta_dir`.
@@ -219,8 +208,8 @@ def epochs_summary(training):
 
 def headline_table(metrics):
     rows = [
-        (name, format_value(metrics[key]), format_interval(metrics["intervals"].get(key)))
-        for key, name in HEADLINE_METRICS
+        (metric.label, format_value(metrics[metric.key]), format_interval(metrics["intervals"].get(metric.key)))
+        for metric in metrics_shown(REPORT)
     ]
     return markdown_table(("metric", "value", f"{INTERVAL_LEVEL:.0%} interval"), rows, align="lrr")
 

@@ -36,13 +36,16 @@ from dataset.metadata import CLASS_NAMES, class_indices
 from dataset.split import load_split
 from evaluation.compare import compare_runs, shared_test_set
 from evaluation.markdown import format_interval, format_value, markdown_table
-from evaluation.metrics import BOOTSTRAP_DRAWS, INTERVAL_METRICS, compute_metrics
+from evaluation.catalogue import STUDY, keys_shown, metrics_shown
+from evaluation.metrics import BOOTSTRAP_DRAWS, compute_metrics
 from evaluation.plots import plot_study_spread
 from evaluation.predictions import predictions_frame, read_predictions, write_predictions
 
 SUMMARY_FILENAMES = ("summary.md", "summary.json", "spread.png")
 ENSEMBLES_DIR = "ensembles"
 COMPARISON_DIR = "comparison"
+# The metrics of the summary's tables and figure; each has a bootstrap interval.
+SUMMARY_METRICS = keys_shown(STUDY)
 
 
 def summarize_study(study_dir, *, bootstrap_draws=BOOTSTRAP_DRAWS, seed=0, verbose=True):
@@ -103,7 +106,7 @@ def write_summary(runs, output_dir, title, *, paired_over_runs=True, bootstrap_d
     configurations = {
         label: {
             "runs": members,
-            "spread": {key: spread([member[key] for member in members]) for key in INTERVAL_METRICS},
+            "spread": {key: spread([member[key] for member in members]) for key in SUMMARY_METRICS},
             "out_of_fold": out_of_fold_metrics(members, bootstrap_draws=bootstrap_draws, seed=seed),
             "ensemble": compute_metrics(y_true, ensembles[label], bootstrap_draws=bootstrap_draws, seed=seed),
         }
@@ -127,7 +130,7 @@ def write_summary(runs, output_dir, title, *, paired_over_runs=True, bootstrap_d
     }
     markdown_path, json_path, figure_path = (output_dir / name for name in SUMMARY_FILENAMES)
     write_json(json_path, summary)
-    plot_study_spread({label: configuration["runs"] for label, configuration in configurations.items()}, INTERVAL_METRICS, figure_path)
+    plot_study_spread({label: configuration["runs"] for label, configuration in configurations.items()}, metrics_shown(STUDY), figure_path)
     write_text(markdown_path, render_summary(summary, figure_path.name))
     if verbose:
         print(f"Wrote the summary of {len(runs)} runs of {len(configurations)} configurations to {output_dir}")
@@ -135,11 +138,11 @@ def write_summary(runs, output_dir, title, *, paired_over_runs=True, bootstrap_d
 
 
 def scored_groups(runs, y_true, probabilities):
-    """The runs grouped by configuration, each with its test scores of `INTERVAL_METRICS` (no intervals)."""
+    """The runs grouped by configuration, each with its test scores of `SUMMARY_METRICS` (no intervals)."""
     groups = {}
     for run in runs:
         scores = compute_metrics(y_true, probabilities[run["run_dir"]], bootstrap_draws=0)
-        groups.setdefault(run["configuration"], []).append({**run, **{key: scores[key] for key in INTERVAL_METRICS}})
+        groups.setdefault(run["configuration"], []).append({**run, **{key: scores[key] for key in SUMMARY_METRICS}})
     return groups
 
 
@@ -264,19 +267,16 @@ def paired_tests(groups, comparison, ensemble_dirs, n_test, over_runs=True):
     return pairs
 
 
-METRIC_NAMES = {"balanced_accuracy": "balanced accuracy", "macro_auc": "macro AUC", "melanoma_sensitivity": "melanoma sensitivity"}
-
-
 def render_summary(summary, figure_name):
     """The markdown of `summary.md`."""
     configurations = summary["configurations"]
-    names = [METRIC_NAMES[key] for key in INTERVAL_METRICS]
+    names = [metric.name for metric in metrics_shown(STUDY)]
     spread_rows = [
-        (label, str(len(configuration["runs"])), *(mean_sd(configuration["spread"][key]) for key in INTERVAL_METRICS))
+        (label, str(len(configuration["runs"])), *(mean_sd(configuration["spread"][key]) for key in SUMMARY_METRICS))
         for label, configuration in configurations.items()
     ]
     ensemble_rows = [
-        (label, *(with_interval(configuration["ensemble"], key) for key in INTERVAL_METRICS))
+        (label, *(with_interval(configuration["ensemble"], key) for key in SUMMARY_METRICS))
         for label, configuration in configurations.items()
     ]
     sections = [
@@ -285,18 +285,18 @@ def render_summary(summary, figure_name):
         f"the ensembles' predictions in [{ENSEMBLES_DIR}/]({ENSEMBLES_DIR}/).",
         "## Spread over folds and seeds",
         "Per configuration, over its runs: mean ± standard deviation (min–max) of the test metrics.",
-        markdown_table(("configuration", "runs", *names), spread_rows, align="lr" + "r" * len(INTERVAL_METRICS)),
+        markdown_table(("configuration", "runs", *names), spread_rows, align="lr" + "r" * len(SUMMARY_METRICS)),
         f"![Every run's test score, and the mean per configuration]({figure_name})",
         "## Ensembles",
         "The mean of the runs' test probabilities, with 95% bootstrap intervals over the test images.",
-        markdown_table(("configuration", *names), ensemble_rows, align="l" + "r" * len(INTERVAL_METRICS)),
+        markdown_table(("configuration", *names), ensemble_rows, align="l" + "r" * len(SUMMARY_METRICS)),
     ]
-    out_of_fold = [(label, *(with_interval(c["out_of_fold"], key) for key in INTERVAL_METRICS)) for label, c in configurations.items() if c["out_of_fold"]]
+    out_of_fold = [(label, *(with_interval(c["out_of_fold"], key) for key in SUMMARY_METRICS)) for label, c in configurations.items() if c["out_of_fold"]]
     if out_of_fold:
         sections += [
             "## Out-of-fold validation",
             "Every non-test image scored by the fold model that did not train on it (with several seeds, their mean probabilities).",
-            markdown_table(("configuration", *names), out_of_fold, align="l" + "r" * len(INTERVAL_METRICS)),
+            markdown_table(("configuration", *names), out_of_fold, align="l" + "r" * len(SUMMARY_METRICS)),
         ]
     if summary["pairs"]:
         sections += paired_tests_section(summary["pairs"], summary["paired_over_runs"])

@@ -17,9 +17,10 @@ import inference
 from common.errors import ConfigError, UserError
 from common.files import timestamp
 from common.study_folder import find_run_folders, is_study_dir
+from evaluation.catalogue import CONSOLE, metrics_shown
 from networks import list_models
 from pipeline.experiment import resume_experiment, run_experiment
-from pipeline.run import reevaluate_run
+from pipeline.run import reevaluate_run, shown_value
 from training import TrainConfig, hardware_preset, load_config
 from training.config import parse_settings
 from training.run import RESUME_OVERRIDES, check_resume_overrides
@@ -161,9 +162,9 @@ def evaluate(arguments):
 
 def print_beside_tta(plain, tta):
     """The headline metrics without and with test-time augmentation, side by side."""
-    for key in ("balanced_accuracy", "accuracy", "melanoma_sensitivity"):
-        shown = ["n/a" if metrics[key] is None else f"{metrics[key]:.3f}" for metrics in (plain, tta)]
-        print(f"{key.replace('_', ' ')}: {shown[0]} plain, {shown[1]} with test-time augmentation (8 views)")
+    for metric in metrics_shown(CONSOLE):
+        shown = [shown_value(metrics[metric.key]) for metrics in (plain, tta)]
+        print(f"{metric.name}: {shown[0]} plain, {shown[1]} with test-time augmentation (8 views)")
 
 
 def compare(arguments):

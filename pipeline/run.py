@@ -10,6 +10,7 @@ import evaluation
 import inference
 from common.errors import DataError
 from common.run_folder import METRICS_FILENAME, REPORT_FILENAME
+from evaluation.catalogue import CONSOLE, metrics_shown
 from training import prepare_run_data, resume_run, run_config, train_run
 from training.tracking import log_finished_run
 
@@ -38,13 +39,15 @@ def evaluate_trained_run(run):
         print(f"warning: the Grad-CAM gallery failed ({reason}); the report goes without it", file=sys.stderr)
     metrics = evaluation.evaluate_run(run.run_dir)
     log_finished_run(run.run_dir, run.config, run.study)
-    # A metric is None where the test subset cannot define it (melanoma sensitivity without melanomas).
-    shown = {key: "n/a" if metrics[key] is None else f"{metrics[key]:.3f}" for key in ("balanced_accuracy", "accuracy", "melanoma_sensitivity")}
-    print(
-        f"{run.run_dir.name}: test balanced accuracy {shown['balanced_accuracy']}, accuracy {shown['accuracy']}, "
-        f"melanoma sensitivity {shown['melanoma_sensitivity']}; report: {run.run_dir / REPORT_FILENAME}"
-    )
+    shown = ", ".join(f"{metric.name} {shown_value(metrics[metric.key])}" for metric in metrics_shown(CONSOLE))
+    print(f"{run.run_dir.name}: test {shown}; report: {run.run_dir / REPORT_FILENAME}")
     return metrics
+
+
+def shown_value(value):
+    """A score as the console prints it; None (a metric the test subset cannot define, as melanoma
+    sensitivity without melanomas) as "n/a"."""
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 def train_and_evaluate(config):

@@ -184,3 +184,15 @@ def test_bootstrap_intervals_contain_the_estimate_and_follow_the_seed():
 def test_malformed_inputs_are_refused(y_true, probabilities, message):
     with pytest.raises(ValueError, match=message):
         compute_metrics(y_true, probabilities, bootstrap_draws=10)
+
+
+def test_catalogue_names_every_metric_once_and_the_intervals_compute_metrics_gives(hand_metrics):
+    from evaluation.catalogue import INTERVAL_METRICS, METRICS, REPORT, metrics_shown
+
+    keys = [metric.key for metric in METRICS]
+    assert len(set(keys)) == len(keys)
+    assert set(keys) <= set(hand_metrics)
+    assert set(hand_metrics["intervals"]) == set(INTERVAL_METRICS)
+    labels = {metric.key: metric.label for metric in metrics_shown(REPORT)}
+    assert labels["balanced_accuracy"] == "Balanced accuracy (mean recall over classes)"
+    assert labels["expected_calibration_error"] == "Expected calibration error (15 bins; lower is better)"
