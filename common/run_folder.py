@@ -3,7 +3,9 @@
     <output_dir>/runs/<YYYYmmdd-HHMMSS>-<model>[-meta]/
         config.yaml  split.csv  environment.json  history.csv  training.json  model.keras
         metadata_encoder.json (hybrid head)  predictions.csv  metrics.json  *.png  report.md
-        val_predictions.csv (runs of a K-fold study: the validation fold)
+        val_predictions.csv (the validation subset, or a K-fold study run's validation fold)
+        calibration.json (the temperature and conformal thresholds fitted on val_predictions.csv)
+        calibrated_predictions.csv (predictions.csv with the temperature applied)
         gallery/ (Grad-CAM thumbnails of the test subset)
         checkpoint/ (while training: the last epoch's model and state, for --resume)
         run.lock (while a process trains in the folder: its id and machine)
@@ -38,6 +40,11 @@ PREDICTIONS_FILENAME = "predictions.csv"
 # A fold run's validation fold, predicted by its kept model: the study's out-of-fold metrics.
 VAL_PREDICTIONS_FILENAME = "val_predictions.csv"
 METRICS_FILENAME = "metrics.json"
+# Fitted on the validation predictions by the evaluation, written once and then read: the temperature
+# and the conformal thresholds that `predict` and `serve` apply.
+CALIBRATION_FILENAME = "calibration.json"
+# predictions.csv with the temperature applied (the raw file is kept as it is).
+CALIBRATED_PREDICTIONS_FILENAME = "calibrated_predictions.csv"
 REPORT_FILENAME = "report.md"
 # The report's Grad-CAM thumbnails (inference.gallery) and their list.
 GALLERY_DIR = "gallery"

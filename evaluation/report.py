@@ -20,6 +20,7 @@ from dataset.metadata import CLASS_DESCRIPTIONS, CLASS_NAMES
 from dataset.split import split_summary
 from evaluation.markdown import MISSING, format_duration, format_interval, format_value, markdown_table
 from evaluation.catalogue import REPORT, metrics_shown
+from evaluation.clinical import ClinicalInputs, clinical_sections, test_metadata, write_clinical
 from evaluation.metrics import BOOTSTRAP_DRAWS, INTERVAL_LEVEL, compute_metrics
 from evaluation.plots import plot_confusion_matrix, plot_per_class, plot_roc_curves, plot_training_curves
 from evaluation.predictions import read_predictions
@@ -63,21 +64,24 @@ def evaluate_run(run_dir, *, bootstrap_draws=BOOTSTRAP_DRAWS, seed=0):
     """
     run = read_run_files(run_dir)
     run_dir = Path(run_dir)
-    _, y_true, probabilities = read_predictions(run_dir / PREDICTIONS_FILENAME)
+    frame, y_true, probabilities = read_predictions(run_dir / PREDICTIONS_FILENAME)
     data = None
     if run.split is not None:
         data = ("Images per class in each subset of the run's split:", split_summary(run.split))
+    image_ids = frame["image_id"].tolist()
     return write_evaluation(
         run_dir, y_true, probabilities,
         title=f"Evaluation of {run.name}",
         test_set=f"the {len(y_true):,} test images of the run's split",
         run=run, history=run.history, data=data,
         bootstrap_draws=bootstrap_draws, seed=seed,
+        clinical=ClinicalInputs.for_run(run_dir, image_ids, test_metadata(image_ids, run.config.get("data_dir"))),
     )
 
 
 def write_evaluation(
-    output_dir, y_true, probabilities, *, title, test_set, run, history=None, data=None, bootstrap_draws=BOOTSTRAP_DRAWS, seed=0
+    output_dir, y_true, probabilities, *, title, test_set, run, history=None, data=None, bootstrap_draws=BOOTSTRAP_DRAWS, seed=0,
+    clinical=None,
 ):
     """Computes the metrics and writes `metrics.json`, the plots and `report.md` into a folder.
 
@@ -92,12 +96,17 @@ def write_evaluation(
         data: (caption, table) of images per class, shown under "Data"; or None.
         bootstrap_draws: resamples of the test images for the confidence intervals.
         seed: fixes the resamples.
+        clinical: the `ClinicalInputs` of the clinical evaluation (`metrics["clinical"]` and its
+            sections), or None for none.
 
     Returns:
         The metrics.
     """
     output_dir = Path(output_dir)
     metrics = compute_metrics(y_true, probabilities, bootstrap_draws=bootstrap_draws, seed=seed)
+    clinical_plots = {}
+    if clinical is not None:
+        metrics["clinical"], clinical_plots = write_clinical(output_dir, y_true, probabilities, clinical, bootstrap_draws=bootstrap_draws, seed=seed)
     write_json(output_dir / METRICS_FILENAME, metrics)
     plots = {
         "Confusion matrix": plot_confusion_matrix(metrics["confusion_matrix"], output_dir / "confusion_matrix.png"),
@@ -111,12 +120,12 @@ def write_evaluation(
         )
     write_text(
         output_dir / REPORT_FILENAME,
-        render_report(metrics, title=title, test_set=test_set, run=run, plots=plots, data=data, output_dir=output_dir),
+        render_report(metrics, title=title, test_set=test_set, run=run, plots=plots, data=data, output_dir=output_dir, clinical_plots=clinical_plots),
     )
     return metrics
 
 
-def render_report(metrics, *, title, test_set, run, plots, data, output_dir):
+def render_report(metrics, *, title, test_set, run, plots, data, output_dir, clinical_plots=None):
     """The markdown of `report.md`; every link is to a file in `output_dir`, relative to it."""
     files = [
         name for name in (METRICS_FILENAME, PREDICTIONS_FILENAME, CONFIG_FILENAME) if (output_dir / name).is_file()
@@ -133,6 +142,8 @@ def render_report(metrics, *, title, test_set, run, plots, data, output_dir):
     sections += ["## Metrics", headline_table(metrics), metric_notes(metrics)]
     sections += ["## Per class", per_class_table(metrics)]
     sections += ["## Plots"] + [f"### {caption}\n\n![{caption}]({path.name})" for caption, path in plots.items()]
+    if "clinical" in metrics:
+        sections += clinical_sections(metrics["clinical"], clinical_plots or {})
     gallery_path = output_dir / GALLERY_DIR / GALLERY_FILENAME
     if gallery_path.is_file():
         sections += ["## Gallery", gallery_table(json.loads(gallery_path.read_text()))]
