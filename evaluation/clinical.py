@@ -56,7 +56,7 @@ class ClinicalInputs:
     @classmethod
     def for_run(cls, run_dir, image_ids, metadata=None):
         """A run's inputs: its `val_predictions.csv` (if any), its `calibration.json`."""
-        return cls(tuple(image_ids), read_validation(run_dir), f"the run's validation predictions, {VAL_PREDICTIONS_FILENAME},", Path(run_dir), metadata)
+        return cls(tuple(image_ids), read_validation(run_dir), f"the run's validation predictions ({VAL_PREDICTIONS_FILENAME})", Path(run_dir), metadata)
 
 
 def read_validation(run_dir):
@@ -184,7 +184,7 @@ def calibration_text(clinical):
         return "Calibration of the test probabilities as the model gives them."
     return (
         f"Temperature scaling (Guo et al., 2017): the logits divided by T = {calibration['temperature']:.3f}, fitted on "
-        f"{clinical['validation']['source'] if clinical['validation'] else 'the validation images'} (never on test); "
+        f"{clinical['validation']['source'] if clinical['validation'] else 'the validation images'}, never on test; "
         f"the arg-max and every accuracy figure are unchanged. Calibrated probabilities: [{CALIBRATED_PREDICTIONS_FILENAME}]({CALIBRATED_PREDICTIONS_FILENAME})."
     )
 
