@@ -155,6 +155,20 @@ def write_clinical(output_dir, y_true, probabilities, inputs, *, bootstrap_draws
     return clinical, plots
 
 
+def ensemble_clinical(folder, validation, image_ids, y_true, probabilities, metadata, *, bootstrap_draws=BOOTSTRAP_DRAWS, seed=0):
+    """A study configuration's fold ensemble's clinical evaluation, its plots and `calibration.json` in its folder.
+
+    The ensemble has no validation images of its own: its members' pooled out-of-fold predictions
+    (each image scored by the model that did not train on it) stand in for them, as the nearest
+    thing to the ensemble's predictions on images no member trained on.
+    """
+    inputs = ClinicalInputs(
+        tuple(image_ids), validation, "the members' pooled out-of-fold validation predictions", Path(folder), metadata
+    )
+    clinical, _ = write_clinical(folder, y_true, probabilities, inputs, bootstrap_draws=bootstrap_draws, seed=seed)
+    return clinical
+
+
 # === report.md ===
 
 
@@ -285,3 +299,63 @@ def gaps_table(subgroups):
         ))
     return markdown_table(("attribute", "best − worst", "balanced accuracy gap", "permutation p"), rows, align="llrr")
 
+
+
+# === summary.md ===
+
+
+def clinical_summary_sections(configurations, ensembles_dir):
+    """The study summary's comparison of the configurations' ensembles at the clinical questions."""
+    rows, gap_rows = [], []
+    for label, configuration in configurations.items():
+        clinical = configuration.get("clinical")
+        if clinical is None:
+            continue
+        calibration = clinical["calibration"]
+        after = calibration.get("after")
+        points = {point["target"]: point for point in clinical.get("operating_points", {}).get("melanoma", {}).get("points", [])}
+        conformal = clinical.get("conformal", {}).get("0.90", {}).get("marginal")
+        rows.append((
+            label,
+            format_value(calibration.get("temperature")),
+            f"{calibration['before']['ece_fixed']:.3f} → {format_value(after and after['ece_fixed'])}",
+            *(point_specificity(points.get(target)) for target in (0.90, 0.95)),
+            format_value(clinical["selective"]["aurc"]),
+            MISSING if conformal is None else f"{conformal['coverage']:.3f} / {conformal['mean_size']:.2f}",
+        ))
+        for attribute, result in clinical.get("subgroups", {}).items():
+            gap = result["gap"]
+            gap_rows.append((
+                label, attribute,
+                MISSING if gap is None else f"{gap['best']} − {gap['worst']}",
+                MISSING if gap is None else f"{gap['balanced_accuracy_gap']:.3f} {format_interval(gap.get('interval'))}",
+                MISSING if gap is None or gap["p_value"] is None else f"{gap['p_value']:.3f}",
+            ))
+    if not rows:
+        return []
+    sections = [
+        "## Clinical evaluation of the ensembles",
+        "Temperature, operating points and conformal thresholds fitted on the members' pooled out-of-fold validation "
+        "predictions, never on test. ECE over 15 equal-width bins, raw → calibrated; specificity at the threshold that "
+        "finds 0.90 and 0.95 of the validation melanomas, on the test images with 95% bootstrap intervals; AURC of the "
+        "risk-coverage curve; the 90% marginal conformal sets' test coverage and mean size. Each ensemble's "
+        f"plots are in its folder under [{ensembles_dir}/]({ensembles_dir}/), every number under its `clinical` in summary.json.",
+        markdown_table(
+            ("configuration", "T", "ECE", "melanoma specificity at 0.90", "at 0.95", "AURC", "90% sets: coverage / size"),
+            rows, align="lrrrrrr",
+        ),
+    ]
+    if gap_rows:
+        sections += [
+            "Largest balanced-accuracy gap between subgroups of the test images (groups of known value with at least "
+            f"{MIN_GROUP_IMAGES} images), with its bootstrap interval and permutation p-value: a configuration that "
+            "narrows a gap has a smaller one here.",
+            markdown_table(("configuration", "attribute", "best − worst", "gap", "permutation p"), gap_rows, align="lllrr"),
+        ]
+    return sections
+
+
+def point_specificity(point):
+    if point is None:
+        return MISSING
+    return f"{format_value(point['specificity'])} {format_interval(point.get('intervals', {}).get('specificity'))}"

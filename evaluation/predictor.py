@@ -247,8 +247,8 @@ def predict_batches(model, batches, *, tta=False, progress=None):
 def predict_subset(run_dir, data, *, batch_size=32, tta=False, subset="test", predictor=None):
     """Predicts the test subset of a run's split (or `subset`) with its kept model and writes `predictions.csv`.
 
-    With `subset="val"`, the validation subset instead, into `val_predictions.csv` (a fold run's
-    out-of-fold predictions).
+    With `subset="val"`, the validation subset instead, into `val_predictions.csv` (what the
+    temperature and conformal thresholds are fitted on; a fold run's out-of-fold predictions).
 
     Args:
         run_dir: a trained run's folder, with `model.keras`.

@@ -34,6 +34,7 @@ from common.run_folder import METRICS_FILENAME, PREDICTIONS_FILENAME, SPLIT_FILE
 from common.study_folder import SUMMARY_DIR, finished_runs
 from dataset.metadata import CLASS_NAMES, class_indices
 from dataset.split import load_split
+from evaluation.clinical import clinical_summary_sections, ensemble_clinical, test_metadata
 from evaluation.compare import compare_runs, shared_test_set
 from evaluation.markdown import format_interval, format_value, markdown_table
 from evaluation.catalogue import STUDY, keys_shown, metrics_shown
@@ -118,6 +119,11 @@ def write_summary(runs, output_dir, title, *, paired_over_runs=True, bootstrap_d
         write_ensemble(output_dir, label, image_ids, y_true, ensembles[label], configuration["ensemble"])
         for label, configuration in configurations.items()
     ]
+    metadata = test_metadata(image_ids)
+    for folder, (label, configuration) in zip(ensemble_dirs, configurations.items()):
+        configuration["clinical"] = ensemble_clinical(
+            folder, pooled_out_of_fold(groups[label]), image_ids, y_true, ensembles[label], metadata, bootstrap_draws=bootstrap_draws, seed=seed
+        )
     comparison = None
     if len(configurations) > 1:
         comparison = compare_runs(ensemble_dirs, output_dir / COMPARISON_DIR, bootstrap_draws=bootstrap_draws, seed=seed, verbose=False)
@@ -181,6 +187,13 @@ def out_of_fold_metrics(members, *, bootstrap_draws, seed):
     Raises:
         DataError: one seed's folds score an image twice (they are not one fold assignment).
     """
+    pooled = pooled_out_of_fold(members)
+    return None if pooled is None else compute_metrics(*pooled, bootstrap_draws=bootstrap_draws, seed=seed)
+
+
+def pooled_out_of_fold(members):
+    """(y_true, probabilities) of the fold runs' validation predictions pooled (see `out_of_fold_metrics`);
+    None unless the members are fold runs with `val_predictions.csv`."""
     if any(member["fold"] is None for member in members):
         return None
     per_seed = {}
@@ -198,7 +211,7 @@ def out_of_fold_metrics(members, *, bootstrap_draws, seed):
             raise DataError(f"image {frame.index[frame.index.duplicated()][0]} is in two folds' validation predictions")
     columns = list(range(len(CLASS_NAMES)))
     table = pd.concat(pooled).groupby(level=0).agg({**{column: "mean" for column in columns}, "dx": "first"})
-    return compute_metrics(class_indices(table["dx"]), table[columns].to_numpy(), bootstrap_draws=bootstrap_draws, seed=seed)
+    return class_indices(table["dx"]), table[columns].to_numpy()
 
 
 def nadeau_bengio_test(differences, test_train_ratio):
@@ -298,6 +311,7 @@ def render_summary(summary, figure_name):
             "Every non-test image scored by the fold model that did not train on it (with several seeds, their mean probabilities).",
             markdown_table(("configuration", *names), out_of_fold, align="l" + "r" * len(SUMMARY_METRICS)),
         ]
+    sections += clinical_summary_sections(configurations, ENSEMBLES_DIR)
     if summary["pairs"]:
         sections += paired_tests_section(summary["pairs"], summary["paired_over_runs"])
     return "\n\n".join(sections) + "\n"

@@ -5,11 +5,12 @@
 """
 
 import sys
+from pathlib import Path
 
 import evaluation
 import inference
 from common.errors import DataError
-from common.run_folder import METRICS_FILENAME, REPORT_FILENAME
+from common.run_folder import METRICS_FILENAME, MODEL_FILENAME, REPORT_FILENAME, VAL_PREDICTIONS_FILENAME
 from evaluation.catalogue import CONSOLE, metrics_shown
 from training import prepare_run_data, resume_run, run_config, train_run
 from training.tracking import log_finished_run
@@ -28,9 +29,9 @@ def evaluate_trained_run(run):
     predictor = evaluation.Predictor.load(run.run_dir)
     options = {"batch_size": run.config.batch_size, "predictor": predictor}
     evaluation.predict_subset(run.run_dir, run.data, **options)
-    if run.config.fold is not None:
-        # The study's out-of-fold metrics pool every fold run's validation fold.
-        evaluation.predict_subset(run.run_dir, run.data, subset="val", **options)
+    # The temperature, operating points and conformal sets are fitted on these; a study's
+    # out-of-fold metrics pool every fold run's validation fold.
+    evaluation.predict_subset(run.run_dir, run.data, subset="val", **options)
     try:
         # Before the evaluation, whose report shows it.
         inference.write_gallery(run.run_dir, run.data, predictor)
@@ -74,14 +75,22 @@ def reevaluate_run(run_dir, tta=False, cache_dir=None):
     """Writes a run's evaluation again from its predictions; with `tta`, also predicts its test
     subset with test-time augmentation (8 views) and evaluates that into its tta/ folder.
 
+    A run with its model but no `val_predictions.csv` (trained before every run predicted its
+    validation subset) gets them first: its temperature and conformal sets are fitted on them.
+
     Returns:
         (the metrics, the TTA metrics with their "folder", or None without `tta`).
     """
+    run_dir = Path(run_dir)
+    predict_val = not (run_dir / VAL_PREDICTIONS_FILENAME).is_file() and (run_dir / MODEL_FILENAME).is_file()
+    config = data = None
+    if predict_val or tta:
+        config = run_config(run_dir, {"cache_dir": cache_dir and str(cache_dir)})
+        data = prepare_run_data(config)
+    if predict_val:
+        evaluation.predict_subset(run_dir, data, batch_size=config.batch_size, subset="val")
     metrics = evaluation.evaluate_run(run_dir)
     if not tta:
         return metrics, None
-    config = run_config(run_dir, {"cache_dir": cache_dir and str(cache_dir)})
-    predictions = evaluation.predict_subset(
-        run_dir, prepare_run_data(config), batch_size=config.batch_size, tta=True
-    )
+    predictions = evaluation.predict_subset(run_dir, data, batch_size=config.batch_size, tta=True)
     return metrics, {**evaluation.evaluate_tta(run_dir, predictions.parent), "folder": predictions.parent}
