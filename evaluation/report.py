@@ -22,6 +22,7 @@ from evaluation.markdown import MISSING, format_duration, format_interval, forma
 from evaluation.metrics import BOOTSTRAP_DRAWS, CALIBRATION_BINS, INTERVAL_LEVEL, compute_metrics
 from evaluation.plots import plot_confusion_matrix, plot_per_class, plot_roc_curves, plot_training_curves
 from evaluation.predictions import read_predictions
+from evaluation.robustness import robustness_metrics, robustness_section
 from evaluation.run_files import read_run_files
 
 # The rows of the headline table, in order: metrics.json key and the name a reader sees.
@@ -108,7 +109,7 @@ def write_evaluation(
         The metrics.
     """
     output_dir = Path(output_dir)
-    metrics = compute_metrics(y_true, probabilities, bootstrap_draws=bootstrap_draws, seed=seed)
+    metrics = compute_metrics(y_true, probabilities, bootstrap_draws=bootstrap_draws, seed=seed) | robustness_metrics(output_dir)
     write_json(output_dir / METRICS_FILENAME, metrics)
     plots = {
         "Confusion matrix": plot_confusion_matrix(metrics["confusion_matrix"], output_dir / "confusion_matrix.png"),
@@ -142,7 +143,7 @@ def render_report(metrics, *, title, test_set, run, plots, data, output_dir):
     if "diagnostics" in run.training:
         sections += ["## Training diagnostics", diagnostics_list(run.training["diagnostics"])]
     sections += ["## Metrics", headline_table(metrics), metric_notes(metrics)]
-    sections += ["## Per class", per_class_table(metrics)]
+    sections += ["## Per class", per_class_table(metrics), robustness_section(output_dir)]
     sections += ["## Plots"] + [f"### {caption}\n\n![{caption}]({path.name})" for caption, path in plots.items()]
     gallery_path = output_dir / GALLERY_DIR / GALLERY_FILENAME
     if gallery_path.is_file():
