@@ -27,8 +27,9 @@ def with_image_size(model, image_size):
         raise ValueError(f"image size must be positive; got {image_size}")
     config = keras.saving.serialize_keras_object(model)
     _resize_inputs(config, image_size)
-    resized = keras.saving.deserialize_keras_object(config)
     try:
+        # A layer whose weights fit one size only fails as the graph is rebuilt, or as they are set.
+        resized = keras.saving.deserialize_keras_object(config)
         resized.set_weights(model.get_weights())
     except ValueError as error:
         raise ValueError(f"the model's weights depend on its input size, so it cannot take {image_size} px images ({error})") from None
