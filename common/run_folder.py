@@ -5,6 +5,8 @@
         metadata_encoder.json (hybrid head)  predictions.csv  metrics.json  *.png  report.md
         val_predictions.csv (runs of a K-fold study: the validation fold)
         gallery/ (Grad-CAM thumbnails of the test subset)
+        robustness.json, robustness.npz (`main.py robustness`, or `robustness: true`: the corruption benchmark)
+        tta/, size-<N>px/, external/<data>/ (`main.py evaluate` with --tta, --image-size, --data-dir)
         checkpoint/ (while training: the last epoch's model and state, for --resume)
         run.lock (while a process trains in the folder: its id and machine)
         tensorboard/ (TensorBoard's logs)
