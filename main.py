@@ -17,6 +17,9 @@ Examples:
     python main.py predict results/runs/RUN photo.jpg FOLDER/ --output predictions.csv --explain gradcam/
     python main.py predict results/studies/STUDY/densenet photo.jpg   # a study configuration's fold ensemble
     python main.py serve results/runs/RUN --port 8000               # HTTP API and a page to try it (needs .[serve])
+    python main.py robustness results/runs/RUN --subset validation  # balanced accuracy under 11 corruptions x 3 severities
+    python main.py evaluate results/runs/RUN --image-size 160       # validation and test at a larger test-time size (FixRes)
+    python main.py predict results/studies/STUDY/ensemble photo.jpg # the study's ensemble of configurations
     python main.py --model densenet --config configs/cpu.yaml --track   # also log the run to MLflow (needs .[track])
     python main.py track results/reference/runs                     # log finished run folders to MLflow
     python main.py tune --model densenet --config configs/cpu.yaml --trials 12   # KerasTuner search (needs .[tune])
@@ -160,7 +163,7 @@ def add_tune_parser(subparsers, parents):
 
 
 def add_inspection_parsers(subparsers, console):
-    """The commands that read run folders: track, evaluate, compare, predict, serve."""
+    """The commands that read run folders: track, evaluate, compare, predict, serve, robustness."""
     track = subparsers.add_parser(
         "track", help="log finished run folders to MLflow (needs `pip install -e .[track]`)",
         description="Logs each run folder's config, history, test metrics and reports as an MLflow run, once: a folder "
@@ -175,7 +178,11 @@ def add_inspection_parsers(subparsers, console):
         "With --data-dir: predict an external image set and write predictions, metrics, plots and a report for it.",
         parents=[console],
     )
-    evaluate.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a trained run folder (with model.keras)")
+    evaluate.add_argument(
+        "run_dir", type=Path, metavar="RUN_DIR",
+        help="a trained run folder (with model.keras); with --data-dir also a study's configuration, STUDY_DIR/<configuration>, "
+        "or ensemble of configurations, STUDY_DIR/<a>+<b> or STUDY_DIR/ensemble",
+    )
     evaluate.add_argument("--data-dir", type=Path, help="folder of the external images (flat, or HAM10000's part_1/part_2)")
     evaluate.add_argument("--labels", type=Path, metavar="CSV", help="HAM10000-format metadata or ISIC ground truth (default: DATA_DIR/HAM10000_metadata.csv)")
     evaluate.add_argument("--output", type=Path, metavar="DIR", help="where to write (default: RUN_DIR/external/<data folder name>; an existing folder gets -2, -3, ...)")
@@ -184,6 +191,11 @@ def add_inspection_parsers(subparsers, console):
     evaluate.add_argument(
         "--tta", action="store_true",
         help="also evaluate the mean over each image's eight rotations and reflections, into a tta/ folder beside the plain evaluation",
+    )
+    evaluate.add_argument(
+        "--image-size", type=positive, metavar="N",
+        help="predict at N px instead of the training size (test-time resolution): without --data-dir, the run's "
+        "validation and test subsets into RUN_DIR/size-<N>px/, to choose N on validation",
     )
 
     compare = subparsers.add_parser("compare", help="compare runs, or studies, evaluated on the same test images", parents=[console])
@@ -206,6 +218,7 @@ def add_inspection_parsers(subparsers, console):
     predict.add_argument("--output", type=Path, metavar="FILE", help="write a .csv or .json file instead of printing (never overwrites)")
     predict.add_argument("--explain", type=Path, metavar="DIR", help="write a Grad-CAM figure per image into DIR")
     predict.add_argument("--skip-unreadable", action="store_true", help="leave out files that are not readable images instead of failing")
+    predict.add_argument("--image-size", type=positive, metavar="N", help="predict at N px instead of the training size (test-time resolution)")
 
     serve = subparsers.add_parser(
         "serve", help="serve a trained run over HTTP: a JSON API and a page to try it (needs `pip install -e .[serve]`)",
@@ -215,6 +228,25 @@ def add_inspection_parsers(subparsers, console):
     serve.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a trained run folder (with model.keras), or a study's configuration, STUDY_DIR/<configuration> (STUDY_DIR alone where it has one): the mean of its fold models")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 exposes it to the network")
     serve.add_argument("--port", type=int, default=8000, help="0 picks a free port")
+    serve.add_argument("--image-size", type=positive, metavar="N", help="predict at N px instead of the training size (test-time resolution)")
+
+    robustness = subparsers.add_parser(
+        "robustness", help="score a run, or a study's configuration, under dermatology-specific corruptions (a stand-in for other clinics)",
+        description="Balanced accuracy on the validation and test subsets under 11 corruptions (colour temperature, gamma, "
+        "brightness, contrast, saturation, blur, JPEG, black corners, hair, centre crop, low resolution) at 3 severities, "
+        "their mean and its ratio to clean. A run's results go into its robustness.json / .npz, metrics.json and report.md; "
+        "a study configuration's (fold ensemble: test by every fold model, validation out of fold) into STUDY_DIR/robustness/. "
+        "About 34 passes over each subset per model; a subset already scored is kept.",
+        parents=[console],
+    )
+    robustness.add_argument(
+        "run_dir", type=Path, metavar="RUN_OR_CONFIGURATION",
+        help="a trained run folder, a study's configuration (STUDY_DIR/<configuration>), or ensemble of configurations (STUDY_DIR/<a>+<b>, STUDY_DIR/ensemble)",
+    )
+    robustness.add_argument("--subset", default="both", choices=("validation", "test", "both"), help="which subset to score (default: %(default)s)")
+    robustness.add_argument("--image-size", type=positive, metavar="N", help="predict at N px instead of the training size (test-time resolution)")
+    robustness.add_argument("--seed", type=int, default=0, help="fixes the corruptions' random choices (default: %(default)s)")
+    robustness.add_argument("--cache-dir", type=Path)
 
 
 def positive(text):

@@ -7,6 +7,8 @@
         calibration.json (the temperature and conformal thresholds fitted on val_predictions.csv)
         calibrated_predictions.csv (predictions.csv with the temperature applied)
         gallery/ (Grad-CAM thumbnails of the test subset)
+        robustness.json, robustness.npz (`main.py robustness`, or `robustness: true`: the corruption benchmark)
+        tta/, size-<N>px/, external/<data>/ (`main.py evaluate` with --tta, --image-size, --data-dir)
         checkpoint/ (while training: the last epoch's model and state, for --resume)
         run.lock (while a process trains in the folder: its id and machine)
         tensorboard/ (TensorBoard's logs)

@@ -5,7 +5,10 @@
         study.json   every planned run: its configuration, fold, seed and resolved config, and
                      its run folder from the moment it starts (`finished` once it is evaluated)
         split.csv    the split every run trains on (with a `fold` column for --folds)
-        summary/     summary.md, summary.json, spread.png, ensembles/, comparison/
+        summary/     summary.md, summary.json, spread.png, ensembles/, comparison/,
+                     configuration_ensemble.json (the ensemble of configurations chosen out of fold)
+        robustness/  the corruption benchmark of each configuration scored (`main.py robustness`)
+        external/    `main.py evaluate STUDY_DIR/<configuration> --data-dir DIR`'s evaluations
         run.lock     while a process trains the study's runs: its id and machine (`run_lock`)
 
 The runs themselves are ordinary run folders in <output_dir>/runs/; a study kept with its runs

@@ -47,12 +47,13 @@ class PreparedData:
         return rows, self.cache.rows(rows["image_id"]), class_indices(rows["dx"])
 
     def sequence(
-        self, name, *, batch_size=32, with_metadata=False, balance=None, augment=True, mixup=0.0, cutmix=0.0, seed=0, epoch=0, workers=2,
+        self, name, *, batch_size=32, with_metadata=False, balance=None, augment=True, corruption=None, mixup=0.0, cutmix=0.0, seed=0,
+        epoch=0, workers=2,
     ):
         """A batch sequence of one subset.
 
         "train" is resampled with `balance`, shuffled and (if `augment`) augmented every epoch,
-        and mixed with `mixup` and `cutmix` (`dataset.augment.mix_batch`);
+        corrupted at random by `corruption` (a `CorruptionAugmentation`, or None), and mixed with `mixup` and `cutmix` (`dataset.augment.mix_batch`);
         "val" and "test" are never resampled, shuffled nor augmented, whatever is passed.
         """
         rows, cache_rows, labels = self.subset(name)
@@ -60,7 +61,7 @@ class PreparedData:
         if name == "train":
             return training_sequence(
                 self.cache.images, cache_rows, labels, metadata=features, batch_size=batch_size,
-                balance=balance or Balance("none"), augment=augment, mixup=mixup, cutmix=cutmix, seed=seed, epoch=epoch,
+                balance=balance or Balance("none"), augment=augment, corruption=corruption, mixup=mixup, cutmix=cutmix, seed=seed, epoch=epoch,
                 workers=workers,
             )
         return evaluation_sequence(self.cache.images, cache_rows, labels, metadata=features, batch_size=batch_size, workers=workers)

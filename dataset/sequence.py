@@ -16,8 +16,13 @@ import keras
 import numpy as np
 
 from dataset.augment import mix_batch, random_dihedral
+from dataset.corruptions import CorruptionAugmentation
 from dataset.metadata import CLASS_NAMES
 from dataset.sampling import Balance
+
+
+# Seeds, beside (seed, epoch, batch), the generator of a batch's corruptions.
+CORRUPTION_STREAM = 1
 
 
 class LesionSequence(keras.utils.PyDataset):
@@ -34,6 +39,8 @@ class LesionSequence(keras.utils.PyDataset):
         batch_size: images per batch; the last batch may be smaller.
         balance: how to resample each epoch (`Balance`); None or mode "none" keeps every row once.
         augment: apply random quarter turns and flips.
+        corruption: a `CorruptionAugmentation` that corrupts images at random before the turns
+            and flips (a centre crop cuts the frame's own width); None: off.
         mixup: alpha of MixUp's Beta distribution (`dataset.augment.mix_batch`); 0: off.
         cutmix: alpha of CutMix's Beta distribution; 0: off.
         shuffle: reorder the rows every epoch.
@@ -53,6 +60,7 @@ class LesionSequence(keras.utils.PyDataset):
         batch_size=32,
         balance=None,
         augment=False,
+        corruption=None,
         mixup=0.0,
         cutmix=0.0,
         shuffle=False,
@@ -75,6 +83,7 @@ class LesionSequence(keras.utils.PyDataset):
         self.batch_size = batch_size
         self.balance = balance or Balance("none")
         self.augment = augment
+        self.corruption = corruption if corruption is not None and corruption.active else None
         self.mixup = mixup
         self.cutmix = cutmix
         self.shuffle = shuffle
@@ -107,6 +116,9 @@ class LesionSequence(keras.utils.PyDataset):
         positions = self.positions[index * self.batch_size : (index + 1) * self.batch_size]
         images = self.images[self.rows[positions]]
         rng = np.random.default_rng([self.seed, self.epoch, index])
+        if self.corruption is not None:
+            # A generator of its own: the turns, flips and mixing draw what they drew without it.
+            images = self.corruption.apply(images, np.random.default_rng([self.seed, self.epoch, index, CORRUPTION_STREAM]))
         if self.augment:
             images = random_dihedral(images, rng)
         images = images.astype(np.float32)
@@ -130,12 +142,13 @@ class LesionSequence(keras.utils.PyDataset):
 
 
 def training_sequence(
-    images, rows, labels, *, metadata=None, batch_size=32, balance=None, augment=True, mixup=0.0, cutmix=0.0, seed=0, epoch=0, workers=2,
+    images, rows, labels, *, metadata=None, batch_size=32, balance=None, augment=True, corruption=None, mixup=0.0, cutmix=0.0, seed=0,
+    epoch=0, workers=2,
 ):
     """The training subset: resampled by class and shuffled every epoch, augmented."""
     return LesionSequence(
         images, rows, labels, metadata=metadata, batch_size=batch_size, balance=balance,
-        augment=augment, mixup=mixup, cutmix=cutmix, shuffle=True, seed=seed, epoch=epoch, workers=workers,
+        augment=augment, corruption=corruption, mixup=mixup, cutmix=cutmix, shuffle=True, seed=seed, epoch=epoch, workers=workers,
     )
 
 

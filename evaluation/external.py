@@ -22,14 +22,14 @@ from evaluation.metrics import BOOTSTRAP_DRAWS
 from evaluation.predictions import predictions_frame, write_predictions
 from evaluation.predictor import Predictor
 from evaluation.report import class_counts, write_evaluation
-from evaluation.run_files import read_run_files
+from evaluation.run_files import RunFiles, read_run_files
 
 EXTERNAL_DIR = "external"
 
 
 def evaluate_external(
     run_dir, data_dir, labels_path=None, output_dir=None, *,
-    batch_size=32, cache_dir=None, drop_missing=False, bootstrap_draws=BOOTSTRAP_DRAWS, seed=0, tta=False, verbose=True,
+    batch_size=32, cache_dir=None, drop_missing=False, bootstrap_draws=BOOTSTRAP_DRAWS, seed=0, tta=False, image_size=None, verbose=True,
 ):
     """Predicts a labelled image set with a run's model and writes a full evaluation of it.
 
@@ -38,12 +38,14 @@ def evaluate_external(
 
     Args:
         run_dir: the trained run's folder, with `model.keras` (and `metadata_encoder.json` if
-            the model takes metadata).
+            the model takes metadata); or a study's configuration, `STUDY_DIR/<configuration>`
+            (its fold ensemble), or ensemble of configurations (`STUDY_DIR/<a>+<b>`, `STUDY_DIR/ensemble`).
         data_dir: the images: a flat folder, HAM10000's `images/` or part_1/part_2 folders, or
             loose files; an image's id is its file name without suffix.
         labels_path: the true classes (`read_labels` formats); default
             `data_dir/HAM10000_metadata.csv`. Metadata columns it lacks encode as unknown.
-        output_dir: where to write; default `run_dir/external/<data_dir name>`. An existing
+        output_dir: where to write; default `run_dir/external/<data_dir name>` (a study's:
+            `STUDY_DIR/external/<configuration>/<data_dir name>`). An existing
             folder is never written into: "-2", "-3", ... is appended instead.
         batch_size, cache_dir: images per prediction batch; the decoded-image cache (default as in training).
         drop_missing: leave out, with a warning, labelled images that are missing or cannot be
@@ -51,6 +53,7 @@ def evaluate_external(
         bootstrap_draws, seed: resamples of the images for the confidence intervals, and their seed.
         tta: also evaluate the mean prediction over the eight rotations and reflections of each
             image, beside the plain one.
+        image_size: predict at this image size instead of the training size (test-time resolution).
         verbose: print the cache's and the model's progress, and where the results went.
 
     Returns:
@@ -60,10 +63,11 @@ def evaluate_external(
         DataError: the model, the labels, an image or the metadata encoder is missing or malformed.
     """
     # Every input is checked before the model runs, so that a bad file fails in seconds.
-    run = read_run_files(run_dir)
+    predictor = Predictor.load(run_dir, image_size=image_size)
+    # A study's configuration reports as itself, not as one of its runs.
+    run = read_run_files(run_dir) if predictor.configuration is None else RunFiles(name=predictor.name)
     data_dir, labels_path = external_paths(data_dir, labels_path)
     labels = read_labels(labels_path)
-    predictor = Predictor.load(run_dir)
     image_paths = locate_images(list(labels["image_id"]), data_dir, drop_missing=drop_missing)
     cache = load_images(image_paths, predictor.image_size, cache_dir=cache_dir, drop_unreadable=drop_missing, verbose=verbose)
     rows = labels.set_index("image_id").loc[list(cache.image_ids)].reset_index()
@@ -75,7 +79,10 @@ def evaluate_external(
     report = {"title": title, "test_set": test_set, "run": run, "bootstrap_draws": bootstrap_draws, "seed": seed}
 
     probabilities = predictor.predict(cache.images, rows, **options)
-    output_dir = new_folder(Path(output_dir) if output_dir is not None else Path(run_dir) / EXTERNAL_DIR / data_dir.name)
+    if output_dir is None:
+        output_dir = Path(run_dir) / EXTERNAL_DIR if predictor.configuration is None else predictor.folder / EXTERNAL_DIR / predictor.configuration
+        output_dir = output_dir / (data_dir.name + (f"-{image_size}px" if image_size and image_size != predictor.trained_image_size else ""))
+    output_dir = new_folder(output_dir)
     metrics = write_external_evaluation(output_dir, rows, probabilities, **report)
     if tta:
         metrics["tta"] = write_external_evaluation(

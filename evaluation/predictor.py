@@ -3,6 +3,8 @@
     from evaluation.predictor import Predictor
     predictor = Predictor.load("results/runs/20261123-101500-densenet")         # one run's model
     predictor = Predictor.load("results/studies/20261125-010000-all-3folds/densenet")   # its 3 fold models
+    predictor = Predictor.load("results/studies/20261125-010000-all-3folds/cnn+densenet")   # two configurations' fold ensembles
+    predictor = Predictor.load("results/runs/20261123-101500-densenet", image_size=160)   # at a larger test-time size
     probabilities = predictor.predict(images, metadata, tta=True)                # (n, 7)
 
 The one place that runs a trained model: the test and validation subsets' `predictions.csv`
@@ -10,7 +12,8 @@ The one place that runs a trained model: the test and validation subsets' `predi
 through `Predictor`. It loads each model once and gives it its inputs as training did: the images
 as float32 batches, and the metadata encoded by the encoder saved with the run (fitted on its
 training subset), so that each fold model encodes the metadata as it was trained to. An ensemble's
-probabilities are the mean of its models', as the study's summary averages them.
+probabilities are the mean of its models', as the study's summary averages them; an ensemble of
+configurations (`evaluation.configuration_ensemble`) weighs each configuration's fold ensemble alike.
 """
 
 import json
@@ -36,6 +39,8 @@ from dataset.augment import DIHEDRAL_TRANSFORMS
 from dataset.features import MetadataEncoder
 from dataset.metadata import CLASS_DESCRIPTIONS, CLASS_NAMES, UNKNOWN
 from evaluation.catalogue import CARD, keys_shown
+from networks.resolution import with_image_size
+from evaluation.configuration_ensemble import CONFIGURATION_SEPARATOR, resolve_configurations
 from evaluation.predictions import predictions_frame, write_predictions
 from evaluation.run_files import read_run_files
 from evaluation.study import ENSEMBLES_DIR
@@ -51,21 +56,29 @@ class RunModel:
     model: object
     image_size: int
     encoder: MetadataEncoder | None
+    trained_image_size: int | None = None  # where the model was rebuilt for another size
 
     @classmethod
-    def load(cls, run_dir):
-        """Loads a run's model and metadata encoder.
+    def load(cls, run_dir, image_size=None):
+        """Loads a run's model and metadata encoder; with `image_size`, the model rebuilt to take
+        images of that size (`networks.resolution`) instead of its training size.
 
         Raises:
             DataError: the folder, its `model.keras`, or the encoder a metadata model needs is
-                missing or malformed.
+                missing or malformed; the model cannot take `image_size`.
         """
         run_dir = Path(run_dir)
         read_run_files(run_dir)  # checks that the folder exists and its files are readable
         model = load_run_model(run_dir)
-        image_size, metadata_features = model_inputs(model, run_dir / MODEL_FILENAME)
+        trained_size, metadata_features = model_inputs(model, run_dir / MODEL_FILENAME)
+        if image_size is not None and image_size != trained_size:
+            try:
+                model = with_image_size(model, image_size)
+            except ValueError as error:
+                raise DataError(f"{run_dir / MODEL_FILENAME}: {error}") from None
+        image_size, _ = model_inputs(model, run_dir / MODEL_FILENAME)
         encoder = load_encoder(run_dir, metadata_features) if metadata_features else None
-        return cls(run_dir, model, image_size, encoder)
+        return cls(run_dir, model, image_size, encoder, trained_size)
 
     def encode(self, metadata, count):
         """The model's metadata input for `count` images: `metadata` rows, or all unknown; None for an image-only model."""
@@ -85,18 +98,27 @@ class Predictor:
         name: the run folder's name, or "<study folder>/<configuration>".
         folder: the run folder, or the study folder.
         members: a `RunModel` per run.
-        configuration: the study's configuration, None for a run.
+        configuration: the study's configuration ("a+b" for an ensemble of configurations), None for a run.
+        weights: each member's weight in the mean (they sum to 1); None: all alike.
     """
 
     name: str
     folder: Path
     members: tuple
     configuration: str | None = None
+    weights: tuple | None = None
 
     @classmethod
-    def load(cls, path):
+    def load(cls, path, image_size=None):
         """Loads a run folder, or a study's configuration: `STUDY_DIR/<configuration>`, or
-        `STUDY_DIR` alone where the study has one configuration.
+        `STUDY_DIR` alone where the study has one configuration; or an ensemble of a study's
+        configurations, `STUDY_DIR/<configuration>+<configuration>...`, or `STUDY_DIR/ensemble`,
+        the one its summary chose on out-of-fold validation (`evaluation.configuration_ensemble`).
+
+        Args:
+            path: as above.
+            image_size: the side of the images to predict, where it is not the one the models
+                trained at (test-time resolution, `networks.resolution`); None: their own.
 
         Raises:
             DataError: the folder is neither a run nor (a configuration of) a study; a study's
@@ -109,20 +131,34 @@ class Predictor:
         elif is_study_dir(path.parent) and not (path / MODEL_FILENAME).exists():
             study_dir, configuration = path.parent, path.name
         else:
-            return cls(path.resolve().name, path, (RunModel.load(path),))
-        configuration, run_dirs = study_configuration(study_dir, configuration)
-        members = tuple(RunModel.load(run_dir) for run_dir in run_dirs)
-        if len({(member.image_size, member.encoder is None) for member in members}) > 1:
-            raise DataError(f"{study_dir}: the runs of {configuration} take different inputs (image size or metadata); they cannot be averaged")
-        return cls(f"{study_dir.resolve().name}/{configuration}", study_dir, members, configuration)
+            return cls(path.resolve().name, path, (RunModel.load(path, image_size),))
+        configurations = resolve_configurations(study_dir, configuration)
+        members, weights = [], []
+        for name in configurations:
+            name, run_dirs = study_configuration(study_dir, name)
+            members += [RunModel.load(run_dir, image_size) for run_dir in run_dirs]
+            # Each configuration's fold ensemble counts alike, however many runs it has.
+            weights += [1 / (len(configurations) * len(run_dirs))] * len(run_dirs)
+        configuration = CONFIGURATION_SEPARATOR.join(configurations) if configuration is not None else name
+        # An image-only model beside a metadata one is fine (each takes what it needs); one set
+        # of images of one size is fed to all.
+        sizes = sorted({member.image_size for member in members})
+        if len(sizes) > 1:
+            raise DataError(f"{study_dir}: the runs of {configuration} take images of different sizes ({', '.join(map(str, sizes))} px); they cannot be averaged")
+        return cls(f"{study_dir.resolve().name}/{configuration}", study_dir, tuple(members), configuration, tuple(weights))
 
     @property
     def image_size(self):
         return self.members[0].image_size
 
     @property
+    def trained_image_size(self):
+        """The image size the models trained at (that of the first, where they differ)."""
+        return self.members[0].trained_image_size or self.image_size
+
+    @property
     def takes_metadata(self):
-        return self.members[0].encoder is not None
+        return any(member.encoder is not None for member in self.members)
 
     @property
     def sexes(self):
@@ -141,10 +177,12 @@ class Predictor:
             metrics_path = self.members[0].run_dir / METRICS_FILENAME
         else:
             metrics_path = self.folder / SUMMARY_DIR / ENSEMBLES_DIR / self.configuration.replace("/", "--") / METRICS_FILENAME
-        metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+        # The test metrics are those of the training size, not of another one the models were rebuilt for.
+        metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() and self.image_size == self.trained_image_size else {}
         return {
             "run": self.name,
-            "architecture": config.get("model", self.members[0].model.name),
+            # An ensemble of configurations has several architectures: it names them all.
+            "architecture": self.configuration if CONFIGURATION_SEPARATOR in (self.configuration or "") else config.get("model", self.members[0].model.name),
             "models": len(self.members),
             "metadata": self.takes_metadata,
             "image_size": self.image_size,
@@ -182,7 +220,7 @@ class Predictor:
             predict_batches(member.model, member_batches(member, images, rows, metadata, batch_size), tta=tta, progress=progress)
             for member in self.members
         ]
-        return np.mean(probabilities, axis=0)
+        return np.average(probabilities, axis=0, weights=self.weights)
 
 
 def study_configuration(study_dir, configuration):

@@ -24,6 +24,7 @@ from evaluation.clinical import ClinicalInputs, clinical_sections, test_metadata
 from evaluation.metrics import BOOTSTRAP_DRAWS, INTERVAL_LEVEL, compute_metrics
 from evaluation.plots import plot_confusion_matrix, plot_per_class, plot_roc_curves, plot_training_curves
 from evaluation.predictions import read_predictions
+from evaluation.robustness import robustness_metrics, robustness_section
 from evaluation.run_files import read_run_files
 
 def evaluate_tta(run_dir, tta_dir, *, bootstrap_draws=BOOTSTRAP_DRAWS, seed=0):
@@ -103,7 +104,7 @@ def write_evaluation(
         The metrics.
     """
     output_dir = Path(output_dir)
-    metrics = compute_metrics(y_true, probabilities, bootstrap_draws=bootstrap_draws, seed=seed)
+    metrics = compute_metrics(y_true, probabilities, bootstrap_draws=bootstrap_draws, seed=seed) | robustness_metrics(output_dir)
     clinical_plots = {}
     if clinical is not None:
         metrics["clinical"], clinical_plots = write_clinical(output_dir, y_true, probabilities, clinical, bootstrap_draws=bootstrap_draws, seed=seed)
@@ -140,7 +141,7 @@ def render_report(metrics, *, title, test_set, run, plots, data, output_dir, cli
     if "diagnostics" in run.training:
         sections += ["## Training diagnostics", diagnostics_list(run.training["diagnostics"])]
     sections += ["## Metrics", headline_table(metrics), metric_notes(metrics)]
-    sections += ["## Per class", per_class_table(metrics)]
+    sections += ["## Per class", per_class_table(metrics), robustness_section(output_dir)]
     sections += ["## Plots"] + [f"### {caption}\n\n![{caption}]({path.name})" for caption, path in plots.items()]
     if "clinical" in metrics:
         sections += clinical_sections(metrics["clinical"], clinical_plots or {})

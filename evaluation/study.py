@@ -36,11 +36,13 @@ from dataset.metadata import CLASS_NAMES, class_indices
 from dataset.split import load_split
 from evaluation.clinical import clinical_summary_sections, ensemble_clinical, test_metadata
 from evaluation.compare import compare_runs, shared_test_set
+from evaluation.configuration_ensemble import configuration_ensemble_section, write_configuration_ensemble
 from evaluation.markdown import format_interval, format_value, markdown_table
 from evaluation.catalogue import STUDY, keys_shown, metrics_shown
 from evaluation.metrics import BOOTSTRAP_DRAWS, compute_metrics
 from evaluation.plots import plot_study_spread
 from evaluation.predictions import predictions_frame, read_predictions, write_predictions
+from evaluation.robustness import read_study_robustness, study_robustness_section
 
 SUMMARY_FILENAMES = ("summary.md", "summary.json", "spread.png")
 ENSEMBLES_DIR = "ensembles"
@@ -56,7 +58,9 @@ def summarize_study(study_dir, *, bootstrap_draws=BOOTSTRAP_DRAWS, seed=0, verbo
     if not runs:
         raise DataError(f"{study_dir}: no finished run to summarise yet (continue it with --resume)")
     title = f"Study {study_dir.name}"
-    return write_summary(runs, study_dir / SUMMARY_DIR, title, bootstrap_draws=bootstrap_draws, seed=seed, verbose=verbose)
+    return write_summary(
+        runs, study_dir / SUMMARY_DIR, title, bootstrap_draws=bootstrap_draws, seed=seed, verbose=verbose, robustness=read_study_robustness(study_dir)
+    )
 
 
 def compare_studies(study_dirs, output_dir, *, bootstrap_draws=BOOTSTRAP_DRAWS, seed=0, verbose=True):
@@ -82,7 +86,7 @@ def compare_studies(study_dirs, output_dir, *, bootstrap_draws=BOOTSTRAP_DRAWS, 
     )
 
 
-def write_summary(runs, output_dir, title, *, paired_over_runs=True, bootstrap_draws=BOOTSTRAP_DRAWS, seed=0, verbose=True):
+def write_summary(runs, output_dir, title, *, paired_over_runs=True, bootstrap_draws=BOOTSTRAP_DRAWS, seed=0, verbose=True, robustness=None):
     """Summarises runs grouped by configuration into a new `output_dir`.
 
     Writes `summary.json`, `summary.md`, `spread.png` (every run's score, and the mean per
@@ -95,6 +99,7 @@ def write_summary(runs, output_dir, title, *, paired_over_runs=True, bootstrap_d
         output_dir: the folder to create (an existing one gets "-2", ...).
         title: the heading of `summary.md`.
         paired_over_runs: whether runs with the same (fold, seed) are paired (they share a split).
+        robustness: {label: corruption benchmark} of the configurations (`evaluation.robustness`), shown where given.
 
     Returns:
         The summary (the content of `summary.json`).
@@ -133,6 +138,10 @@ def write_summary(runs, output_dir, title, *, paired_over_runs=True, bootstrap_d
         "configurations": configurations,
         "pairs": paired_tests(groups, comparison, ensemble_dirs, len(y_true), over_runs=paired_over_runs),
         "paired_over_runs": paired_over_runs,
+        "configuration_ensemble": write_configuration_ensemble(
+            output_dir, configurations, ensembles, image_ids, y_true, write_ensemble, bootstrap_draws=bootstrap_draws, seed=seed
+        ),
+        "robustness": robustness or None,
     }
     markdown_path, json_path, figure_path = (output_dir / name for name in SUMMARY_FILENAMES)
     write_json(json_path, summary)
@@ -314,7 +323,8 @@ def render_summary(summary, figure_name):
     sections += clinical_summary_sections(configurations, ENSEMBLES_DIR)
     if summary["pairs"]:
         sections += paired_tests_section(summary["pairs"], summary["paired_over_runs"])
-    return "\n\n".join(sections) + "\n"
+    sections += [configuration_ensemble_section(summary.get("configuration_ensemble")), study_robustness_section(summary.get("robustness"))]
+    return "\n\n".join(section for section in sections if section) + "\n"
 
 
 def paired_tests_section(pairs, paired_over_runs):

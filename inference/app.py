@@ -44,14 +44,16 @@ PAGE = Path(__file__).with_name("static") / "index.html"
 OVERLAY_SIZE = 256
 
 
-def create_app(run_dir, *, max_upload_bytes=MAX_UPLOAD_BYTES, max_pixels=MAX_IMAGE_PIXELS):
+def create_app(run_dir, *, max_upload_bytes=MAX_UPLOAD_BYTES, max_pixels=MAX_IMAGE_PIXELS, image_size=None):
     """The FastAPI application serving a run's model, or a study configuration's fold ensemble
-    (`STUDY_DIR/<configuration>`, see `evaluation.Predictor.load`).
+    (`STUDY_DIR/<configuration>`), or an ensemble of configurations (`STUDY_DIR/<a>+<b>`,
+    `STUDY_DIR/ensemble`); see `evaluation.Predictor.load`. With `image_size`, at that size
+    rather than the training size (test-time resolution).
 
     Raises:
         DataError: the folder, a model or its metadata encoder is missing or malformed.
     """
-    predictor = Predictor.load(run_dir)
+    predictor = Predictor.load(run_dir, image_size=image_size)
     cam = PredictorGradCAM(predictor)
     description = predictor.describe()
     lock = threading.Lock()
@@ -192,12 +194,12 @@ def too_large(limit):
     return f"the upload is larger than {limit / 2**20:g} MB; send a smaller JPEG or PNG"
 
 
-def serve(run_dir, *, host="127.0.0.1", port=8000):
+def serve(run_dir, *, host="127.0.0.1", port=8000, image_size=None):
     """Checks the address and loads the run (failing fast on either), then serves it with uvicorn until interrupted."""
     import uvicorn
 
     check_address(host, port)
-    app = create_app(run_dir)
+    app = create_app(run_dir, image_size=image_size)
     uvicorn.run(app, host=host, port=port)
 
 

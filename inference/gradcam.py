@@ -123,6 +123,8 @@ class PredictorGradCAM:
 
     def __init__(self, predictor):
         self.members = [(member, GradCAM(member.model)) for member in predictor.members]
+        # An ensemble of configurations weighs each configuration alike, as its probabilities do.
+        self.weights = predictor.weights
 
     def heatmaps(self, images, class_indices, metadata=None):
         """(n, size, size) heat maps in [0, 1] of the given classes (see `GradCAM.heatmaps`).
@@ -138,7 +140,7 @@ class PredictorGradCAM:
         ]
         if len(maps) == 1:
             return maps[0]
-        mean = np.mean(maps, axis=0)
+        mean = np.average(maps, axis=0, weights=self.weights)
         peak = mean.max(axis=(1, 2), keepdims=True)
         return np.divide(mean, peak, out=np.zeros_like(mean), where=peak > 0).astype(np.float32)
 

@@ -20,7 +20,8 @@ from common.study_folder import find_run_folders, is_study_dir
 from evaluation.catalogue import CONSOLE, metrics_shown
 from networks import list_models
 from pipeline.experiment import resume_experiment, run_experiment
-from pipeline.run import reevaluate_run, shown_value
+from pipeline.robustness import check_subsets, score_robustness_of
+from pipeline.run import evaluate_at_image_size, reevaluate_run, shown_value
 from training import TrainConfig, hardware_preset, load_config
 from training.config import parse_settings
 from training.run import RESUME_OVERRIDES, check_resume_overrides
@@ -148,10 +149,15 @@ def evaluate(arguments):
     if arguments.data_dir is not None:
         metrics = evaluation.evaluate_external(
             arguments.run_dir, arguments.data_dir, arguments.labels, arguments.output,
-            cache_dir=arguments.cache_dir, drop_missing=arguments.drop_missing_images, tta=arguments.tta,
+            cache_dir=arguments.cache_dir, drop_missing=arguments.drop_missing_images, tta=arguments.tta, image_size=arguments.image_size,
         )
         if arguments.tta:
             print_beside_tta(metrics, metrics["tta"])
+        return
+    if arguments.image_size is not None:
+        if arguments.tta:
+            raise UserError("--tta with --image-size: evaluate one of them at a time")
+        evaluate_at_image_size(arguments.run_dir, arguments.image_size, cache_dir=arguments.cache_dir)
         return
     metrics, tta = reevaluate_run(arguments.run_dir, tta=arguments.tta, cache_dir=arguments.cache_dir)
     print(f"Wrote the evaluation of {metrics['n_images']} test images to {arguments.run_dir}")
@@ -185,7 +191,7 @@ def predict(arguments):
     with warnings.catch_warnings():
         # Warnings (metadata missing, files skipped) as one line each, without the source line.
         warnings.showwarning = lambda message, *_: print(f"warning: {message}", file=sys.stderr)
-        predictor = inference.Predictor.load(arguments.run_dir)
+        predictor = inference.Predictor.load(arguments.run_dir, image_size=arguments.image_size)
         table = inference.predict_files(
             predictor, arguments.images, metadata_path=arguments.metadata, tta=arguments.tta,
             skip_unreadable=arguments.skip_unreadable, explain_dir=arguments.explain,
@@ -202,7 +208,18 @@ def serve(arguments):
         from inference.app import serve as serve_run
     except ModuleNotFoundError as error:
         raise UserError(f"serving needs FastAPI and uvicorn ({error}): pip install -e '.[serve]'") from None
-    serve_run(arguments.run_dir, host=arguments.host, port=arguments.port)
+    serve_run(arguments.run_dir, host=arguments.host, port=arguments.port, image_size=arguments.image_size)
 
 
-HANDLERS = {"train": train, "tune": tune, "track": track, "evaluate": evaluate, "compare": compare, "predict": predict, "serve": serve}
+def robustness(arguments):
+    if not 0 <= arguments.seed < 2**32:
+        raise UserError(f"--seed {arguments.seed}: a seed is 0 to {2**32 - 1}")
+    score_robustness_of(
+        arguments.run_dir, check_subsets(arguments.subset), image_size=arguments.image_size, seed=arguments.seed, cache_dir=arguments.cache_dir,
+    )
+
+
+HANDLERS = {
+    "train": train, "tune": tune, "track": track, "evaluate": evaluate, "compare": compare, "predict": predict, "serve": serve,
+    "robustness": robustness,
+}

@@ -16,6 +16,8 @@ from common.errors import UserError
 from common.files import write_json
 from common.run_folder import run_lock
 from common.study_folder import STUDY_FILENAME, SUMMARY_DIR, read_study
+from evaluation.robustness import SUBSETS
+from pipeline.robustness import score_study_robustness
 from pipeline.run import evaluate_trained_run
 from training import TrainConfig, load_config
 from training.config import study_configurations
@@ -79,11 +81,20 @@ def run_study(study_dir, overrides=None, *, submit=None, jobs=None, submit_optio
         if submit == "local":
             print(f"{study_dir.name}: every run is finished; its summary is in {study_dir / SUMMARY_DIR}")
         return
-    continue_study(study_dir, overrides)
+    runs = continue_study(study_dir, overrides)
+    score_configurations_robustness(study_dir, runs)
     if (study_dir / SUMMARY_DIR).exists():
         print(f"{study_dir.name}: every run is finished; its summary is in {study_dir / SUMMARY_DIR}")
         return
     evaluation.summarize_study(study_dir)
+
+
+def score_configurations_robustness(study_dir, runs):
+    """The corruption benchmark of each configuration whose runs scored theirs (`robustness: true`),
+    from their files: no model runs again."""
+    configurations = dict.fromkeys(run["configuration"] for run in runs if run["config"].get("robustness"))
+    for configuration in configurations:
+        score_study_robustness(Path(study_dir) / configuration, SUBSETS)
 
 
 def continue_study(study_dir, overrides=None, verbose="auto"):

@@ -28,6 +28,7 @@ import yaml
 from common.errors import ConfigError
 from common.files import write_text
 from dataset import CLASS_NAMES, Balance
+from dataset.corruptions import CorruptionAugmentation
 from dataset.split import DEFAULT_FRACTIONS, check_fractions
 from networks import AugmentationOptions, check_input, get_model_entry, list_models, model_options
 from networks.heads import HeadOptions
@@ -79,7 +80,8 @@ class TrainConfig:
     class_weight_boost: dict = field(default_factory=lambda: {"mel": 1.5})
     augment: bool = True  # the eight square symmetries (quarter turns and flips), in the data pipeline
     augmentation: dict = field(default_factory=dict)  # AugmentationOptions fields, e.g. {rotation: 0.5, zoom: 0.2}
-    colour_constancy: int = 0  # shades of grey with this Minkowski power (6 is usual), in the model; 0: off
+    colour_constancy: int = 0  # shades of grey with this Minkowski power (6 is usual; 1: grey world), in the model; 0: off
+    corruption_augmentation: dict = field(default_factory=dict)  # CorruptionAugmentation fields, e.g. {p: 0.5, severity: 2}: training images only
     mixup: float = 0.0  # MixUp of training batches, alpha of its Beta distribution (0.2 is usual); 0: off
     cutmix: float = 0.0  # CutMix of training batches, alpha of its Beta distribution (1.0 is usual); 0: off; with mixup: either, at even odds
 
@@ -125,6 +127,9 @@ class TrainConfig:
     track_model: bool = False  # also log model.keras to MLflow (the weights are large)
     tensorboard: bool = True  # TensorBoard logs in the run folder's tensorboard/
 
+    # === Evaluation ===
+    robustness: bool = False  # also score the kept model under the 33 corruptions (evaluation.robustness) on val and test: ~34 passes over each
+
     def __post_init__(self):
         if isinstance(self.weights, str) and self.weights.lower() == "none":
             self.weights = None
@@ -156,6 +161,10 @@ class TrainConfig:
     @property
     def augmentation_options(self):
         return _options(AugmentationOptions, self.augmentation, "augmentation")
+
+    @property
+    def corruption_options(self):
+        return _options(CorruptionAugmentation, self.corruption_augmentation, "corruption_augmentation")
 
     @property
     def balance_options(self):
@@ -216,6 +225,7 @@ class TrainConfig:
             model_options(self.model, self.model_options)
             self.head_options
             self.augmentation_options
+            self.corruption_options
             self.balance_options
         except (ValueError, TypeError) as error:
             raise ConfigError(str(error)) from None

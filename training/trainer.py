@@ -212,7 +212,8 @@ def _sequences(config, data):
     """The training and validation sequences, and the class weights of the training loss."""
     train = data.sequence(
         "train", batch_size=config.batch_size, with_metadata=config.metadata, balance=config.balance_options,
-        augment=config.augment, mixup=config.mixup, cutmix=config.cutmix, seed=config.seed, workers=config.workers,
+        augment=config.augment, corruption=config.corruption_options, mixup=config.mixup, cutmix=config.cutmix, seed=config.seed,
+        workers=config.workers,
     )
     val = data.sequence("val", batch_size=config.batch_size, with_metadata=config.metadata, workers=config.workers)
     # From the first epoch's resampling, in a resumed run too.
