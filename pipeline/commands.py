@@ -129,7 +129,7 @@ def tune(arguments):
         config_file, reason = hardware_preset()
         print(f"No --config: {reason}, so the preset {config_file.relative_to(config_file.parent.parent)} (--config chooses another)")
     trial_config = load_config(arguments.model, config_file, settings)
-    final_config = load_config(trial_config.model, config_file, {"metadata": settings.get("metadata")})
+    final_config = load_config(trial_config.model, config_file, {key: settings[key] for key in ("metadata",) if key in settings})
     check_weights([trial_config])
     tuning.start_search(trial_config, final_config, arguments.trials or tuning.DEFAULT_TRIALS, arguments.tuner, arguments.search_dir)
 

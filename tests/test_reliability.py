@@ -21,6 +21,7 @@ from dataset import load_images, locate_images
 from evaluation import Predictor, compare_runs
 from test_evaluation_reports import toy_predictions, write_run
 from training import ConfigError, load_config, resume_run, trainer
+from training.config import parse_settings
 
 
 def interrupt_after(patch, epochs_done):
@@ -458,3 +459,47 @@ def test_kept_model_loads_with_plain_keras_in_a_fresh_interpreter(study, tmp_pat
     result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "(None, 7)" in result.stdout
+
+
+# === 14. Issue 39: settings honoured or refused, never dropped ===
+
+
+def test_null_setting_is_honoured_where_it_means_something(tmp_path):
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text("weights: imagenet\ncompilation_cache: /tmp/xla\n")
+    config = load_config("vgg16", config_file, parse_settings(["weights=null", "compilation_cache=null"]))
+    assert (config.weights, config.compilation_cache) == (None, None)
+
+
+@pytest.mark.parametrize("assignment", ["epochs=null", "lr=null", "image_size=null", "head=null", "model=null"])
+def test_null_setting_that_needs_a_value_is_refused(assignment, toy_dir, tmp_path, capsys):
+    arguments = ["--config", TINY_CONFIG, "--data-dir", toy_dir, "--output-dir", tmp_path]
+    assert run_main("--model", "cnn", *arguments, "--set", assignment) == 2
+    line = only_line(capsys)
+    assert f"setting '{assignment.split('=')[0]}' must be " in line and ", not null (leave it out to keep the config file's" in line
+    assert not (tmp_path / "runs").exists()
+
+
+def test_setting_without_a_value_is_refused(toy_dir, tmp_path, capsys):
+    arguments = ["--model", "cnn", "--config", TINY_CONFIG, "--data-dir", toy_dir, "--output-dir", tmp_path]
+    assert run_main(*arguments, "--set", "epochs=") == 2
+    assert "--set 'epochs=': no value after '='" in only_line(capsys)
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    "assignments, message",
+    [
+        (["class_weight_boost={mel: -2}"], "class_weight_boost's factor for mel must be a positive number (e.g. {mel: 1.5}); got -2"),
+        (["class_weight_boost={mel: abc}"], "class_weight_boost's factor for mel must be a positive number (e.g. {mel: 1.5}); got 'abc'"),
+        (["class_weight_boost={mel: .inf}"], "class_weight_boost's factor for mel must be a positive number"),
+        (["loss=focal", "focal_gamma=-3"], "focal_gamma is the focal loss's focusing exponent, 0 or more (2 is usual); got -3.0"),
+        (["min_lr=-1"], "min_lr is the floor of the plateau schedule's cuts, 0 or more; got -1.0"),
+    ],
+)
+def test_out_of_range_setting_is_refused_before_any_folder_exists(assignments, message, toy_dir, tmp_path, capsys):
+    arguments = ["--model", "cnn", "--config", TINY_CONFIG, "--data-dir", toy_dir, "--output-dir", tmp_path]
+    sets = [argument for assignment in assignments for argument in ("--set", assignment)]
+    assert run_main(*arguments, *sets) == 2
+    assert message in only_line(capsys)
+    assert not (tmp_path / "runs").exists()
