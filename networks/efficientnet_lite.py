@@ -240,7 +240,11 @@ def imagenet_classifier(name, image_size=None):
         except Exception as error:  # noqa: BLE001  (h5py and Keras raise several kinds for a bad file)
             print(f"Note: converting the {name} weights again: the cached {cached} does not load ({_first_line(error)})")
     load_torch_state(classifier, read_pth(package_weights_file(name)), variant.package)
-    _save_weights_atomically(classifier, cached)
+    try:
+        _save_weights_atomically(classifier, cached)
+    except OSError as error:  # a read-only or full Keras home: the weights are in memory, only the reuse is lost
+        print(f"Note: the converted {name} weights cannot be kept in {cached.parent} ({error.strerror}); "
+              "converting them again next time (set KERAS_HOME to a writable folder)")
     return classifier
 
 

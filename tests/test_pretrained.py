@@ -19,7 +19,7 @@ from networks import Blocks, create_model, freeze_backbone, get_model_entry, lis
 from networks import efficientnet_lite
 from networks.heads import HeadOptions
 from networks.pth_reader import MAGIC_NUMBER, read_pth
-from test_reliability import TIMING_COLUMNS, interrupt_after
+from test_reliability import TIMING_COLUMNS, interrupt_after, make_read_only
 from training.optimizers import ScaledRatesAdam, scaled_indices
 
 pytestmark = pytest.mark.backend
@@ -100,6 +100,18 @@ def test_a_damaged_cached_conversion_is_made_again(keras_home, capsys):
     classifier = efficientnet_lite.imagenet_classifier("efficientnet_lite0")
     assert "converting the efficientnet_lite0 weights again" in capsys.readouterr().out
     assert cached.stat().st_size > 1_000_000 and classifier.get_layer("predictions").get_weights()[0].shape == (1280, 1000)
+
+
+def test_a_read_only_keras_home_converts_in_memory_and_says_so(keras_home, monkeypatch, capsys):
+    installed("efficientnet_lite0")
+    keras_home.mkdir()
+    make_read_only(monkeypatch, keras_home)
+    classifier = efficientnet_lite.imagenet_classifier("efficientnet_lite0")
+    out = capsys.readouterr().out
+    assert f"the converted efficientnet_lite0 weights cannot be kept in {keras_home / 'models'} (Read-only file system); " in out
+    assert "set KERAS_HOME to a writable folder" in out and out.count("\n") == 1
+    assert classifier.get_layer("predictions").get_weights()[0].shape == (1280, 1000)
+    assert not any(keras_home.rglob("*.h5"))
 
 
 def one_line(error):

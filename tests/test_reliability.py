@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 
+import keras
 import numpy as np
 import pandas as pd
 import pytest
@@ -21,6 +22,7 @@ from dataset import load_images, locate_images
 from evaluation import Predictor, compare_runs
 from test_evaluation_reports import toy_predictions, write_run
 from training import ConfigError, load_config, resume_run, trainer
+from training.compilation import use_compilation_cache
 from training.config import parse_settings
 
 
@@ -234,15 +236,13 @@ def test_image_cache_in_a_file_is_one_line(where, toy_dir, tmp_path, monkeypatch
     assert not (tmp_path / "out" / "runs").exists()
 
 
-def test_read_only_image_cache_names_the_cache_s_flag(toy_dir, tmp_path, monkeypatch, capsys):
-    cache = tmp_path / "cache"
-    cache.mkdir()
+def make_read_only(monkeypatch, folder):
+    """A read-only disk under `folder` (as root, permissions alone would not stop the writes)."""
 
     def read_only(opener):
-        # A read-only disk under the cache folder (as root, permissions alone would not stop the writes).
         def open_read_only(path, flags_or_mode="r", *args, **kwargs):
             writes = any(mark in flags_or_mode for mark in "wax+") if isinstance(flags_or_mode, str) else flags_or_mode & (os.O_WRONLY | os.O_RDWR)
-            if str(path).startswith(str(cache)) and writes:
+            if str(path).startswith(str(folder)) and writes:
                 raise OSError(errno.EROFS, "Read-only file system", str(path))
             return opener(path, flags_or_mode, *args, **kwargs)
 
@@ -250,6 +250,12 @@ def test_read_only_image_cache_names_the_cache_s_flag(toy_dir, tmp_path, monkeyp
 
     monkeypatch.setattr(os, "open", read_only(os.open))
     monkeypatch.setattr("builtins.open", read_only(open))
+
+
+def test_read_only_image_cache_names_the_cache_s_flag(toy_dir, tmp_path, monkeypatch, capsys):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    make_read_only(monkeypatch, cache)
     arguments = ["--model", "cnn", "--config", TINY_CONFIG, "--data-dir", toy_dir, "--output-dir", tmp_path / "out"]
     assert run_main(*arguments, "--set", f"cache_dir={cache}") == 2
     line = only_line(capsys)
@@ -503,3 +509,38 @@ def test_out_of_range_setting_is_refused_before_any_folder_exists(assignments, m
     assert run_main(*arguments, *sets) == 2
     assert message in only_line(capsys)
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.fixture
+def under_jax(monkeypatch):
+    """`use_compilation_cache` as under JAX; without setting JAX's cache folder for this process."""
+    import jax
+
+    monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
+    monkeypatch.setattr(jax.config, "update", lambda *args: None)
+
+
+@pytest.mark.parametrize("where", ["file", "under a file"])
+def test_compilation_cache_in_a_file_is_one_line(where, under_jax, tmp_path):
+    file = tmp_path / "file"
+    file.write_text("")
+    folder = file if where == "file" else file / "xla"
+    config = load_config("cnn", TINY_CONFIG, {"compilation_cache": str(folder)})
+    with pytest.raises(ConfigError, match=rf"^{file}: is a file, not a folder, so the compilation cache cannot go to {folder} \(set compilation_cache to a folder, or none\)$"):
+        use_compilation_cache(config)
+
+
+@pytest.mark.parametrize("value", ["", " "])
+def test_empty_compilation_cache_is_refused(value):
+    with pytest.raises(ConfigError, match=rf"^compilation_cache must be auto, none or a folder; got '{value}'$"):
+        load_config("cnn", TINY_CONFIG, {"compilation_cache": value})
+
+
+def test_read_only_compilation_cache_is_left_out_in_one_line(under_jax, tmp_path, monkeypatch, capsys):
+    folder = tmp_path / "xla"
+    folder.mkdir()
+    make_read_only(monkeypatch, folder)
+    config = load_config("cnn", TINY_CONFIG, {"compilation_cache": str(folder)})
+    assert use_compilation_cache(config) is None
+    out = capsys.readouterr().out
+    assert out == f"Note: the compilation cache {folder} cannot be written (Read-only file system): compiling without it (set compilation_cache to a writable folder, or none)\n"

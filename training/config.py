@@ -215,6 +215,10 @@ class TrainConfig:
             self.devices == AUTO or (isinstance(self.devices, int) and self.devices >= 1),
             f"devices must be auto or a number of devices, at least 1; got {self.devices!r}",
         )
+        _require(
+            self.compilation_cache is None or self.compilation_cache.strip() != "",
+            f"compilation_cache must be auto, none or a folder; got {self.compilation_cache!r}",
+        )
         for name in ("mixed_precision", "jit_compile"):
             _require(getattr(self, name) in (True, False, AUTO), f"{name} must be true, false or auto; got {getattr(self, name)!r}")
         try:
