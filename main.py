@@ -149,7 +149,7 @@ def add_tune_parser(subparsers, parents):
     )
     tune.add_argument("--model", help=f"one of {', '.join(list_models())} (default: the config's, else {TrainConfig.model})")
     tune.add_argument("--config", type=Path, help="YAML file the search starts from (default: the preset for this machine)")
-    tune.add_argument("--trials", type=int, help="how many settings to try in all (default: 10; with --resume, more extends the search)")
+    tune.add_argument("--trials", type=positive, help="how many settings to try in all (default: 10; with --resume, more extends the search)")
     tune.add_argument("--tuner", choices=TUNERS, default="bayesian", help="KerasTuner's oracle; hyperband's largest budget is epochs (default: %(default)s)")
     tune.add_argument("--resume", type=Path, metavar="DIR", help="continue a stopped search (results/tuning/<timestamp>-<model>); finished trials are kept")
     tune.add_argument(

@@ -131,7 +131,7 @@ def tune(arguments):
     trial_config = load_config(arguments.model, config_file, settings)
     final_config = load_config(trial_config.model, config_file, {key: settings[key] for key in ("metadata",) if key in settings})
     check_weights([trial_config])
-    tuning.start_search(trial_config, final_config, arguments.trials or tuning.DEFAULT_TRIALS, arguments.tuner, arguments.search_dir)
+    tuning.start_search(trial_config, final_config, tuning.DEFAULT_TRIALS if arguments.trials is None else arguments.trials, arguments.tuner, arguments.search_dir)
 
 
 def track(arguments):

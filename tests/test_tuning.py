@@ -126,6 +126,16 @@ def test_tune_without_keras_tuner_says_how_to_install(monkeypatch, capsys):
     assert capsys.readouterr().err.strip() == "error: tuning needs KerasTuner, which is not installed: pip install -e '.[tune]'"
 
 
+@pytest.mark.parametrize("trials", ["0", "-1"])
+def test_trials_below_one_are_refused_not_taken_for_the_default(trials, monkeypatch, capsys):
+    started = []
+    monkeypatch.setattr(tuning, "start_search", lambda *arguments: started.append(arguments))
+    with pytest.raises(SystemExit) as exit:
+        run_main("tune", "--model", "cnn", "--config", TINY_CONFIG, "--trials", trials)
+    assert exit.value.code == 2 and started == []
+    assert f"argument --trials: expected a whole number of at least 1, got '{trials}'" in capsys.readouterr().err
+
+
 def test_a_distributed_search_runs_its_trials_on_two_workers(toy_dir, tmp_path):
     """KerasTuner's distributed mode on 127.0.0.1: the chief serves the oracle and writes
     best.yaml, the two workers train the trials into the shared search folder."""
