@@ -90,7 +90,7 @@ def train(arguments):
     settings = overrides(arguments)
     if (arguments.jobs or arguments.submit_options) and not arguments.submit:
         raise ConfigError("--jobs and --submit-option set the jobs of --submit: add --submit local or --submit slurm")
-    jobs = {"submit": arguments.submit, "jobs": arguments.jobs, "submit_options": parse_settings(arguments.submit_options, "--submit-option")}
+    jobs = {"submit": arguments.submit, "jobs": arguments.jobs, "submit_options": parse_settings(arguments.submit_options, "--submit-option", example="timeout_min=240")}
     if arguments.resume:
         if arguments.model or arguments.config or arguments.folds or arguments.seeds:
             raise ConfigError("--resume continues with the run's own config.yaml (or the study's plan): drop --model, --config, --folds and --seeds")

@@ -326,7 +326,7 @@ def study_configurations(config_file=None):
     return tuple(pairs)
 
 
-def parse_settings(assignments, flag="--set"):
+def parse_settings(assignments, flag="--set", example="ema=0.99"):
     """`KEY=VALUE` strings (`--set`, or another `flag`'s) as overrides for `load_config`, each value read as YAML.
 
         parse_settings(["ema=0.99", "augmentation={rotation: 0.5}"])  # {"ema": 0.99, "augmentation": {"rotation": 0.5}}
@@ -339,7 +339,7 @@ def parse_settings(assignments, flag="--set"):
     for assignment in assignments:
         key, equals, text = assignment.partition("=")
         if not equals or not key.strip():
-            raise ConfigError(f"{flag} {assignment!r}: expected KEY=VALUE, e.g. {flag} ema=0.99")
+            raise ConfigError(f"{flag} {assignment!r}: expected KEY=VALUE, e.g. {flag} {example}")
         if not text.strip():
             # An empty value is most often an unset shell variable, not a wish for null.
             raise ConfigError(f"{flag} {assignment!r}: no value after '=' (write {key.strip()}=null where the setting may be null)")
