@@ -16,6 +16,7 @@ probabilities are the mean of its models', as the study's summary averages them.
 import json
 import math
 import sys
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,7 @@ from common.files import new_folder
 from common.run_folder import (
     ENCODER_FILENAME, METRICS_FILENAME, MODEL_FILENAME, PREDICTIONS_FILENAME, TTA_DIR, VAL_PREDICTIONS_FILENAME,
 )
-from common.study_folder import SUMMARY_DIR, finished_runs, is_study_dir
+from common.study_folder import SUMMARY_DIR, finished_runs, is_study_dir, read_study
 from dataset.augment import DIHEDRAL_TRANSFORMS
 from dataset.features import MetadataEncoder
 from dataset.metadata import CLASS_DESCRIPTIONS, CLASS_NAMES, UNKNOWN
@@ -86,17 +87,25 @@ class Predictor:
         folder: the run folder, or the study folder.
         members: a `RunModel` per run.
         configuration: the study's configuration, None for a run.
+        planned: the runs the study plans for the configuration (more than `members` while some
+            are unfinished); None for a run.
+        unit: what the configuration's runs are, in messages: "fold models" or "seed models".
     """
 
     name: str
     folder: Path
     members: tuple
     configuration: str | None = None
+    planned: int | None = None
+    unit: str = "models"
 
     @classmethod
     def load(cls, path):
         """Loads a run folder, or a study's configuration: `STUDY_DIR/<configuration>`, or
         `STUDY_DIR` alone where the study has one configuration.
+
+        A configuration some of whose runs have not finished predicts with those that have, and
+        warns, in one line, how many of how many that is.
 
         Raises:
             DataError: the folder is neither a run nor (a configuration of) a study; a study's
@@ -110,11 +119,22 @@ class Predictor:
             study_dir, configuration = path.parent, path.name
         else:
             return cls(path.resolve().name, path, (RunModel.load(path),))
-        configuration, run_dirs = study_configuration(study_dir, configuration)
+        configuration, run_dirs, planned_runs = study_configuration(study_dir, configuration)
         members = tuple(RunModel.load(run_dir) for run_dir in run_dirs)
         if len({(member.image_size, member.encoder is None) for member in members}) > 1:
             raise DataError(f"{study_dir}: the runs of {configuration} take different inputs (image size or metadata); they cannot be averaged")
-        return cls(f"{study_dir.resolve().name}/{configuration}", study_dir, members, configuration)
+        unit = "fold models" if any(run["fold"] is not None for run in planned_runs) else "seed models"
+        predictor = cls(f"{study_dir.resolve().name}/{configuration}", study_dir, members, configuration, len(planned_runs), unit)
+        if predictor.incomplete:
+            warnings.warn(f"{predictor.name}: {predictor.incomplete}", stacklevel=2)
+        return predictor
+
+    @property
+    def incomplete(self):
+        """"predicting with 1 of 2 fold models (...)" where some of the configuration's runs have not finished; else None."""
+        if self.planned is None or len(self.members) >= self.planned:
+            return None
+        return f"predicting with {len(self.members)} of {self.planned} {self.unit}, those finished (the others are training or stopped: the ensemble is incomplete)"
 
     @property
     def image_size(self):
@@ -146,6 +166,7 @@ class Predictor:
             "run": self.name,
             "architecture": config.get("model", self.members[0].model.name),
             "models": len(self.members),
+            "planned_models": self.planned or len(self.members),
             "metadata": self.takes_metadata,
             "image_size": self.image_size,
             "classes": [{"code": name, "name": CLASS_DESCRIPTIONS[name]} for name in CLASS_NAMES],
@@ -186,7 +207,8 @@ class Predictor:
 
 
 def study_configuration(study_dir, configuration):
-    """(the configuration, its finished runs' folders) of a study; `configuration` None where it has one.
+    """(the configuration, its finished runs' folders, its planned runs as `study.json` lists them)
+    of a study; `configuration` None where it has one.
 
     Raises:
         DataError: naming the configurations, where `configuration` is not one of them, is None
@@ -195,7 +217,7 @@ def study_configuration(study_dir, configuration):
     runs = finished_runs(study_dir)
     configurations = list(dict.fromkeys(run["configuration"] for run in runs))
     if not configurations:
-        raise DataError(f"{study_dir}: no finished run to predict with yet (continue the study with --resume)")
+        raise DataError(f"{study_dir}: no finished run to predict with yet (wait for its first run if it is training; if it has stopped, continue it with --resume)")
     if configuration is None and len(configurations) > 1:
         raise DataError(
             f"{study_dir} holds {len(configurations)} configurations ({', '.join(configurations)}): "
@@ -204,7 +226,8 @@ def study_configuration(study_dir, configuration):
     configuration = configuration or configurations[0]
     if configuration not in configurations:
         raise DataError(f"{study_dir} has no finished run of a configuration {configuration!r} (it holds {', '.join(configurations)})")
-    return configuration, [run["run_dir"] for run in runs if run["configuration"] == configuration]
+    planned = [run for run in read_study(study_dir)["runs"] if run["configuration"] == configuration]
+    return configuration, [run["run_dir"] for run in runs if run["configuration"] == configuration], planned
 
 
 def member_batches(member, images, rows, metadata, batch_size):

@@ -6,6 +6,7 @@ only parses. Errors the user can fix are raised as `UserError`, which main.py pr
 """
 
 import argparse
+import contextlib
 import importlib.util
 import sys
 import textwrap
@@ -178,12 +179,18 @@ def compare(arguments):
         evaluation.compare_runs(arguments.run_dirs, output)
 
 
+@contextlib.contextmanager
+def one_line_warnings():
+    """Warnings (metadata missing, files skipped, an incomplete ensemble) as one line each, without the source line."""
+    with warnings.catch_warnings():
+        warnings.showwarning = lambda message, *_: print(f"warning: {message}", file=sys.stderr)
+        yield
+
+
 def predict(arguments):
     if arguments.output is not None:
         inference.check_output_path(arguments.output)
-    with warnings.catch_warnings():
-        # Warnings (metadata missing, files skipped) as one line each, without the source line.
-        warnings.showwarning = lambda message, *_: print(f"warning: {message}", file=sys.stderr)
+    with one_line_warnings():
         predictor = inference.Predictor.load(arguments.run_dir)
         table = inference.predict_files(
             predictor, arguments.images, metadata_path=arguments.metadata, tta=arguments.tta,
@@ -201,7 +208,8 @@ def serve(arguments):
         from inference.app import serve as serve_run
     except ModuleNotFoundError as error:
         raise UserError(f"serving needs FastAPI and uvicorn ({error}): pip install -e '.[serve]'") from None
-    serve_run(arguments.run_dir, host=arguments.host, port=arguments.port)
+    with one_line_warnings():
+        serve_run(arguments.run_dir, host=arguments.host, port=arguments.port)
 
 
 HANDLERS = {"train": train, "tune": tune, "track": track, "evaluate": evaluate, "compare": compare, "predict": predict, "serve": serve}
