@@ -544,3 +544,23 @@ def test_read_only_compilation_cache_is_left_out_in_one_line(under_jax, tmp_path
     assert use_compilation_cache(config) is None
     out = capsys.readouterr().out
     assert out == f"Note: the compilation cache {folder} cannot be written (Read-only file system): compiling without it (set compilation_cache to a writable folder, or none)\n"
+
+
+def test_an_image_in_both_part_folders_with_different_content_is_named(toy_dir, tmp_path):
+    parts = [tmp_path / "HAM10000_images_part_1", tmp_path / "HAM10000_images_part_2"]
+    for part in parts:
+        part.mkdir()
+    images = sorted((toy_dir / "images").glob("*.jpg"))
+    for image in images[:3]:  # the same file in both: a copy, not a conflict
+        for part in parts:
+            shutil.copy(image, part / image.name)
+    for name, content in [(images[3].name, images[3]), (images[4].name, images[4])]:
+        shutil.copy(content, parts[0] / name)
+    shutil.copy(images[5], parts[1] / images[3].name)  # another image under the same name
+    with pytest.warns(UserWarning) as caught:
+        found = locate_images([image.stem for image in images[:5]], tmp_path)
+    assert [str(warning.message) for warning in caught] == [
+        f"{tmp_path}: two folders hold different images under the same name (1: {images[3].stem}); using the first found "
+        "(HAM10000_images_part_1/ over HAM10000_images_part_2/ for the first): delete the wrong copies"
+    ]
+    assert found[images[3].stem] == parts[0] / images[3].name
