@@ -25,6 +25,7 @@ import keras
 import numpy as np
 from keras import layers, ops
 
+from common.console import warnings_only_on_success
 from common.errors import UserError
 from networks.finetune import Blocks
 from networks.pth_reader import read_pth
@@ -289,7 +290,8 @@ def load_backbone_weights(backbone, name, weights):
         load_torch_state(backbone, read_pth(path), path)
         return
     try:
-        backbone.load_weights(path)
+        with warnings_only_on_success():
+            backbone.load_weights(path)
     except Exception as error:  # noqa: BLE001  (h5py and Keras raise several kinds for a bad file)
         raise UserError(f"{weights}: not weights of the {name} backbone ({_first_line(error)}); pass a .pth state dict, a .weights.h5 saved from this backbone, imagenet or none") from None
 

@@ -5,6 +5,7 @@ import hashlib
 import json
 import pickle
 import shutil
+import warnings
 
 import keras
 import matplotlib.cbook
@@ -138,6 +139,21 @@ def test_truncated_or_wrong_weights_files_are_one_line_errors(tmp_path):
     with pytest.raises(UserError) as error:
         create_model("efficientnet_lite0", 32, weights=str(text))
     assert "not weights of the efficientnet_lite0 backbone" in one_line(error)
+
+
+@pytest.mark.parametrize("model, message", [
+    ("efficientnet_lite0", "not weights of the efficientnet_lite0 backbone (A total of 69 objects could not be loaded."),
+    ("resnet50", "not weights of ResNet50 without its top (A total of 106 objects could not be loaded."),
+])
+def test_a_weights_file_of_another_architecture_is_one_line_without_keras_s_warnings(model, message, tmp_path):
+    other = tmp_path / "lite1.weights.h5"
+    create_model("efficientnet_lite1", 32, weights=None).get_layer("backbone").save_weights(other)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(UserError) as error:
+            create_model(model, 32, weights=str(other))
+    assert message in one_line(error)
+    assert [str(warning.message) for warning in caught] == []
 
 
 def test_weights_from_a_pth_file_equal_the_package_s(keras_home):
