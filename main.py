@@ -50,15 +50,20 @@ with native_stderr_silenced(QUIET):
     try:
         import keras  # noqa: F401
     except (ImportError, ValueError) as error:  # KERAS_BACKEND=torch without torch; a name Keras does not know (a typo)
-        backend = os.environ.get("KERAS_BACKEND", "tensorflow")
-        sys.exit(f"error: Keras cannot load its backend {backend!r} ({error}): install it, or set KERAS_BACKEND to an installed one (tensorflow, jax)")
-    from common.errors import UserError  # noqa: E402
-    from networks import get_model_entry, list_models  # noqa: E402
-    from pipeline import commands  # noqa: E402
-    from pipeline.commands import SETTINGS_EPILOG, settings_parser  # noqa: E402
-    from training import TrainConfig  # noqa: E402
-    from training.config import TUNERS  # noqa: E402
-    from training.distribution import initialize_hosts  # noqa: E402
+        backend_error = error
+    else:
+        backend_error = None
+        from common.errors import UserError  # noqa: E402
+        from networks import get_model_entry, list_models  # noqa: E402
+        from pipeline import commands  # noqa: E402
+        from pipeline.commands import SETTINGS_EPILOG, settings_parser  # noqa: E402
+        from training import TrainConfig  # noqa: E402
+        from training.config import TUNERS  # noqa: E402
+        from training.distribution import initialize_hosts  # noqa: E402
+if backend_error is not None:  # said once stderr is back, with the status of every other one-line error
+    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+    print(f"error: Keras cannot load its backend {backend!r} ({backend_error}): install it, or set KERAS_BACKEND to an installed one (tensorflow, jax)", file=sys.stderr)
+    sys.exit(2)
 
 # Errors of the machine, not of the code: reported in one line, like bad input.
 DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES)

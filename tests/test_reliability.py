@@ -357,7 +357,7 @@ def test_damaged_run_folder_is_one_line_naming_the_file(damage, message, damaged
 def test_missing_or_misspelt_keras_backend_is_one_line(backend, reason):
     environment = {**os.environ, "KERAS_BACKEND": backend}
     result = subprocess.run([sys.executable, "main.py", "--help"], cwd=REPO_ROOT, env=environment, capture_output=True, text=True)
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert result.stderr.startswith(f"error: Keras cannot load its backend {backend!r} ({reason})")
     assert result.stderr.count("\n") == 1
 
