@@ -13,10 +13,12 @@ default ~/.keras/models) and reuses it. The conversion is checked by the classic
 ImageNet classifier calls matplotlib's sample `grace_hopper.jpg` a military uniform (class 652).
 """
 
+import contextlib
 import hashlib
 import importlib
 import math
 import os
+import random
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -266,6 +268,18 @@ def _save_weights_atomically(model, path):
         Path(temporary).unlink(missing_ok=True)
 
 
+@contextlib.contextmanager
+def random_state_kept():
+    """Python's and NumPy's random states as they were before the block (Keras draws its
+    initialisers' seeds from Python's)."""
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    try:
+        yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+
+
 def _first_line(error):
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
@@ -278,7 +292,10 @@ def load_backbone_weights(backbone, name, weights):
         UserError: the weights cannot be had or do not fit, in one line saying how to go on.
     """
     if weights == "imagenet":
-        source = imagenet_classifier(name)  # flat: the backbone's layers, then pooling and the softmax
+        # Built without a draw from the random state the run's seed set: the head after it starts
+        # as it does when the same weights come as the .pth file.
+        with random_state_kept():
+            source = imagenet_classifier(name)  # flat: the backbone's layers, then pooling and the softmax
         for layer in backbone.layers:
             if layer.weights:
                 layer.set_weights(source.get_layer(layer.name).get_weights())

