@@ -162,6 +162,10 @@ def add_tune_parser(subparsers, parents):
         help="the search folder to make, or to continue where it has tuning.json; a distributed search's chief and "
         "workers (KERASTUNER_TUNER_ID, KERASTUNER_ORACLE_IP, KERASTUNER_ORACLE_PORT) all pass the same (docs/scale-out.md)",
     )
+    tune.add_argument(
+        "--chief-timeout", type=positive, default=600, metavar="SECONDS",
+        help="a distributed search's worker: how long to wait for the chief, and for each of its answers, before giving up (default: %(default)s)",
+    )
 
 
 def add_inspection_parsers(subparsers, console):

@@ -120,7 +120,7 @@ def tune(arguments):
     # command line (the same command everywhere) only where things are on this machine.
     local = {name: value for name, value in settings.items() if name in RESUME_OVERRIDES}
     if role == "worker":
-        tuning.join_search(arguments.search_dir, local)
+        tuning.join_search(arguments.search_dir, local, timeout=arguments.chief_timeout)
         return
     if arguments.search_dir is not None and (arguments.search_dir / tuning.SEARCH_FILENAME).is_file():
         tuning.continue_search(arguments.search_dir, local, trials=arguments.trials)
