@@ -53,15 +53,20 @@ with native_stderr_silenced(QUIET):
     try:
         import keras  # noqa: F401
     except (ImportError, ValueError) as error:  # KERAS_BACKEND=torch without torch; a name Keras does not know (a typo)
-        backend = os.environ.get("KERAS_BACKEND", "tensorflow")
-        sys.exit(f"error: Keras cannot load its backend {backend!r} ({error}): install it, or set KERAS_BACKEND to an installed one (tensorflow, jax)")
-    from common.errors import UserError  # noqa: E402
-    from networks import get_model_entry, list_models  # noqa: E402
-    from pipeline import commands  # noqa: E402
-    from pipeline.commands import SETTINGS_EPILOG, settings_parser  # noqa: E402
-    from training import TrainConfig  # noqa: E402
-    from training.config import TUNERS  # noqa: E402
-    from training.distribution import initialize_hosts  # noqa: E402
+        backend_error = error
+    else:
+        backend_error = None
+        from common.errors import UserError  # noqa: E402
+        from networks import get_model_entry, list_models  # noqa: E402
+        from pipeline import commands  # noqa: E402
+        from pipeline.commands import SETTINGS_EPILOG, settings_parser  # noqa: E402
+        from training import TrainConfig  # noqa: E402
+        from training.config import TUNERS  # noqa: E402
+        from training.distribution import initialize_hosts  # noqa: E402
+if backend_error is not None:  # said once stderr is back, with the status of every other one-line error
+    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+    print(f"error: Keras cannot load its backend {backend!r} ({backend_error}): install it, or set KERAS_BACKEND to an installed one (tensorflow, jax)", file=sys.stderr)
+    sys.exit(2)
 
 # Errors of the machine, not of the code: reported in one line, like bad input.
 DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES)
@@ -152,13 +157,17 @@ def add_tune_parser(subparsers, parents):
     )
     tune.add_argument("--model", help=f"one of {', '.join(list_models())} (default: the config's, else {TrainConfig.model})")
     tune.add_argument("--config", type=Path, help="YAML file the search starts from (default: the preset for this machine)")
-    tune.add_argument("--trials", type=int, help="how many settings to try in all (default: 10; with --resume, more extends the search)")
+    tune.add_argument("--trials", type=positive, help="how many settings to try in all (default: 10; with --resume, more extends the search)")
     tune.add_argument("--tuner", choices=TUNERS, default="bayesian", help="KerasTuner's oracle; hyperband's largest budget is epochs (default: %(default)s)")
     tune.add_argument("--resume", type=Path, metavar="DIR", help="continue a stopped search (results/tuning/<timestamp>-<model>); finished trials are kept")
     tune.add_argument(
         "--search-dir", type=Path, metavar="DIR",
         help="the search folder to make, or to continue where it has tuning.json; a distributed search's chief and "
         "workers (KERASTUNER_TUNER_ID, KERASTUNER_ORACLE_IP, KERASTUNER_ORACLE_PORT) all pass the same (docs/scale-out.md)",
+    )
+    tune.add_argument(
+        "--chief-timeout", type=positive, default=600, metavar="SECONDS",
+        help="a distributed search's worker: how long to wait for the chief, and for each of its answers, before giving up (default: %(default)s)",
     )
 
 

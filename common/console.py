@@ -1,8 +1,9 @@
-"""What the console shows: the native libraries' start-up lines kept out of it."""
+"""What the console shows: the native libraries' start-up lines, and the warnings of a failed step, kept out of it."""
 
 import contextlib
 import os
 import sys
+import warnings
 
 
 @contextlib.contextmanager
@@ -24,3 +25,17 @@ def native_stderr_silenced(silenced):
         os.dup2(saved, 2)
         os.close(saved)
         os.close(null)
+
+
+@contextlib.contextmanager
+def warnings_only_on_success():
+    """Holds back the warnings raised meanwhile, and shows them only if the block ends without an error.
+
+    Keras warns once per layer it skips while loading a weights file that does not fit (197 lines
+    for one EfficientNet-Lite file given to another), then raises: the one-line error says it all.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for warning in caught:
+        warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)

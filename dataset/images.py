@@ -62,9 +62,13 @@ def check_data_dir(data_dir):
 
 
 def index_images(image_dir):
-    """Maps image id (file name without suffix) to path for every image in the known folders."""
+    """Maps image id (file name without suffix) to path for every image in the known folders.
+
+    An id found in two folders (the release's two parts) is the first folder's file; where the
+    files differ, a warning names the ids, since which one is the image cannot be told.
+    """
     image_dir = Path(image_dir)
-    found = {}
+    found, conflicting = {}, []
     for folder in IMAGE_FOLDERS:
         folder_path = image_dir / folder
         if not folder_path.is_dir():
@@ -73,8 +77,24 @@ def index_images(image_dir):
             for entry in entries:
                 stem, suffix = os.path.splitext(entry.name)
                 if suffix.lower() in IMAGE_SUFFIXES and entry.is_file():
-                    found.setdefault(stem, Path(entry.path))
+                    kept = found.setdefault(stem, Path(entry.path))
+                    if kept != Path(entry.path) and not _same_content(kept, Path(entry.path)):
+                        conflicting.append((stem, kept, Path(entry.path)))
+    if conflicting:
+        _, kept, other = conflicting[0]
+        warnings.warn(
+            f"{image_dir}: two folders hold different images under the same name "
+            f"({len(conflicting)}: {first_few(sorted(stem for stem, _, _ in conflicting))}); using the first found "
+            f"({kept.parent.name}/ over {other.parent.name}/ for the first): delete the wrong copies",
+            stacklevel=2,
+        )
     return found
+
+
+def _same_content(first, second):
+    if first.stat().st_size != second.stat().st_size:
+        return False
+    return first.read_bytes() == second.read_bytes()
 
 
 def locate_images(image_ids, image_dir, drop_missing=False):

@@ -19,6 +19,7 @@ configurations (`evaluation.configuration_ensemble`) weighs each configuration's
 import json
 import math
 import sys
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +35,7 @@ from common.files import new_folder
 from common.run_folder import (
     ENCODER_FILENAME, METRICS_FILENAME, MODEL_FILENAME, PREDICTIONS_FILENAME, TTA_DIR, VAL_PREDICTIONS_FILENAME,
 )
-from common.study_folder import SUMMARY_DIR, finished_runs, is_study_dir
+from common.study_folder import SUMMARY_DIR, finished_runs, is_study_dir, read_study
 from dataset.augment import DIHEDRAL_TRANSFORMS
 from dataset.features import MetadataEncoder
 from dataset.metadata import CLASS_DESCRIPTIONS, CLASS_NAMES, UNKNOWN
@@ -100,6 +101,9 @@ class Predictor:
         members: a `RunModel` per run.
         configuration: the study's configuration ("a+b" for an ensemble of configurations), None for a run.
         weights: each member's weight in the mean (they sum to 1); None: all alike.
+        planned: the runs the study plans for the configuration (more than `members` while some
+            are unfinished); None for a run.
+        unit: what the configuration's runs are, in messages: "fold models" or "seed models".
     """
 
     name: str
@@ -107,6 +111,8 @@ class Predictor:
     members: tuple
     configuration: str | None = None
     weights: tuple | None = None
+    planned: int | None = None
+    unit: str = "models"
 
     @classmethod
     def load(cls, path, image_size=None):
@@ -119,6 +125,9 @@ class Predictor:
             path: as above.
             image_size: the side of the images to predict, where it is not the one the models
                 trained at (test-time resolution, `networks.resolution`); None: their own.
+
+        A configuration some of whose runs have not finished predicts with those that have, and
+        warns, in one line, how many of how many that is.
 
         Raises:
             DataError: the folder is neither a run nor (a configuration of) a study; a study's
@@ -133,10 +142,11 @@ class Predictor:
         else:
             return cls(path.resolve().name, path, (RunModel.load(path, image_size),))
         configurations = resolve_configurations(study_dir, configuration)
-        members, weights = [], []
+        members, weights, planned_runs = [], [], []
         for name in configurations:
-            name, run_dirs = study_configuration(study_dir, name)
+            name, run_dirs, planned = study_configuration(study_dir, name)
             members += [RunModel.load(run_dir, image_size) for run_dir in run_dirs]
+            planned_runs += planned
             # Each configuration's fold ensemble counts alike, however many runs it has.
             weights += [1 / (len(configurations) * len(run_dirs))] * len(run_dirs)
         configuration = CONFIGURATION_SEPARATOR.join(configurations) if configuration is not None else name
@@ -145,7 +155,20 @@ class Predictor:
         sizes = sorted({member.image_size for member in members})
         if len(sizes) > 1:
             raise DataError(f"{study_dir}: the runs of {configuration} take images of different sizes ({', '.join(map(str, sizes))} px); they cannot be averaged")
-        return cls(f"{study_dir.resolve().name}/{configuration}", study_dir, tuple(members), configuration, tuple(weights))
+        unit = "fold models" if any(run["fold"] is not None for run in planned_runs) else "seed models"
+        predictor = cls(
+            f"{study_dir.resolve().name}/{configuration}", study_dir, tuple(members), configuration, tuple(weights), len(planned_runs), unit
+        )
+        if predictor.incomplete:
+            warnings.warn(f"{predictor.name}: {predictor.incomplete}", stacklevel=2)
+        return predictor
+
+    @property
+    def incomplete(self):
+        """"predicting with 1 of 2 fold models (...)" where some of the configuration's runs have not finished; else None."""
+        if self.planned is None or len(self.members) >= self.planned:
+            return None
+        return f"predicting with {len(self.members)} of {self.planned} {self.unit}, those finished (the others are training or stopped: the ensemble is incomplete)"
 
     @property
     def image_size(self):
@@ -184,6 +207,7 @@ class Predictor:
             # An ensemble of configurations has several architectures: it names them all.
             "architecture": self.configuration if CONFIGURATION_SEPARATOR in (self.configuration or "") else config.get("model", self.members[0].model.name),
             "models": len(self.members),
+            "planned_models": self.planned or len(self.members),
             "metadata": self.takes_metadata,
             "image_size": self.image_size,
             "classes": [{"code": name, "name": CLASS_DESCRIPTIONS[name]} for name in CLASS_NAMES],
@@ -224,7 +248,8 @@ class Predictor:
 
 
 def study_configuration(study_dir, configuration):
-    """(the configuration, its finished runs' folders) of a study; `configuration` None where it has one.
+    """(the configuration, its finished runs' folders, its planned runs as `study.json` lists them)
+    of a study; `configuration` None where it has one.
 
     Raises:
         DataError: naming the configurations, where `configuration` is not one of them, is None
@@ -233,7 +258,7 @@ def study_configuration(study_dir, configuration):
     runs = finished_runs(study_dir)
     configurations = list(dict.fromkeys(run["configuration"] for run in runs))
     if not configurations:
-        raise DataError(f"{study_dir}: no finished run to predict with yet (continue the study with --resume)")
+        raise DataError(f"{study_dir}: no finished run to predict with yet (wait for its first run if it is training; if it has stopped, continue it with --resume)")
     if configuration is None and len(configurations) > 1:
         raise DataError(
             f"{study_dir} holds {len(configurations)} configurations ({', '.join(configurations)}): "
@@ -242,7 +267,8 @@ def study_configuration(study_dir, configuration):
     configuration = configuration or configurations[0]
     if configuration not in configurations:
         raise DataError(f"{study_dir} has no finished run of a configuration {configuration!r} (it holds {', '.join(configurations)})")
-    return configuration, [run["run_dir"] for run in runs if run["configuration"] == configuration]
+    planned = [run for run in read_study(study_dir)["runs"] if run["configuration"] == configuration]
+    return configuration, [run["run_dir"] for run in runs if run["configuration"] == configuration], planned
 
 
 def member_batches(member, images, rows, metadata, batch_size):

@@ -60,7 +60,8 @@ def create_app(run_dir, *, max_upload_bytes=MAX_UPLOAD_BYTES, max_pixels=MAX_IMA
     app = FastAPI(
         title=f"HAM10000 classifier: {description['run']}",
         description=f"{description['architecture']} at {predictor.image_size} px"
-        + (f", the mean of {len(predictor.members)} fold models" if len(predictor.members) > 1 else "")
+        + (f", the mean of {len(predictor.members)} {predictor.unit}" if len(predictor.members) > 1 else "")
+        + (f" ({predictor.incomplete})" if predictor.incomplete else "")
         + (", with age, sex and site" if predictor.takes_metadata else "")
         + ". A research model, not a medical device.",
     )
@@ -76,7 +77,7 @@ def create_app(run_dir, *, max_upload_bytes=MAX_UPLOAD_BYTES, max_pixels=MAX_IMA
 
     @app.get("/model")
     def model():
-        """The run: name, architecture, image size, classes, metadata categories and test metrics."""
+        """The run: name, architecture, models (those answering, of those planned), image size, classes, metadata categories and test metrics."""
         return description
 
     @app.post("/predict")
@@ -94,7 +95,8 @@ def create_app(run_dir, *, max_upload_bytes=MAX_UPLOAD_BYTES, max_pixels=MAX_IMA
         with lock:
             probabilities = predictor.predict(decoded, metadata)[0]
             heatmap = cam.heatmaps(decoded, [int(probabilities.argmax())], metadata)[0] if explain else None
-        answer = prediction_answer(description["run"], probabilities, notes)
+        notes += [predictor.incomplete] if predictor.incomplete else []
+        answer = prediction_answer(description["run"], probabilities, notes, len(predictor.members))
         if explain:
             overlay = overlay_heatmap(read_image(io.BytesIO(data), OVERLAY_SIZE), heatmap)
             answer["gradcam_png"] = "data:image/png;base64," + base64.b64encode(png_bytes(overlay)).decode("ascii")
@@ -133,8 +135,9 @@ def decode_upload(data, filename, size):
         raise HTTPException(415, f"{filename or 'the upload'} is not a readable JPEG or PNG image") from None
 
 
-def prediction_answer(run, probabilities, notes):
-    """The JSON answer to a prediction: the most probable class, every class's probability, the notes."""
+def prediction_answer(run, probabilities, notes, models):
+    """The JSON answer to a prediction: the most probable class, every class's probability, how
+    many models answered, the notes."""
     predicted = int(probabilities.argmax())
     return {
         "run": run,
@@ -144,6 +147,7 @@ def prediction_answer(run, probabilities, notes):
             "probability": float(probabilities[predicted]),
         },
         "probabilities": {name: float(value) for name, value in zip(CLASS_NAMES, probabilities)},
+        "models": models,
         "warnings": notes,
     }
 

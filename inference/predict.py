@@ -143,7 +143,8 @@ def predict_files(predictor, paths, *, metadata_path=None, tta=False, skip_unrea
 
     Returns:
         A DataFrame, one row per image: `image` (the path), `pred` (the class code), `pred_name`,
-        then `prob_<class>` for the seven classes.
+        `prob_<class>` for the seven classes, then `models`, how many models answered (a study
+        configuration's finished runs).
     """
     files = collect_images(paths)
     # The metadata file is checked before the images are decoded, so a bad one fails fast.
@@ -166,17 +167,17 @@ def predict_files(predictor, paths, *, metadata_path=None, tta=False, skip_unrea
     probabilities = predictor.predict(images, metadata, tta=tta)
     if explain_dir is not None:
         explain_images(predictor, images, files, probabilities, metadata, explain_dir)
-    return predictions_table(files, probabilities)
+    return predictions_table(files, probabilities, len(predictor.members))
 
 
-def predictions_table(files, probabilities):
+def predictions_table(files, probabilities, models):
     predicted = np.array(CLASS_NAMES)[probabilities.argmax(axis=1)]
     frame = pd.DataFrame({
         "image": [str(path) for path in files],
         "pred": predicted,
         "pred_name": [CLASS_DESCRIPTIONS[name] for name in predicted],
     })
-    return pd.concat([frame, pd.DataFrame(probabilities, columns=list(PROBABILITY_COLUMNS))], axis=1)
+    return pd.concat([frame, pd.DataFrame(probabilities, columns=list(PROBABILITY_COLUMNS))], axis=1).assign(models=models)
 
 
 def check_output_path(path):

@@ -17,6 +17,7 @@ from pathlib import Path
 import keras
 from keras import layers
 
+from common.console import warnings_only_on_success
 from common.errors import UserError
 from networks.finetune import Blocks
 from networks.registry import register_backbone
@@ -106,7 +107,8 @@ def application_backbone(constructor, image_size, weights, preprocessing=None, l
     try:
         # With `input_tensor` the network starts at `x`: one flat model, preprocessing included,
         # whose weighted layers still line up with the weights file's.
-        network = constructor(include_top=False, weights=weights, input_tensor=x)
+        with warnings_only_on_success():
+            network = constructor(include_top=False, weights=weights, input_tensor=x)
     except Exception as error:
         message = str(error)
         if "URL fetch failure" in message:

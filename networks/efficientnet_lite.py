@@ -13,10 +13,12 @@ default ~/.keras/models) and reuses it. The conversion is checked by the classic
 ImageNet classifier calls matplotlib's sample `grace_hopper.jpg` a military uniform (class 652).
 """
 
+import contextlib
 import hashlib
 import importlib
 import math
 import os
+import random
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +27,7 @@ import keras
 import numpy as np
 from keras import layers, ops
 
+from common.console import warnings_only_on_success
 from common.errors import UserError
 from networks.finetune import Blocks
 from networks.pth_reader import read_pth
@@ -240,7 +243,11 @@ def imagenet_classifier(name, image_size=None):
         except Exception as error:  # noqa: BLE001  (h5py and Keras raise several kinds for a bad file)
             print(f"Note: converting the {name} weights again: the cached {cached} does not load ({_first_line(error)})")
     load_torch_state(classifier, read_pth(package_weights_file(name)), variant.package)
-    _save_weights_atomically(classifier, cached)
+    try:
+        _save_weights_atomically(classifier, cached)
+    except OSError as error:  # a read-only or full Keras home: the weights are in memory, only the reuse is lost
+        print(f"Note: the converted {name} weights cannot be kept in {cached.parent} ({error.strerror}); "
+              "converting them again next time (set KERAS_HOME to a writable folder)")
     return classifier
 
 
@@ -261,6 +268,18 @@ def _save_weights_atomically(model, path):
         Path(temporary).unlink(missing_ok=True)
 
 
+@contextlib.contextmanager
+def random_state_kept():
+    """Python's and NumPy's random states as they were before the block (Keras draws its
+    initialisers' seeds from Python's)."""
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    try:
+        yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+
+
 def _first_line(error):
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
@@ -273,7 +292,10 @@ def load_backbone_weights(backbone, name, weights):
         UserError: the weights cannot be had or do not fit, in one line saying how to go on.
     """
     if weights == "imagenet":
-        source = imagenet_classifier(name)  # flat: the backbone's layers, then pooling and the softmax
+        # Built without a draw from the random state the run's seed set: the head after it starts
+        # as it does when the same weights come as the .pth file.
+        with random_state_kept():
+            source = imagenet_classifier(name)  # flat: the backbone's layers, then pooling and the softmax
         for layer in backbone.layers:
             if layer.weights:
                 layer.set_weights(source.get_layer(layer.name).get_weights())
@@ -285,7 +307,8 @@ def load_backbone_weights(backbone, name, weights):
         load_torch_state(backbone, read_pth(path), path)
         return
     try:
-        backbone.load_weights(path)
+        with warnings_only_on_success():
+            backbone.load_weights(path)
     except Exception as error:  # noqa: BLE001  (h5py and Keras raise several kinds for a bad file)
         raise UserError(f"{weights}: not weights of the {name} backbone ({_first_line(error)}); pass a .pth state dict, a .weights.h5 saved from this backbone, imagenet or none") from None
 

@@ -127,10 +127,38 @@ def submit_study(study_dir, executor, *, jobs=None, options=None, overrides=None
     return _run_locally(study_dir, calls, jobs, options or {})
 
 
+# submitit's shared parameters that must be at least this: a job of timeout_min 0 is killed at once.
+MINIMUM_OPTIONS = {"timeout_min": 1, "slurm_time": 1, "nodes": 1, "cpus_per_task": 1, "tasks_per_node": 1, "gpus_per_node": 0}
+KIND_NAMES = {int: "a whole number", float: "a number", bool: "true or false", str: "text"}
+# Parameters this module sets itself.
+OWN_OPTIONS = ("name", "setup")
+
+
+def valid_options(executor):
+    """The `--submit-option` names the executor takes: submitit's shared ones, and its own prefixed with its name."""
+    shared = submitit.AutoExecutor._valid_parameters()
+    own = submitit.core.plugins.get_executors()[executor]._valid_parameters()
+    return sorted(shared - set(OWN_OPTIONS)) + sorted(f"{executor}_{name}" for name in own - set(OWN_OPTIONS))
+
+
 def check_options(executor, options):
-    """Raises UserError for an unknown executor, or parameters submitit does not take for it."""
+    """Raises UserError for an unknown executor, or parameters submitit does not take for it (or out of range)."""
     if executor not in EXECUTORS:
         raise UserError(f"unknown executor {executor!r} (expected {', '.join(EXECUTORS)})")
+    valid = valid_options(executor)
+    unknown = [name for name in options if name not in valid]
+    if unknown:
+        raise UserError(f"--submit-option {unknown[0]}: not a parameter of submitit's {executor} executor (it takes {', '.join(valid)})")
+    types = submitit.AutoExecutor._typed_parameters()
+    for name, value in options.items():
+        kind = types.get(name)
+        fits = isinstance(value, bool) if kind is bool else isinstance(value, (int, float) if kind is float else kind) and not isinstance(value, bool)
+        if kind is not None and not fits:
+            raise UserError(f"--submit-option {name}={value!r}: expected {KIND_NAMES[kind]}")
+        if name in MINIMUM_OPTIONS and isinstance(value, (int, float)) and value < MINIMUM_OPTIONS[name]:
+            raise UserError(f"--submit-option {name}={value}: must be at least {MINIMUM_OPTIONS[name]}")
+        if name == "mem_gb" and value <= 0:
+            raise UserError(f"--submit-option mem_gb={value}: must be positive")
     with tempfile.TemporaryDirectory() as folder:
         _executor(Path(folder), executor, options)
 

@@ -6,6 +6,7 @@ only parses. Errors the user can fix are raised as `UserError`, which main.py pr
 """
 
 import argparse
+import contextlib
 import importlib.util
 import sys
 import textwrap
@@ -92,7 +93,7 @@ def train(arguments):
     settings = overrides(arguments)
     if (arguments.jobs or arguments.submit_options) and not arguments.submit:
         raise ConfigError("--jobs and --submit-option set the jobs of --submit: add --submit local or --submit slurm")
-    jobs = {"submit": arguments.submit, "jobs": arguments.jobs, "submit_options": parse_settings(arguments.submit_options, "--submit-option")}
+    jobs = {"submit": arguments.submit, "jobs": arguments.jobs, "submit_options": parse_settings(arguments.submit_options, "--submit-option", example="timeout_min=240")}
     if arguments.resume:
         if arguments.model or arguments.config or arguments.folds or arguments.seeds:
             raise ConfigError("--resume continues with the run's own config.yaml (or the study's plan): drop --model, --config, --folds and --seeds")
@@ -121,7 +122,7 @@ def tune(arguments):
     # command line (the same command everywhere) only where things are on this machine.
     local = {name: value for name, value in settings.items() if name in RESUME_OVERRIDES}
     if role == "worker":
-        tuning.join_search(arguments.search_dir, local)
+        tuning.join_search(arguments.search_dir, local, timeout=arguments.chief_timeout)
         return
     if arguments.search_dir is not None and (arguments.search_dir / tuning.SEARCH_FILENAME).is_file():
         tuning.continue_search(arguments.search_dir, local, trials=arguments.trials)
@@ -131,9 +132,9 @@ def tune(arguments):
         config_file, reason = hardware_preset()
         print(f"No --config: {reason}, so the preset {config_file.relative_to(config_file.parent.parent)} (--config chooses another)")
     trial_config = load_config(arguments.model, config_file, settings)
-    final_config = load_config(trial_config.model, config_file, {"metadata": settings.get("metadata")})
+    final_config = load_config(trial_config.model, config_file, {key: settings[key] for key in ("metadata",) if key in settings})
     check_weights([trial_config])
-    tuning.start_search(trial_config, final_config, arguments.trials or tuning.DEFAULT_TRIALS, arguments.tuner, arguments.search_dir)
+    tuning.start_search(trial_config, final_config, tuning.DEFAULT_TRIALS if arguments.trials is None else arguments.trials, arguments.tuner, arguments.search_dir)
 
 
 def track(arguments):
@@ -185,12 +186,18 @@ def compare(arguments):
         evaluation.compare_runs(arguments.run_dirs, output)
 
 
+@contextlib.contextmanager
+def one_line_warnings():
+    """Warnings (metadata missing, files skipped, an incomplete ensemble) as one line each, without the source line."""
+    with warnings.catch_warnings():
+        warnings.showwarning = lambda message, *_: print(f"warning: {message}", file=sys.stderr)
+        yield
+
+
 def predict(arguments):
     if arguments.output is not None:
         inference.check_output_path(arguments.output)
-    with warnings.catch_warnings():
-        # Warnings (metadata missing, files skipped) as one line each, without the source line.
-        warnings.showwarning = lambda message, *_: print(f"warning: {message}", file=sys.stderr)
+    with one_line_warnings():
         predictor = inference.Predictor.load(arguments.run_dir, image_size=arguments.image_size)
         table = inference.predict_files(
             predictor, arguments.images, metadata_path=arguments.metadata, tta=arguments.tta,
@@ -208,7 +215,8 @@ def serve(arguments):
         from inference.app import serve as serve_run
     except ModuleNotFoundError as error:
         raise UserError(f"serving needs FastAPI and uvicorn ({error}): pip install -e '.[serve]'") from None
-    serve_run(arguments.run_dir, host=arguments.host, port=arguments.port, image_size=arguments.image_size)
+    with one_line_warnings():
+        serve_run(arguments.run_dir, host=arguments.host, port=arguments.port, image_size=arguments.image_size)
 
 
 def robustness(arguments):

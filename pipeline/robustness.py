@@ -102,10 +102,10 @@ def score_study_robustness(path, subsets=("val", "test"), *, image_size=None, se
     path = Path(path)
     study_dir, configuration = (path, None) if is_study_dir(path) else (path.parent, path.name)
     configurations = [study_configuration(study_dir, name) for name in resolve_configurations(study_dir, configuration)]
-    label = "+".join(name for name, _ in configurations)
+    label = "+".join(name for name, _, _ in configurations)
     stem = robustness_stem(image_size, seed)
     per_configuration = []
-    for name, run_dirs in configurations:
+    for name, run_dirs, _ in configurations:
         parts = {subset: [] for subset in subsets}
         for run_dir in run_dirs:
             score_run_robustness(run_dir, subsets, image_size=image_size, seed=seed, cache_dir=cache_dir, verbose=False)
@@ -124,7 +124,7 @@ def score_study_robustness(path, subsets=("val", "test"), *, image_size=None, se
     folder = study_dir / STUDY_ROBUSTNESS_DIR
     existing = read_robustness(folder, f"{label}.{stem}") or {}
     write_json(folder / f"{label}.{stem}.json", {
-        "seed": seed, "image_size": image_size, "configurations": [name for name, _ in configurations],
+        "seed": seed, "image_size": image_size, "configurations": [name for name, _, _ in configurations],
         "subsets": {**existing.get("subsets", {}), **results},
     })
     write_study_report(study_dir)

@@ -50,7 +50,7 @@ def open_study(model, config_file, overrides=None, *, folds=None, seeds=None):
     settings = {
         "models": [config.configuration for config in configs],
         "config": str(config_file),
-        "flags": {key: value for key, value in overrides.items() if value is not None},
+        "flags": overrides,
     }
     study_dir = unfinished_study(configs, folds=folds, seeds=seeds or 1, settings=settings)
     if study_dir is not None:

@@ -105,5 +105,24 @@ def test_submit_options_and_flags_are_checked(toy_dir, tmp_path, capsys):
     assert run_main(*arguments, "--jobs", 2) == 2
     assert "error: --jobs and --submit-option set the jobs of --submit" in capsys.readouterr().err
     assert run_main(*arguments, "--submit", "local", "--submit-option", "timeout_min=soon") == 2
-    assert 'error: --submit-option: Parameter "timeout_min" expected type' in capsys.readouterr().err
+    assert "error: --submit-option timeout_min='soon': expected a whole number" in capsys.readouterr().err
     assert not (tmp_path / "studies").exists()  # checked before the study folder is made
+
+
+@pytest.mark.parametrize("value", ["-5", "0"])
+def test_a_time_limit_below_a_minute_is_refused_before_submitting(value, toy_dir, tmp_path, capsys):
+    arguments = [*STUDY, "--data-dir", toy_dir, "--output-dir", tmp_path, "--submit", "local"]
+    assert run_main(*arguments, "--submit-option", f"timeout_min={value}") == 2
+    assert capsys.readouterr().err == f"error: --submit-option timeout_min={value}: must be at least 1\n"
+    assert not (tmp_path / "studies").exists()
+
+
+def test_an_unknown_submit_option_names_the_executor_s_options(toy_dir, tmp_path, capsys):
+    arguments = [*STUDY, "--data-dir", toy_dir, "--output-dir", tmp_path, "--submit", "local"]
+    assert run_main(*arguments, "--submit-option", "foo=1") == 2
+    assert capsys.readouterr().err == (
+        "error: --submit-option foo: not a parameter of submitit's local executor "
+        "(it takes cpus_per_task, gpus_per_node, mem_gb, nodes, stderr_to_stdout, tasks_per_node, timeout_min)\n"
+    )
+    assert run_main(*arguments, "--submit-option", "timeout_min") == 2
+    assert "expected KEY=VALUE, e.g. --submit-option timeout_min=240" in capsys.readouterr().err

@@ -26,7 +26,7 @@ def test_images_are_predicted_exactly_as_in_evaluation_in_the_order_given(study,
     assert run_main("predict", run, real_toy_dir / "images" / f"{test_ids[0]}.jpg", folder) == 0
     lines = capsys.readouterr().out.splitlines()
     table = pd.read_csv(pd.io.common.StringIO("\n".join(lines)))
-    assert list(table.columns) == ["image", "pred", "pred_name", *PROBABILITY_COLUMNS]
+    assert list(table.columns) == ["image", "pred", "pred_name", *PROBABILITY_COLUMNS, "models"]
     # The file named first, then the folder's images sorted by name.
     assert [name.rsplit("/", 1)[1][:-4] for name in table["image"]] == [test_ids[0], *sorted(test_ids[1:])]
     # The same decoder and resize as training and evaluation: the run's own test predictions.
@@ -48,6 +48,28 @@ def test_a_study_of_several_configurations_predicts_with_the_one_named(study, re
         assert run_main("predict", folder, image) == 0
         tables.append(capsys.readouterr().out)
     assert tables[0] == tables[1]
+
+
+def partial_fold_study(study, folder):
+    """A 2-fold study of cnn whose fold 1 has not finished (still training, or killed); fold 0 is the study's cnn run."""
+    folder.mkdir()
+    entry = {"configuration": "cnn", "seed": 0, "config": {}, "seconds": None}
+    runs = [{**entry, "fold": 0, "run_dir": str(study_run(study, "cnn")), "finished": True}, {**entry, "fold": 1, "run_dir": None, "finished": False}]
+    (folder / "study.json").write_text(json.dumps({"name": folder.name, "folds": 2, "seeds": 1, "runs": runs}))
+    return folder
+
+
+PARTIAL_NOTE = "predicting with 1 of 2 fold models, those finished (the others are training or stopped: the ensemble is incomplete)"
+
+
+def test_a_partial_fold_ensemble_says_how_many_models_answer(study, real_toy_dir, tmp_path, capsys):
+    study_dir = partial_fold_study(study, tmp_path / "partial")
+    image = next((real_toy_dir / "images").iterdir())
+    capsys.readouterr()
+    assert run_main("predict", study_dir / "cnn", image) == 0
+    captured = capsys.readouterr()
+    assert captured.err == f"warning: partial/cnn: {PARTIAL_NOTE}\n"
+    assert pd.read_csv(pd.io.common.StringIO(captured.out))["models"].tolist() == [1]
 
 
 def test_any_size_and_mode_is_accepted(study, tmp_path, capsys):

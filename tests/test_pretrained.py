@@ -5,6 +5,7 @@ import hashlib
 import json
 import pickle
 import shutil
+import warnings
 
 import keras
 import matplotlib.cbook
@@ -19,7 +20,7 @@ from networks import Blocks, create_model, freeze_backbone, get_model_entry, lis
 from networks import efficientnet_lite
 from networks.heads import HeadOptions
 from networks.pth_reader import MAGIC_NUMBER, read_pth
-from test_reliability import TIMING_COLUMNS, interrupt_after
+from test_reliability import TIMING_COLUMNS, interrupt_after, make_read_only
 from training.optimizers import ScaledRatesAdam, scaled_indices
 
 pytestmark = pytest.mark.backend
@@ -102,6 +103,18 @@ def test_a_damaged_cached_conversion_is_made_again(keras_home, capsys):
     assert cached.stat().st_size > 1_000_000 and classifier.get_layer("predictions").get_weights()[0].shape == (1280, 1000)
 
 
+def test_a_read_only_keras_home_converts_in_memory_and_says_so(keras_home, monkeypatch, capsys):
+    installed("efficientnet_lite0")
+    keras_home.mkdir()
+    make_read_only(monkeypatch, keras_home)
+    classifier = efficientnet_lite.imagenet_classifier("efficientnet_lite0")
+    out = capsys.readouterr().out
+    assert f"the converted efficientnet_lite0 weights cannot be kept in {keras_home / 'models'} (Read-only file system); " in out
+    assert "set KERAS_HOME to a writable folder" in out and out.count("\n") == 1
+    assert classifier.get_layer("predictions").get_weights()[0].shape == (1280, 1000)
+    assert not any(keras_home.rglob("*.h5"))
+
+
 def one_line(error):
     message = str(error.value)
     assert "\n" not in message, message
@@ -128,12 +141,37 @@ def test_truncated_or_wrong_weights_files_are_one_line_errors(tmp_path):
     assert "not weights of the efficientnet_lite0 backbone" in one_line(error)
 
 
+@pytest.mark.parametrize("model, message", [
+    ("efficientnet_lite0", "not weights of the efficientnet_lite0 backbone (A total of 69 objects could not be loaded."),
+    ("resnet50", "not weights of ResNet50 without its top (A total of 106 objects could not be loaded."),
+])
+def test_a_weights_file_of_another_architecture_is_one_line_without_keras_s_warnings(model, message, tmp_path):
+    other = tmp_path / "lite1.weights.h5"
+    create_model("efficientnet_lite1", 32, weights=None).get_layer("backbone").save_weights(other)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(UserError) as error:
+            create_model(model, 32, weights=str(other))
+    assert message in one_line(error)
+    assert [str(warning.message) for warning in caught] == []
+
+
 def test_weights_from_a_pth_file_equal_the_package_s(keras_home):
     source = installed("efficientnet_lite0")
     from_file = create_model("efficientnet_lite0", 32, weights=str(source)).get_layer("backbone")
     from_package = create_model("efficientnet_lite0", 32, weights="imagenet").get_layer("backbone")
     for a, b in zip(from_file.weights, from_package.weights, strict=True):
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
+
+
+def test_imagenet_and_its_pth_file_start_a_seeded_run_from_the_same_head(keras_home):
+    source = installed("efficientnet_lite0")
+    models = []
+    for weights in ("imagenet", str(source)):
+        keras.utils.set_random_seed(0)
+        models.append(create_model("efficientnet_lite0", 32, weights=weights, head=TINY_HEAD))
+    for a, b in zip(models[0].weights, models[1].weights, strict=True):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b), err_msg=a.path)
 
 
 def test_missing_package_names_the_pip_install(keras_home, monkeypatch):

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 
+import keras
 import numpy as np
 import pandas as pd
 import pytest
@@ -21,6 +22,8 @@ from dataset import load_images, locate_images
 from evaluation import Predictor, compare_runs
 from test_evaluation_reports import toy_predictions, write_run
 from training import ConfigError, load_config, resume_run, trainer
+from training.compilation import use_compilation_cache
+from training.config import parse_settings
 
 
 def interrupt_after(patch, epochs_done):
@@ -233,15 +236,13 @@ def test_image_cache_in_a_file_is_one_line(where, toy_dir, tmp_path, monkeypatch
     assert not (tmp_path / "out" / "runs").exists()
 
 
-def test_read_only_image_cache_names_the_cache_s_flag(toy_dir, tmp_path, monkeypatch, capsys):
-    cache = tmp_path / "cache"
-    cache.mkdir()
+def make_read_only(monkeypatch, folder):
+    """A read-only disk under `folder` (as root, permissions alone would not stop the writes)."""
 
     def read_only(opener):
-        # A read-only disk under the cache folder (as root, permissions alone would not stop the writes).
         def open_read_only(path, flags_or_mode="r", *args, **kwargs):
             writes = any(mark in flags_or_mode for mark in "wax+") if isinstance(flags_or_mode, str) else flags_or_mode & (os.O_WRONLY | os.O_RDWR)
-            if str(path).startswith(str(cache)) and writes:
+            if str(path).startswith(str(folder)) and writes:
                 raise OSError(errno.EROFS, "Read-only file system", str(path))
             return opener(path, flags_or_mode, *args, **kwargs)
 
@@ -249,6 +250,12 @@ def test_read_only_image_cache_names_the_cache_s_flag(toy_dir, tmp_path, monkeyp
 
     monkeypatch.setattr(os, "open", read_only(os.open))
     monkeypatch.setattr("builtins.open", read_only(open))
+
+
+def test_read_only_image_cache_names_the_cache_s_flag(toy_dir, tmp_path, monkeypatch, capsys):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    make_read_only(monkeypatch, cache)
     arguments = ["--model", "cnn", "--config", TINY_CONFIG, "--data-dir", toy_dir, "--output-dir", tmp_path / "out"]
     assert run_main(*arguments, "--set", f"cache_dir={cache}") == 2
     line = only_line(capsys)
@@ -350,7 +357,7 @@ def test_damaged_run_folder_is_one_line_naming_the_file(damage, message, damaged
 def test_missing_or_misspelt_keras_backend_is_one_line(backend, reason):
     environment = {**os.environ, "KERAS_BACKEND": backend}
     result = subprocess.run([sys.executable, "main.py", "--help"], cwd=REPO_ROOT, env=environment, capture_output=True, text=True)
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert result.stderr.startswith(f"error: Keras cannot load its backend {backend!r} ({reason})")
     assert result.stderr.count("\n") == 1
 
@@ -458,3 +465,102 @@ def test_kept_model_loads_with_plain_keras_in_a_fresh_interpreter(study, tmp_pat
     result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "(None, 7)" in result.stdout
+
+
+# === 14. Issue 39: settings honoured or refused, never dropped ===
+
+
+def test_null_setting_is_honoured_where_it_means_something(tmp_path):
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text("weights: imagenet\ncompilation_cache: /tmp/xla\n")
+    config = load_config("vgg16", config_file, parse_settings(["weights=null", "compilation_cache=null"]))
+    assert (config.weights, config.compilation_cache) == (None, None)
+
+
+@pytest.mark.parametrize("assignment", ["epochs=null", "lr=null", "image_size=null", "head=null", "model=null"])
+def test_null_setting_that_needs_a_value_is_refused(assignment, toy_dir, tmp_path, capsys):
+    arguments = ["--config", TINY_CONFIG, "--data-dir", toy_dir, "--output-dir", tmp_path]
+    assert run_main("--model", "cnn", *arguments, "--set", assignment) == 2
+    line = only_line(capsys)
+    assert f"setting '{assignment.split('=')[0]}' must be " in line and ", not null (leave it out to keep the config file's" in line
+    assert not (tmp_path / "runs").exists()
+
+
+def test_setting_without_a_value_is_refused(toy_dir, tmp_path, capsys):
+    arguments = ["--model", "cnn", "--config", TINY_CONFIG, "--data-dir", toy_dir, "--output-dir", tmp_path]
+    assert run_main(*arguments, "--set", "epochs=") == 2
+    assert "--set 'epochs=': no value after '='" in only_line(capsys)
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    "assignments, message",
+    [
+        (["class_weight_boost={mel: -2}"], "class_weight_boost's factor for mel must be a positive number (e.g. {mel: 1.5}); got -2"),
+        (["class_weight_boost={mel: abc}"], "class_weight_boost's factor for mel must be a positive number (e.g. {mel: 1.5}); got 'abc'"),
+        (["class_weight_boost={mel: .inf}"], "class_weight_boost's factor for mel must be a positive number"),
+        (["loss=focal", "focal_gamma=-3"], "focal_gamma is the focal loss's focusing exponent, 0 or more (2 is usual); got -3.0"),
+        (["min_lr=-1"], "min_lr is the floor of the plateau schedule's cuts, 0 or more; got -1.0"),
+    ],
+)
+def test_out_of_range_setting_is_refused_before_any_folder_exists(assignments, message, toy_dir, tmp_path, capsys):
+    arguments = ["--model", "cnn", "--config", TINY_CONFIG, "--data-dir", toy_dir, "--output-dir", tmp_path]
+    sets = [argument for assignment in assignments for argument in ("--set", assignment)]
+    assert run_main(*arguments, *sets) == 2
+    assert message in only_line(capsys)
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.fixture
+def under_jax(monkeypatch):
+    """`use_compilation_cache` as under JAX; without setting JAX's cache folder for this process."""
+    import jax
+
+    monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
+    monkeypatch.setattr(jax.config, "update", lambda *args: None)
+
+
+@pytest.mark.parametrize("where", ["file", "under a file"])
+def test_compilation_cache_in_a_file_is_one_line(where, under_jax, tmp_path):
+    file = tmp_path / "file"
+    file.write_text("")
+    folder = file if where == "file" else file / "xla"
+    config = load_config("cnn", TINY_CONFIG, {"compilation_cache": str(folder)})
+    with pytest.raises(ConfigError, match=rf"^{file}: is a file, not a folder, so the compilation cache cannot go to {folder} \(set compilation_cache to a folder, or none\)$"):
+        use_compilation_cache(config)
+
+
+@pytest.mark.parametrize("value", ["", " "])
+def test_empty_compilation_cache_is_refused(value):
+    with pytest.raises(ConfigError, match=rf"^compilation_cache must be auto, none or a folder; got '{value}'$"):
+        load_config("cnn", TINY_CONFIG, {"compilation_cache": value})
+
+
+def test_read_only_compilation_cache_is_left_out_in_one_line(under_jax, tmp_path, monkeypatch, capsys):
+    folder = tmp_path / "xla"
+    folder.mkdir()
+    make_read_only(monkeypatch, folder)
+    config = load_config("cnn", TINY_CONFIG, {"compilation_cache": str(folder)})
+    assert use_compilation_cache(config) is None
+    out = capsys.readouterr().out
+    assert out == f"Note: the compilation cache {folder} cannot be written (Read-only file system): compiling without it (set compilation_cache to a writable folder, or none)\n"
+
+
+def test_an_image_in_both_part_folders_with_different_content_is_named(toy_dir, tmp_path):
+    parts = [tmp_path / "HAM10000_images_part_1", tmp_path / "HAM10000_images_part_2"]
+    for part in parts:
+        part.mkdir()
+    images = sorted((toy_dir / "images").glob("*.jpg"))
+    for image in images[:3]:  # the same file in both: a copy, not a conflict
+        for part in parts:
+            shutil.copy(image, part / image.name)
+    for name, content in [(images[3].name, images[3]), (images[4].name, images[4])]:
+        shutil.copy(content, parts[0] / name)
+    shutil.copy(images[5], parts[1] / images[3].name)  # another image under the same name
+    with pytest.warns(UserWarning) as caught:
+        found = locate_images([image.stem for image in images[:5]], tmp_path)
+    assert [str(warning.message) for warning in caught] == [
+        f"{tmp_path}: two folders hold different images under the same name (1: {images[3].stem}); using the first found "
+        "(HAM10000_images_part_1/ over HAM10000_images_part_2/ for the first): delete the wrong copies"
+    ]
+    assert found[images[3].stem] == parts[0] / images[3].name

@@ -49,6 +49,18 @@ def metadata_client(study):
 # === The API, in process ===
 
 
+def test_a_partial_fold_ensemble_says_how_many_models_answer(study, tmp_path):
+    from test_predict import PARTIAL_NOTE, partial_fold_study
+
+    study_dir = partial_fold_study(study, tmp_path / "partial")
+    with pytest.warns(UserWarning, match="partial/cnn: predicting with 1 of 2 fold models"):
+        partial = TestClient(create_app(study_dir / "cnn"))
+    model = partial.get("/model").json()
+    assert (model["models"], model["planned_models"]) == (1, 2)
+    answer = partial.post("/predict", files={"image": ("a.jpg", jpeg_bytes(0), "image/jpeg")}).json()
+    assert answer["models"] == 1 and answer["warnings"] == [PARTIAL_NOTE]
+
+
 def test_health_model_and_docs(client, study):
     assert client.get("/health").json() == {"status": "ok"}
     model = client.get("/model").json()

@@ -32,7 +32,7 @@ def test_precedence_defaults_then_file_then_model_section_then_flags(tmp_path):
     assert (cnn.epochs, cnn.lr, cnn.batch_size) == (7, 0.01, 32)
     vgg = load_config("vgg16", path)
     assert (vgg.epochs, vgg.lr, vgg.batch_size) == (7, 0.0001, 16)
-    flagged = load_config("vgg16", path, {"lr": 0.5, "epochs": None})
+    flagged = load_config("vgg16", path, {"lr": 0.5})
     assert (flagged.lr, flagged.epochs) == (0.5, 7)
 
 

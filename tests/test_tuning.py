@@ -126,6 +126,16 @@ def test_tune_without_keras_tuner_says_how_to_install(monkeypatch, capsys):
     assert capsys.readouterr().err.strip() == "error: tuning needs KerasTuner, which is not installed: pip install -e '.[tune]'"
 
 
+@pytest.mark.parametrize("trials", ["0", "-1"])
+def test_trials_below_one_are_refused_not_taken_for_the_default(trials, monkeypatch, capsys):
+    started = []
+    monkeypatch.setattr(tuning, "start_search", lambda *arguments: started.append(arguments))
+    with pytest.raises(SystemExit) as exit:
+        run_main("tune", "--model", "cnn", "--config", TINY_CONFIG, "--trials", trials)
+    assert exit.value.code == 2 and started == []
+    assert f"argument --trials: expected a whole number of at least 1, got '{trials}'" in capsys.readouterr().err
+
+
 def test_a_distributed_search_runs_its_trials_on_two_workers(toy_dir, tmp_path):
     """KerasTuner's distributed mode on 127.0.0.1: the chief serves the oracle and writes
     best.yaml, the two workers train the trials into the shared search folder."""
@@ -157,6 +167,49 @@ def test_a_distributed_search_runs_its_trials_on_two_workers(toy_dir, tmp_path):
     assert results[search["best"]["trial"]]["val_balanced_accuracy"] == max(result["val_balanced_accuracy"] for result in results.values())
     assert "Best of 3 trials" in printed["chief"] and load_config("cnn", search_dir / "best.yaml").epochs == 1
     assert "Trial" not in printed["chief"] and "Best of" not in printed["tuner0"]
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.parametrize("variable, value, message", [
+    ("KERASTUNER_ORACLE_PORT", "abc", "KERASTUNER_ORACLE_PORT='abc': a port is a whole number from 1 to 65535"),
+    ("KERASTUNER_ORACLE_PORT", "99999", "KERASTUNER_ORACLE_PORT='99999': a port is a whole number from 1 to 65535"),
+    ("KERASTUNER_ORACLE_IP", "999.1.1.1", "KERASTUNER_ORACLE_IP='999.1.1.1': not an IP address or a host name this machine can resolve"),
+    ("KERASTUNER_ORACLE_IP", "192.0.2.1", "the chief cannot listen on 192.0.2.1:"),  # TEST-NET-1: not this machine's
+])
+def test_a_bad_chief_address_is_one_line_before_any_folder_exists(variable, value, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("KERASTUNER_TUNER_ID", "chief")
+    monkeypatch.setenv("KERASTUNER_ORACLE_IP", "127.0.0.1")
+    monkeypatch.setenv("KERASTUNER_ORACLE_PORT", str(free_port()))
+    monkeypatch.setenv(variable, value)
+    arguments = ["tune", "--model", "cnn", "--config", TINY_CONFIG, "--trials", 1, "--search-dir", tmp_path / "search"]
+    assert run_main(*arguments, "--output-dir", tmp_path / "out") == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"error: {message}") and error.count("\n") == 1, error
+    assert not (tmp_path / "search").exists() and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("search_folder", ["missing", "made by a chief that is gone"])
+def test_a_worker_without_a_chief_says_whom_it_waits_for_and_gives_up_in_one_line(search_folder, tmp_path, monkeypatch, capsys):
+    port = free_port()
+    monkeypatch.setenv("KERASTUNER_TUNER_ID", "tuner0")
+    monkeypatch.setenv("KERASTUNER_ORACLE_IP", "127.0.0.1")
+    monkeypatch.setenv("KERASTUNER_ORACLE_PORT", str(port))
+    search_dir = tmp_path / "search"
+    if search_folder != "missing":
+        search_dir.mkdir()
+        config = load_config("cnn", TINY_CONFIG).to_dict()
+        (search_dir / "tuning.json").write_text(json.dumps({"tuner": "bayesian", "trials": 2, "trial_config": config, "final_config": config, "results": {}}))
+    arguments = ["tune", "--model", "cnn", "--config", TINY_CONFIG, "--search-dir", search_dir, "--chief-timeout", 2]
+    assert run_main(*arguments) == 2
+    captured = capsys.readouterr()
+    assert f"Worker tuner0: waiting for the chief at 127.0.0.1:{port} and its {search_dir / 'tuning.json'} (at most 2 s: --chief-timeout)" in captured.out
+    expected = "no tuning.json after 2 s" if search_folder == "missing" else f"no chief answered at 127.0.0.1:{port} within 2 s"
+    assert expected in captured.err and captured.err.count("\n") == 1, captured.err
 
 
 def test_a_distributed_search_needs_all_its_variables_and_a_search_folder(monkeypatch, capsys):

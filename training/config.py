@@ -210,11 +210,23 @@ class TrainConfig:
         )
         _require(self.selection_window >= 1, f"selection_window must be at least 1; got {self.selection_window}")
         _require(self.melanoma_cost >= 1, f"melanoma_cost must be at least 1; got {self.melanoma_cost}")
-        unknown = sorted(set(self.class_weight_boost) - set(CLASS_NAMES))
-        _require(not unknown, f"unknown class {', '.join(unknown)} in class_weight_boost (expected {', '.join(CLASS_NAMES)})")
+        unknown = sorted(set(self.class_weight_boost) - set(CLASS_NAMES), key=str)
+        _require(not unknown, f"unknown class {', '.join(map(str, unknown))} in class_weight_boost (expected {', '.join(CLASS_NAMES)})")
+        for name, factor in self.class_weight_boost.items():
+            # A factor multiplies the class's loss weight: 0 or less would reward its mistakes.
+            _require(
+                isinstance(factor, (int, float)) and not isinstance(factor, bool) and math.isfinite(factor) and factor > 0,
+                f"class_weight_boost's factor for {name} must be a positive number (e.g. {{mel: 1.5}}); got {factor!r}",
+            )
+        _require(self.focal_gamma >= 0, f"focal_gamma is the focal loss's focusing exponent, 0 or more (2 is usual); got {self.focal_gamma}")
+        _require(self.min_lr >= 0, f"min_lr is the floor of the plateau schedule's cuts, 0 or more; got {self.min_lr}")
         _require(
             self.devices == AUTO or (isinstance(self.devices, int) and self.devices >= 1),
             f"devices must be auto or a number of devices, at least 1; got {self.devices!r}",
+        )
+        _require(
+            self.compilation_cache is None or self.compilation_cache.strip() != "",
+            f"compilation_cache must be auto, none or a folder; got {self.compilation_cache!r}",
         )
         for name in ("mixed_precision", "jit_compile"):
             _require(getattr(self, name) in (True, False, AUTO), f"{name} must be true, false or auto; got {getattr(self, name)!r}")
@@ -270,7 +282,8 @@ def load_config(model=None, config_file=None, overrides=None):
         model: the model to configure; it selects the YAML file's `models:` entry. None keeps
             the file's (or the default) model.
         config_file: a YAML file, or None.
-        overrides: a dict of field values that win over the file (None values are skipped).
+        overrides: a dict of field values that win over the file; None is null, as in the file
+            (`weights: null`: no pretrained weights; refused for a setting that needs a value).
 
     Raises:
         ConfigError: unreadable file, unknown setting, or a value of the wrong type or range.
@@ -288,10 +301,12 @@ def load_config(model=None, config_file=None, overrides=None):
     unknown_models = sorted(set(per_model) - set(list_models()))
     if unknown_models:
         raise ConfigError(f"{config_file}: unknown model {', '.join(unknown_models)} under 'models' (available: {', '.join(list_models())})")
+    given = dict(overrides or {})
+    if "model" in given and given["model"] is None:
+        _coerce("model", str, None)  # refused, as any null of a setting that needs a value
     # The first one given: an empty name (`--model ""`) is refused as unknown, not taken for the default.
-    model = next(name for name in (model, (overrides or {}).get("model"), values.get("model"), TrainConfig.model) if name is not None)
+    model = next(name for name in (model, given.get("model"), values.get("model"), TrainConfig.model) if name is not None)
     values.update(per_model.get(model) or {})
-    given = {key: value for key, value in (overrides or {}).items() if value is not None}
     values.update(given)
     values["model"] = model
     config = _build(values, source=config_file or "command line")
@@ -321,20 +336,23 @@ def study_configurations(config_file=None):
     return tuple(pairs)
 
 
-def parse_settings(assignments, flag="--set"):
+def parse_settings(assignments, flag="--set", example="ema=0.99"):
     """`KEY=VALUE` strings (`--set`, or another `flag`'s) as overrides for `load_config`, each value read as YAML.
 
         parse_settings(["ema=0.99", "augmentation={rotation: 0.5}"])  # {"ema": 0.99, "augmentation": {"rotation": 0.5}}
 
     Raises:
-        ConfigError: an assignment without "=", or a value that is not YAML. Unknown keys and
+        ConfigError: an assignment without "=" or without a value, or a value that is not YAML. Unknown keys and
             bad values are refused later, by `load_config`, like a config file's.
     """
     settings = {}
     for assignment in assignments:
         key, equals, text = assignment.partition("=")
         if not equals or not key.strip():
-            raise ConfigError(f"{flag} {assignment!r}: expected KEY=VALUE, e.g. {flag} ema=0.99")
+            raise ConfigError(f"{flag} {assignment!r}: expected KEY=VALUE, e.g. {flag} {example}")
+        if not text.strip():
+            # An empty value is most often an unset shell variable, not a wish for null.
+            raise ConfigError(f"{flag} {assignment!r}: no value after '=' (write {key.strip()}=null where the setting may be null)")
         try:
             settings[key.strip()] = yaml.safe_load(text)
         except yaml.YAMLError as error:
@@ -397,6 +415,8 @@ def _coerce(name, kind, value):
         if target is dict and isinstance(value, dict):
             return dict(value)
     expected = " or ".join("null" if t is type(None) else (t if isinstance(t, str) else t.__name__) for t in allowed)
+    if value is None:
+        raise ConfigError(f"setting {name!r} must be {expected}, not null (leave it out to keep the config file's or the default value)")
     raise ConfigError(f"setting {name!r} must be {expected}; got {value!r}")
 
 

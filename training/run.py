@@ -92,8 +92,8 @@ def train_run(config, data=None, verbose="auto", study=None, on_start=None):
 
 
 def check_resume_overrides(overrides):
-    """The overrides a resumed run takes (`RESUME_OVERRIDES`, without None values); ConfigError for any other."""
-    changes = {key: value for key, value in (overrides or {}).items() if value is not None}
+    """The overrides a resumed run takes (`RESUME_OVERRIDES`; None is null: `compilation_cache: none`); ConfigError for any other."""
+    changes = dict(overrides or {})
     refused = sorted(set(changes) - set(RESUME_OVERRIDES))
     if refused:
         raise ConfigError(

@@ -29,8 +29,10 @@ The search folder, `<output_dir>/tuning/<stamp>-<model>[-meta]/`:
 """
 
 import dataclasses
+import ipaddress
 import json
 import os
+import socket
 import time
 from pathlib import Path
 
@@ -117,39 +119,98 @@ def _scaled_width(config, scale):
 
 
 DISTRIBUTED_VARIABLES = ("KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT")
-# How long a worker waits for the chief to write the search folder's tuning.json.
-JOIN_TIMEOUT_S = 600
 
 
 def distributed_role():
     """"chief" or "worker" in a distributed search (KerasTuner's variables set), else None.
 
     Raises:
-        UserError: some of the variables are set, not all.
+        UserError: some of the variables are set, not all; the chief's address is not one
+            (`oracle_address`); or, on the chief, it cannot listen there.
     """
     if not any(os.environ.get(name) for name in DISTRIBUTED_VARIABLES):
         return None
     missing = [name for name in DISTRIBUTED_VARIABLES if not os.environ.get(name)]
     if missing:
         raise UserError(f"a distributed search needs {', '.join(DISTRIBUTED_VARIABLES)}; {', '.join(missing)} not set (docs/scale-out.md)")
-    return "chief" if "chief" in os.environ["KERASTUNER_TUNER_ID"] else "worker"
+    host, port = oracle_address()
+    if "chief" not in os.environ["KERASTUNER_TUNER_ID"]:
+        return "worker"
+    # gRPC would fail with a traceback, or listen elsewhere and wait for workers that never come.
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise UserError(
+                f"the chief cannot listen on {host}:{port} ({error.strerror}): KERASTUNER_ORACLE_IP must be this machine's "
+                "address and KERASTUNER_ORACLE_PORT a free port"
+            ) from None
+    return "chief"
 
 
-def join_search(search_dir, overrides=None):
-    """A worker of a distributed search: waits for the chief to make the search folder, then
-    trains the trials the chief's oracle hands out until it has no more.
+def oracle_address():
+    """(host, port) of the chief, from KERASTUNER_ORACLE_IP and KERASTUNER_ORACLE_PORT.
+
+    Raises:
+        UserError: the port is not a number from 1 to 65535, or the host is not an IP address or
+            a name this machine resolves.
+    """
+    host, port = os.environ["KERASTUNER_ORACLE_IP"].strip(), os.environ["KERASTUNER_ORACLE_PORT"].strip()
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise UserError(f"KERASTUNER_ORACLE_PORT={port!r}: a port is a whole number from 1 to 65535")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        # A name (a cluster node's), unless it is made of numbers: a mistyped address, not a name to look up.
+        unresolved = host.replace(".", "").isdigit()
+        try:
+            unresolved = unresolved or not socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+        except (socket.gaierror, UnicodeError):
+            unresolved = True
+        if unresolved:
+            raise UserError(f"KERASTUNER_ORACLE_IP={host!r}: not an IP address or a host name this machine can resolve (the chief's address)") from None
+    return host, int(port)
+
+
+def join_search(search_dir, overrides=None, *, timeout):
+    """A worker of a distributed search: waits for the chief (its search folder, then its oracle
+    answering), then trains the trials the chief's oracle hands out until it has no more.
 
     Args:
         overrides: settings that may differ on this machine (`RESUME_OVERRIDES`: where the data is, ...).
+        timeout: seconds to wait for the chief to make the search folder, to answer, and to answer
+            each request later (KerasTuner's own wait is an hour per request).
+
+    Raises:
+        UserError: the chief did not come, or stopped answering, within `timeout`.
     """
+    # gRPC comes with the cluster extra (or TensorFlow), which a distributed search needs anyway.
+    import grpc
+    from keras_tuner.src.distribute import oracle_client
+
+    host, port = oracle_address()
+    print(f"Worker {os.environ['KERASTUNER_TUNER_ID']}: waiting for the chief at {host}:{port} and its {Path(search_dir) / SEARCH_FILENAME} (at most {timeout} s: --chief-timeout)")
     search_file = Path(search_dir) / SEARCH_FILENAME
-    waited = 0
+    deadline = time.monotonic() + timeout
     while not search_file.is_file():
-        if waited >= JOIN_TIMEOUT_S:
-            raise UserError(f"{search_dir}: no {SEARCH_FILENAME} after {JOIN_TIMEOUT_S} s; is the chief (KERASTUNER_TUNER_ID=chief) running with the same --search-dir?")
+        if time.monotonic() >= deadline:
+            raise UserError(f"{search_dir}: no {SEARCH_FILENAME} after {timeout} s; is the chief (KERASTUNER_TUNER_ID=chief) running with the same --search-dir?")
         time.sleep(1)
-        waited += 1
-    return continue_search(search_dir, overrides)
+    try:
+        grpc.channel_ready_future(grpc.insecure_channel(f"{host}:{port}")).result(timeout=max(deadline - time.monotonic(), 1))
+    except grpc.FutureTimeoutError:
+        raise UserError(f"no chief answered at {host}:{port} within {timeout} s; is it running (KERASTUNER_TUNER_ID=chief) with the same KERASTUNER_ORACLE_IP and KERASTUNER_ORACLE_PORT?") from None
+    oracle_client.TIMEOUT = timeout  # read by each request of KerasTuner's client
+    try:
+        return continue_search(search_dir, overrides)
+    except grpc.RpcError as error:
+        if error.code() not in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE):
+            raise
+        raise UserError(
+            f"the chief at {host}:{port} stopped answering (nothing for {timeout} s); the search folder keeps the finished "
+            "trials: start the chief again, then the workers"
+        ) from None
 
 
 def start_search(trial_config, final_config, trials, tuner="bayesian", search_dir=None):
@@ -212,6 +273,9 @@ def continue_search(search_dir, overrides=None, trials=None):
     oracle = _oracle(search, trial_config)
     tuner = RunTuner(oracle, search_dir, trial_config, search)
     role = distributed_role()
+    if role == "chief":
+        host, port = oracle_address()
+        print(f"Chief: serving the search's oracle at {host}:{port} to its workers")
     if role == "worker" or len(search["results"]) < search["trials"]:
         # KerasTuner would first re-run a trial that was interrupted, even past the number asked for.
         # A chief serves the oracle to the workers until they have run every trial.
