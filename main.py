@@ -206,6 +206,18 @@ def add_inspection_parsers(subparsers, console):
     predict.add_argument("--output", type=Path, metavar="FILE", help="write a .csv or .json file instead of printing (never overwrites)")
     predict.add_argument("--explain", type=Path, metavar="DIR", help="write a Grad-CAM figure per image into DIR")
     predict.add_argument("--skip-unreadable", action="store_true", help="leave out files that are not readable images instead of failing")
+    predict.add_argument(
+        "--calibrated", action="store_true",
+        help="also give the probabilities with the temperature fitted on validation (the run's calibration.json; a fold ensemble's in its study summary)",
+    )
+    predict.add_argument(
+        "--conformal", type=float, metavar="LEVEL",
+        help="also give each image's conformal prediction set at this coverage level (0.9 or 0.95, as calibration.json holds them)",
+    )
+    predict.add_argument(
+        "--conformal-kind", choices=("marginal", "class-conditional"), default="marginal",
+        help="one threshold for all classes (default), or one per class so that each diagnosis is covered at the level",
+    )
 
     serve = subparsers.add_parser(
         "serve", help="serve a trained run over HTTP: a JSON API and a page to try it (needs `pip install -e .[serve]`)",
