@@ -24,7 +24,7 @@ from common.study_folder import finished_runs
 from dataset.cache import load_images
 from dataset.images import locate_images
 from dataset.metadata import METADATA_FILENAME, UNKNOWN, class_indices
-from evaluation.clinical import ClinicalInputs
+from evaluation.clinical import POOLED_SOURCE, ClinicalInputs
 from evaluation.labels import read_labels
 from evaluation.metrics import BOOTSTRAP_DRAWS
 from evaluation.predictions import predictions_frame, write_predictions
@@ -140,8 +140,7 @@ def external_clinical_inputs(predictor, rows, output_dir, ensemble):
     if not ensemble:
         return ClinicalInputs.for_run(predictor.members[0].run_dir, image_ids, metadata)
     members = [run for run in finished_runs(predictor.folder) if run["configuration"] == predictor.configuration]
-    source = "the fold runs' pooled out-of-fold validation predictions"
-    return ClinicalInputs(tuple(image_ids), pooled_out_of_fold(members), source, Path(output_dir), metadata)
+    return ClinicalInputs(tuple(image_ids), pooled_out_of_fold(members), POOLED_SOURCE, Path(output_dir), metadata)
 
 
 def write_external_evaluation(folder, rows, probabilities, clinical=None, **report):
