@@ -11,6 +11,7 @@ image: a paired test sees a difference that two overlapping intervals would hide
 
 import itertools
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
