@@ -175,10 +175,16 @@ def add_inspection_parsers(subparsers, console):
         "With --data-dir: predict an external image set and write predictions, metrics, plots and a report for it.",
         parents=[console],
     )
-    evaluate.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a trained run folder (with model.keras)")
+    evaluate.add_argument(
+        "run_dir", type=Path, metavar="RUN_DIR",
+        help="a trained run folder (with model.keras); with --data-dir also a study's configuration, STUDY_DIR/<configuration>: its fold ensemble",
+    )
     evaluate.add_argument("--data-dir", type=Path, help="folder of the external images (flat, or HAM10000's part_1/part_2)")
     evaluate.add_argument("--labels", type=Path, metavar="CSV", help="HAM10000-format metadata or ISIC ground truth (default: DATA_DIR/HAM10000_metadata.csv)")
-    evaluate.add_argument("--output", type=Path, metavar="DIR", help="where to write (default: RUN_DIR/external/<data folder name>; an existing folder gets -2, -3, ...)")
+    evaluate.add_argument(
+        "--output", type=Path, metavar="DIR",
+        help="where to write (default: RUN_DIR/external/<data folder name>, STUDY_DIR/external/<configuration>/<data folder name>; an existing folder gets -2, -3, ...)",
+    )
     evaluate.add_argument("--cache-dir", type=Path)
     evaluate.add_argument("--drop-missing-images", action="store_true")
     evaluate.add_argument(

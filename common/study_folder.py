@@ -6,6 +6,7 @@
                      its run folder from the moment it starts (`finished` once it is evaluated)
         split.csv    the split every run trains on (with a `fold` column for --folds)
         summary/     summary.md, summary.json, spread.png, ensembles/, comparison/
+        external/<configuration>/<data folder>/   `evaluate STUDY_DIR/<configuration> --data-dir`
         run.lock     while a process trains the study's runs: its id and machine (`run_lock`)
 
 The runs themselves are ordinary run folders in <output_dir>/runs/; a study kept with its runs
