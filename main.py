@@ -194,7 +194,10 @@ def add_inspection_parsers(subparsers, console):
     )
     evaluate.add_argument("--data-dir", type=Path, help="folder of the external images (flat, or HAM10000's part_1/part_2)")
     evaluate.add_argument("--labels", type=Path, metavar="CSV", help="HAM10000-format metadata or ISIC ground truth (default: DATA_DIR/HAM10000_metadata.csv)")
-    evaluate.add_argument("--output", type=Path, metavar="DIR", help="where to write (default: RUN_DIR/external/<data folder name>; an existing folder gets -2, -3, ...)")
+    evaluate.add_argument(
+        "--output", type=Path, metavar="DIR",
+        help="where to write (default: RUN_DIR/external/<data folder name>, STUDY_DIR/external/<configuration>/<data folder name>; an existing folder gets -2, -3, ...)",
+    )
     evaluate.add_argument("--cache-dir", type=Path)
     evaluate.add_argument("--drop-missing-images", action="store_true")
     evaluate.add_argument(
@@ -228,6 +231,18 @@ def add_inspection_parsers(subparsers, console):
     predict.add_argument("--explain", type=Path, metavar="DIR", help="write a Grad-CAM figure per image into DIR")
     predict.add_argument("--skip-unreadable", action="store_true", help="leave out files that are not readable images instead of failing")
     predict.add_argument("--image-size", type=positive, metavar="N", help="predict at N px instead of the training size (test-time resolution)")
+    predict.add_argument(
+        "--calibrated", action="store_true",
+        help="also give the probabilities with the temperature fitted on validation (the run's calibration.json; a fold ensemble's in its study summary)",
+    )
+    predict.add_argument(
+        "--conformal", type=float, metavar="LEVEL",
+        help="also give each image's conformal prediction set at this coverage level (0.9 or 0.95, as calibration.json holds them)",
+    )
+    predict.add_argument(
+        "--conformal-kind", choices=("marginal", "class-conditional"), default="marginal",
+        help="one threshold for all classes (default), or one per class so that each diagnosis is covered at the level",
+    )
 
     serve = subparsers.add_parser(
         "serve", help="serve a trained run over HTTP: a JSON API and a page to try it (needs `pip install -e .[serve]`)",

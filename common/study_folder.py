@@ -8,7 +8,7 @@
         summary/     summary.md, summary.json, spread.png, ensembles/, comparison/,
                      configuration_ensemble.json (the ensemble of configurations chosen out of fold)
         robustness/  the corruption benchmark of each configuration scored (`main.py robustness`)
-        external/    `main.py evaluate STUDY_DIR/<configuration> --data-dir DIR`'s evaluations
+        external/<configuration>/<data folder>/   `evaluate STUDY_DIR/<configuration> --data-dir`
         run.lock     while a process trains the study's runs: its id and machine (`run_lock`)
 
 The runs themselves are ordinary run folders in <output_dir>/runs/; a study kept with its runs

@@ -21,6 +21,9 @@ COMPARISON = "comparison"  # the runs table of comparison.md
 CARD = "card"  # a model's description: `Predictor.describe`, the API's model card
 CONSOLE = "console"  # what main.py prints after evaluating a run, and beside test-time augmentation
 GPU_CHECK = "gpu_check"  # the test scores benchmarks/gpu_check.py records
+# The clinical evaluation's headline (metrics.json's "clinical"): the study summary's table of the
+# ensembles, and comparison.md's where the runs have one.
+CLINICAL = "clinical"
 
 # === How an interval is computed ===
 BOOTSTRAP = "percentile bootstrap over the test images"
@@ -37,6 +40,8 @@ class Metric:
         interval: how its interval is computed (`BOOTSTRAP`), or None for a metric given without one.
         better: "higher" or "lower", or None for a count.
         shown: where it is shown (`REPORT`, `STUDY`, ...).
+        path: where it is in `metrics.json` where it is not at the top (`key`): its keys from the
+            top, a number among them picking the operating point of that target sensitivity.
     """
 
     key: str
@@ -45,6 +50,33 @@ class Metric:
     interval: str | None = None
     better: str | None = "higher"
     shown: frozenset = frozenset()
+    path: tuple = ()
+
+    def value_in(self, metrics):
+        """Its value in a `metrics.json`; None where that has none (a run without validation
+        predictions has no temperature, so no calibrated ECE)."""
+        parent, last = self._parent(metrics)
+        return None if parent is None else parent.get(last)
+
+    def interval_in(self, metrics):
+        """Its interval in a `metrics.json` ([low, high]), or None."""
+        if not self.path:
+            return metrics.get("intervals", {}).get(self.key)
+        parent, last = self._parent(metrics)
+        return None if parent is None else parent.get("intervals", {}).get(last)
+
+    def _parent(self, metrics):
+        """(the dict that holds it, its key there); (None, key) where a step on its path is missing."""
+        *steps, last = self.path or (self.key,)
+        node = metrics
+        for step in steps:
+            if isinstance(step, float):  # an operating point, by its target sensitivity
+                node = next((point for point in node if point["target"] == step), None)
+            else:
+                node = node.get(step) if isinstance(node, dict) else None
+            if node is None:
+                return None, last
+        return node, last
 
     @property
     def label(self):
@@ -77,14 +109,48 @@ METRICS = (
     ),
     Metric("n_images", "test images", better=None, shown=_shown(CARD, GPU_CHECK)),
 )
-BY_KEY = {metric.key: metric for metric in METRICS}
+
+# The clinical evaluation's headline, in metrics.json's "clinical" (`evaluation.clinical`). The
+# temperature, conformal thresholds and operating points are fitted on validation predictions.
+CLINICAL_METRICS = (
+    Metric("temperature", "temperature", "fitted on validation", better=None, shown=_shown(CLINICAL), path=("clinical", "calibration", "temperature")),
+    Metric(
+        "ece_raw", "ECE raw", f"{CALIBRATION_BINS} equal-width bins", better="lower", shown=_shown(CLINICAL),
+        path=("clinical", "calibration", "before", "ece_fixed"),
+    ),
+    Metric(
+        "ece_calibrated", "ECE calibrated", f"{CALIBRATION_BINS} equal-width bins, after temperature scaling", better="lower",
+        shown=_shown(CLINICAL), path=("clinical", "calibration", "after", "ece_fixed"),
+    ),
+    *(
+        Metric(
+            f"melanoma_specificity_at_{target:.2f}", f"melanoma specificity at sensitivity {target:.2f}",
+            "the threshold on P(mel) that finds that share of the validation melanomas", BOOTSTRAP,
+            shown=_shown(CLINICAL), path=("clinical", "operating_points", "melanoma", "points", target, "specificity"),
+        )
+        for target in (0.90, 0.95)
+    ),
+    Metric(
+        "aurc", "AURC", "area under the risk-coverage curve of the top probability", better="lower", shown=_shown(CLINICAL),
+        path=("clinical", "selective", "aurc"),
+    ),
+    Metric(
+        "conformal_coverage_0.90", "90% set coverage", "marginal split-conformal sets; at least 0.90 is the guarantee", better=None,
+        shown=_shown(CLINICAL), path=("clinical", "conformal", "0.90", "marginal", "coverage"),
+    ),
+    Metric(
+        "conformal_size_0.90", "90% set size", "the mean number of classes in a marginal set", better="lower",
+        shown=_shown(CLINICAL), path=("clinical", "conformal", "0.90", "marginal", "mean_size"),
+    ),
+)
+BY_KEY = {metric.key: metric for metric in METRICS + CLINICAL_METRICS}
 # The metrics `compute_metrics` gives an interval for, in `metrics.json`'s "intervals".
 INTERVAL_METRICS = tuple(metric.key for metric in METRICS if metric.interval is not None)
 
 
 def metrics_shown(place):
-    """The metrics shown in `place` (`REPORT`, `STUDY`, ...), in the catalogue's order."""
-    return tuple(metric for metric in METRICS if place in metric.shown)
+    """The metrics shown in `place` (`REPORT`, `STUDY`, ..., `CLINICAL`), in the catalogue's order."""
+    return tuple(metric for metric in METRICS + CLINICAL_METRICS if place in metric.shown)
 
 
 def keys_shown(place):

@@ -26,6 +26,7 @@ from common.run_folder import CALIBRATED_PREDICTIONS_FILENAME, CALIBRATION_FILEN
 from dataset.images import find_data_dir
 from dataset.metadata import METADATA_FILENAME, load_metadata
 from evaluation.calibration import apply_temperature, calibration_scores, fit_temperature
+from evaluation.catalogue import CLINICAL, metrics_shown
 from evaluation.clinical_plots import plot_reliability, plot_risk_coverage, plot_screens, plot_subgroups
 from evaluation.markdown import MISSING, format_interval, format_value, markdown_table
 from evaluation.metrics import BOOTSTRAP_DRAWS
@@ -33,6 +34,10 @@ from evaluation.operating_points import operating_points
 from evaluation.predictions import predictions_frame, read_predictions, write_predictions
 from evaluation.selective import conformal_evaluation, conformal_thresholds, risk_coverage
 from evaluation.subgroups import MIN_GROUP_IMAGES, subgroup_metrics
+
+
+# What a fold ensemble's calibration is fitted on (the study summary's, an external evaluation's).
+POOLED_SOURCE = "the members' pooled out-of-fold validation predictions"
 
 
 @dataclass(frozen=True)
@@ -162,9 +167,7 @@ def ensemble_clinical(folder, validation, image_ids, y_true, probabilities, meta
     (each image scored by the model that did not train on it) stand in for them, as the nearest
     thing to the ensemble's predictions on images no member trained on.
     """
-    inputs = ClinicalInputs(
-        tuple(image_ids), validation, "the members' pooled out-of-fold validation predictions", Path(folder), metadata
-    )
+    inputs = ClinicalInputs(tuple(image_ids), validation, POOLED_SOURCE, Path(folder), metadata)
     clinical, _ = write_clinical(folder, y_true, probabilities, inputs, bootstrap_draws=bootstrap_draws, seed=seed)
     return clinical
 
@@ -305,24 +308,14 @@ def gaps_table(subgroups):
 
 
 def clinical_summary_sections(configurations, ensembles_dir):
-    """The study summary's comparison of the configurations' ensembles at the clinical questions."""
+    """The study summary's comparison of the configurations' ensembles at the clinical questions (the
+    catalogue's `CLINICAL` metrics)."""
     rows, gap_rows = [], []
     for label, configuration in configurations.items():
         clinical = configuration.get("clinical")
         if clinical is None:
             continue
-        calibration = clinical["calibration"]
-        after = calibration.get("after")
-        points = {point["target"]: point for point in clinical.get("operating_points", {}).get("melanoma", {}).get("points", [])}
-        conformal = clinical.get("conformal", {}).get("0.90", {}).get("marginal")
-        rows.append((
-            label,
-            format_value(calibration.get("temperature")),
-            f"{calibration['before']['ece_fixed']:.3f} → {format_value(after and after['ece_fixed'])}",
-            *(point_specificity(points.get(target)) for target in (0.90, 0.95)),
-            format_value(clinical["selective"]["aurc"]),
-            MISSING if conformal is None else f"{conformal['coverage']:.3f} / {conformal['mean_size']:.2f}",
-        ))
+        rows.append((label, *clinical_cells({"clinical": clinical})))
         for attribute, result in clinical.get("subgroups", {}).items():
             gap = result["gap"]
             gap_rows.append((
@@ -336,14 +329,9 @@ def clinical_summary_sections(configurations, ensembles_dir):
     sections = [
         "## Clinical evaluation of the ensembles",
         "Temperature, operating points and conformal thresholds fitted on the members' pooled out-of-fold validation "
-        "predictions, never on test. ECE over 15 equal-width bins, raw → calibrated; specificity at the threshold that "
-        "finds 0.90 and 0.95 of the validation melanomas, on the test images with 95% bootstrap intervals; AURC of the "
-        "risk-coverage curve; the 90% marginal conformal sets' test coverage and mean size. Each ensemble's "
+        "predictions, never on test. " + clinical_metrics_text() + " Each ensemble's "
         f"plots are in its folder under [{ensembles_dir}/]({ensembles_dir}/), every number under its `clinical` in summary.json.",
-        markdown_table(
-            ("configuration", "T", "ECE", "melanoma specificity at 0.90", "at 0.95", "AURC", "90% sets: coverage / size"),
-            rows, align="lrrrrrr",
-        ),
+        clinical_table("configuration", rows),
     ]
     if gap_rows:
         sections += [
@@ -355,7 +343,20 @@ def clinical_summary_sections(configurations, ensembles_dir):
     return sections
 
 
-def point_specificity(point):
-    if point is None:
-        return MISSING
-    return f"{format_value(point['specificity'])} {format_interval(point.get('intervals', {}).get('specificity'))}"
+def clinical_cells(metrics):
+    """A `metrics.json`'s (or anything with its "clinical") catalogue `CLINICAL` metrics, with their intervals."""
+    return [
+        f"{format_value(metric.value_in(metrics))} {format_interval(metric.interval_in(metrics))}" if metric.interval
+        else format_value(metric.value_in(metrics))
+        for metric in metrics_shown(CLINICAL)
+    ]
+
+
+def clinical_table(first, rows):
+    """The table of `clinical_cells` rows, each led by its label (a configuration, a run)."""
+    return markdown_table((first, *(metric.name for metric in metrics_shown(CLINICAL))), rows, align="l" + "r" * len(metrics_shown(CLINICAL)))
+
+
+def clinical_metrics_text():
+    """What the columns of `clinical_table` are, from the catalogue."""
+    return "; ".join(f"{metric.name}: {metric.detail}" for metric in metrics_shown(CLINICAL) if metric.detail) + "."

@@ -10,6 +10,8 @@ image: a paired test sees a difference that two overlapping intervals would hide
 """
 
 import itertools
+import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -17,8 +19,9 @@ from scipy.stats import binomtest
 
 from common.errors import DataError
 from common.files import new_folder, write_json, write_text
-from common.run_folder import PREDICTIONS_FILENAME, existing_run_dir
+from common.run_folder import METRICS_FILENAME, PREDICTIONS_FILENAME, existing_run_dir
 from evaluation.catalogue import COMPARISON, metrics_shown
+from evaluation.clinical import clinical_cells, clinical_metrics_text, clinical_table
 from evaluation.markdown import format_duration, format_interval, format_value, markdown_table
 from evaluation.metrics import (
     BOOTSTRAP_DRAWS,
@@ -74,6 +77,8 @@ def compare_runs(run_dirs, output_dir, *, bootstrap_draws=BOOTSTRAP_DRAWS, seed=
             "wall_time_s": training.get("wall_time_s"),
             # The same number of images and the same seed give the same resamples as `compare_pairs`.
             "metrics": compute_metrics(y_true, probabilities[label], bootstrap_draws=bootstrap_draws, seed=seed),
+            # As the run's evaluation computed it: fitted on the run's own validation predictions.
+            "clinical": run_clinical(run_dir),
         })
     metrics = {run["label"]: run["metrics"] for run in runs}
     pairs = compare_pairs(y_true, probabilities, metrics, bootstrap_draws=bootstrap_draws, seed=seed)
@@ -92,6 +97,12 @@ def compare_runs(run_dirs, output_dir, *, bootstrap_draws=BOOTSTRAP_DRAWS, seed=
     if verbose:
         print(f"Wrote the comparison of {len(runs)} runs to {output_dir}")
     return comparison
+
+
+def run_clinical(run_dir):
+    """The clinical evaluation in a run's `metrics.json`; None where it has none (evaluated before it existed)."""
+    path = Path(run_dir) / METRICS_FILENAME
+    return json.loads(path.read_text()).get("clinical") if path.is_file() else None
 
 
 def labelled_runs(run_dirs):
@@ -227,6 +238,15 @@ def render_comparison(comparison, figure_name):
             ("run", *(metric.name for metric in metrics_shown(COMPARISON)), "parameters", "wall time"),
             run_rows, align="l" + "r" * (len(metrics_shown(COMPARISON)) + 2),
         ),
+    ]
+    clinical_rows = [(run["label"], *clinical_cells(run)) for run in comparison["runs"] if run.get("clinical")]
+    if clinical_rows:
+        sections += [
+            "## Clinical evaluation",
+            "From each run's own evaluation (metrics.json), each fitted on its validation predictions. " + clinical_metrics_text(),
+            clinical_table("run", clinical_rows),
+        ]
+    sections += [
         "## Paired tests",
         "Δ is the second run's balanced accuracy minus the first's, with its paired bootstrap interval "
         "and two-sided p-value. McNemar's exact test asks whether, among the images exactly one of the "

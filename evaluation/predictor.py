@@ -193,6 +193,15 @@ class Predictor:
         """The anatomical sites some model knows (any other encodes as unknown); empty for image-only models."""
         return known_values(member.encoder.sites for member in self.members if member.encoder)
 
+    @property
+    def calibration_dir(self):
+        """The folder whose `calibration.json` calibrates these probabilities: the run's (fitted on its
+        validation predictions); for a study configuration of several runs, its ensemble's folder in
+        the study summary (fitted there on the members' pooled out-of-fold validation predictions)."""
+        if len(self.members) == 1:
+            return self.members[0].run_dir
+        return self.folder / SUMMARY_DIR / ENSEMBLES_DIR / self.configuration.replace("/", "--")
+
     def describe(self):
         """The name, architecture, input, classes and test metrics, for people and the API."""
         config = read_run_files(self.members[0].run_dir).config

@@ -4,9 +4,9 @@
     python main.py serve results/studies/20261125-010000-all-3folds/densenet   # its three fold models, averaged
     curl -F image=@photo.jpg -F age=55 -F sex=male -F site=back http://127.0.0.1:8000/predict
 
-Endpoints: `POST /predict` (an image upload, optional age, sex, site and explain), `GET /health`,
-`GET /model`, OpenAPI docs at `/docs`, and the page at `/`. The model is loaded once, when the
-application is created. Predictions are serialized by a lock: a Keras model is not guaranteed to
+Endpoints: `POST /predict` (an image upload, optional age, sex, site, explain, calibrated, conformal
+and conformal_kind), `GET /health`, `GET /model`, OpenAPI docs at `/docs`, and the page at `/`. The
+model, and its calibration.json where it has one, are loaded once, when the application is created. Predictions are serialized by a lock: a Keras model is not guaranteed to
 be thread-safe, and FastAPI runs these handlers on a pool of threads.
 
 Needs the `serve` extra: `pip install -e ".[serve]"` (FastAPI, uvicorn, python-multipart).
@@ -30,6 +30,7 @@ from common.errors import DataError, UserError
 from dataset.images import read_image
 from dataset.metadata import CLASS_DESCRIPTIONS, CLASS_NAMES, UNKNOWN
 from evaluation.predictor import Predictor
+from inference.calibrated import Calibration
 from inference.gradcam import PredictorGradCAM, overlay_heatmap, png_bytes
 
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
@@ -56,6 +57,7 @@ def create_app(run_dir, *, max_upload_bytes=MAX_UPLOAD_BYTES, max_pixels=MAX_IMA
     predictor = Predictor.load(run_dir, image_size=image_size)
     cam = PredictorGradCAM(predictor)
     description = predictor.describe()
+    calibration = load_calibration(predictor)
     lock = threading.Lock()
     app = FastAPI(
         title=f"HAM10000 classifier: {description['run']}",
@@ -87,8 +89,13 @@ def create_app(run_dir, *, max_upload_bytes=MAX_UPLOAD_BYTES, max_pixels=MAX_IMA
         sex: Annotated[str | None, Form(description="male, female or unknown")] = None,
         site: Annotated[str | None, Form(description="anatomical site, one of GET /model's sites")] = None,
         explain: Annotated[bool, Form(description="also return a Grad-CAM overlay (PNG data URL)")] = False,
+        calibrated: Annotated[bool, Form(description="also return the probabilities with the temperature fitted on validation")] = False,
+        conformal: Annotated[float | None, Form(gt=0, lt=1, description="also return the conformal prediction set at this level (0.9 or 0.95)")] = None,
+        conformal_kind: Annotated[str, Form(description="marginal, or class_conditional (one threshold per class)")] = "marginal",
     ):
         """The class probabilities of one image; age, sex and site are used by metadata models."""
+        if calibrated or conformal is not None:
+            check_calibration(calibration, conformal, conformal_kind)
         data = read_upload(image, max_upload_bytes, max_pixels)
         decoded = decode_upload(data, image.filename, predictor.image_size)[None]
         metadata, notes = request_metadata(predictor, age, sex, site)
@@ -97,6 +104,10 @@ def create_app(run_dir, *, max_upload_bytes=MAX_UPLOAD_BYTES, max_pixels=MAX_IMA
             heatmap = cam.heatmaps(decoded, [int(probabilities.argmax())], metadata)[0] if explain else None
         notes += [predictor.incomplete] if predictor.incomplete else []
         answer = prediction_answer(description["run"], probabilities, notes, len(predictor.members))
+        if calibrated:
+            answer["calibrated"] = calibrated_answer(calibration, probabilities)
+        if conformal is not None:
+            answer["conformal"] = conformal_answer(calibration, probabilities, conformal, conformal_kind)
         if explain:
             overlay = overlay_heatmap(read_image(io.BytesIO(data), OVERLAY_SIZE), heatmap)
             answer["gradcam_png"] = "data:image/png;base64," + base64.b64encode(png_bytes(overlay)).decode("ascii")
@@ -149,6 +160,40 @@ def prediction_answer(run, probabilities, notes, models):
         "probabilities": {name: float(value) for name, value in zip(CLASS_NAMES, probabilities)},
         "models": models,
         "warnings": notes,
+    }
+
+
+def load_calibration(predictor):
+    """The predictor's `Calibration`, or the one-line reason there is none (a run evaluated before calibration.json)."""
+    try:
+        return Calibration.load(predictor)
+    except DataError as error:
+        return str(error)
+
+
+def check_calibration(calibration, level, kind):
+    """HTTPException 422 where a request asks for calibration the model has not, or a level or kind it has not."""
+    if isinstance(calibration, str):
+        raise HTTPException(422, calibration)
+    if level is not None:
+        try:
+            calibration.threshold(level, kind)
+        except UserError as error:
+            raise HTTPException(422, str(error)) from None
+
+
+def calibrated_answer(calibration, probabilities):
+    """The calibrated probabilities of one image, with the temperature that made them."""
+    calibrated = calibration.probabilities(probabilities[None])[0]
+    return {"temperature": calibration.temperature, "probabilities": {name: float(value) for name, value in zip(CLASS_NAMES, calibrated)}}
+
+
+def conformal_answer(calibration, probabilities, level, kind):
+    """One image's conformal prediction set: its class codes (possibly none), the level, kind and threshold."""
+    kind = kind.replace("-", "_")
+    return {
+        "level": level, "kind": kind, "threshold": calibration.threshold(level, kind),
+        "set": calibration.sets(probabilities[None], level, kind)[0],
     }
 
 

@@ -23,6 +23,7 @@ from common.tables import line_number, read_csv
 from dataset.images import IMAGE_SUFFIXES, first_few, read_image
 from dataset.metadata import CLASS_DESCRIPTIONS, CLASS_NAMES, UNKNOWN, validate_metadata
 from evaluation.predictions import PROBABILITY_COLUMNS
+from inference.calibrated import Calibration, calibrated_columns
 from inference.explain import explain_images
 
 OUTPUT_SUFFIXES = (".csv", ".json")
@@ -128,7 +129,10 @@ def metadata_for(files, table):
     return rows.reset_index(drop=True)
 
 
-def predict_files(predictor, paths, *, metadata_path=None, tta=False, skip_unreadable=False, explain_dir=None):
+def predict_files(
+    predictor, paths, *, metadata_path=None, tta=False, skip_unreadable=False, explain_dir=None,
+    calibrated=False, conformal=None, conformal_kind="marginal",
+):
     """Predicts image files and folders with a loaded run.
 
     Args:
@@ -140,13 +144,23 @@ def predict_files(predictor, paths, *, metadata_path=None, tta=False, skip_unrea
         skip_unreadable: leave out files that are not readable images, with a warning.
         explain_dir: if given, a Grad-CAM figure per image is written there (see
             `inference.explain`); an existing folder is never written into.
+        calibrated: also give the probabilities with the run's temperature applied (`inference.calibrated`).
+        conformal: a level of the run's conformal sets (0.90, 0.95): also give each image's set.
+        conformal_kind: "marginal" or "class_conditional" thresholds for the sets.
 
     Returns:
         A DataFrame, one row per image: `image` (the path), `pred` (the class code), `pred_name`,
         `prob_<class>` for the seven classes, then `models`, how many models answered (a study
-        configuration's finished runs).
+        configuration's finished runs); `calibrated_prob_<class>` with `calibrated`;
+        `conformal_set` and `conformal_set_size` with `conformal`.
     """
     files = collect_images(paths)
+    # The calibration is read, and the level checked, before any image is decoded.
+    calibration = None
+    if calibrated or conformal is not None:
+        calibration = Calibration.load(predictor)
+        if conformal is not None:
+            calibration.threshold(conformal, conformal_kind)
     # The metadata file is checked before the images are decoded, so a bad one fails fast.
     table = read_image_metadata(metadata_path) if metadata_path is not None else None
     if table is not None and not predictor.takes_metadata:
@@ -167,7 +181,11 @@ def predict_files(predictor, paths, *, metadata_path=None, tta=False, skip_unrea
     probabilities = predictor.predict(images, metadata, tta=tta)
     if explain_dir is not None:
         explain_images(predictor, images, files, probabilities, metadata, explain_dir)
-    return predictions_table(files, probabilities, len(predictor.members))
+    table = predictions_table(files, probabilities, len(predictor.members))
+    if calibration is None:
+        return table
+    extra = calibrated_columns(calibration, probabilities, calibrated=calibrated, conformal=conformal, kind=conformal_kind)
+    return pd.concat([table, extra], axis=1)
 
 
 def predictions_table(files, probabilities, models):

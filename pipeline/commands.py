@@ -202,6 +202,7 @@ def predict(arguments):
         table = inference.predict_files(
             predictor, arguments.images, metadata_path=arguments.metadata, tta=arguments.tta,
             skip_unreadable=arguments.skip_unreadable, explain_dir=arguments.explain,
+            calibrated=arguments.calibrated, conformal=arguments.conformal, conformal_kind=arguments.conformal_kind,
         )
     if arguments.output is None:
         print(table.to_csv(index=False, float_format="%.4f"), end="")

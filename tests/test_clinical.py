@@ -178,3 +178,33 @@ def test_a_run_without_validation_predictions_is_evaluated_without_the_fitted_se
     assert "temperature" not in clinical["calibration"] and "operating_points" not in clinical and "conformal" not in clinical
     assert clinical["selective"]["aurc"] > 0
     assert "no validation predictions" in (run_dir / "report.md").read_text()
+
+
+def test_the_catalogue_reads_the_clinical_headline_and_the_summary_shows_it():
+    from evaluation.catalogue import BY_KEY, CLINICAL, keys_shown
+    from evaluation.clinical import clinical_summary_sections
+
+    clinical = {
+        "calibration": {"temperature": 1.5, "before": {"ece_fixed": 0.1}, "after": {"ece_fixed": 0.03}},
+        "operating_points": {"melanoma": {"points": [
+            {"target": 0.9, "specificity": 0.7, "intervals": {"specificity": {"low": 0.6, "high": 0.8}}},
+            {"target": 0.95, "specificity": 0.5},
+        ]}},
+        "selective": {"aurc": 0.12},
+        "conformal": {"0.90": {"marginal": {"coverage": 0.91, "mean_size": 1.8}}},
+    }
+    metrics = {"clinical": clinical}
+    assert {key: BY_KEY[key].value_in(metrics) for key in keys_shown(CLINICAL)} == {
+        "temperature": 1.5, "ece_raw": 0.1, "ece_calibrated": 0.03, "melanoma_specificity_at_0.90": 0.7,
+        "melanoma_specificity_at_0.95": 0.5, "aurc": 0.12, "conformal_coverage_0.90": 0.91, "conformal_size_0.90": 1.8,
+    }
+    assert BY_KEY["melanoma_specificity_at_0.90"].interval_in(metrics) == {"low": 0.6, "high": 0.8}
+    assert BY_KEY["melanoma_specificity_at_0.95"].interval_in(metrics) is None
+    # A run without validation predictions: no temperature, so no calibrated ECE, operating points or sets.
+    before_only = {"clinical": {"calibration": {"before": {"ece_fixed": 0.1}}, "selective": {"aurc": 0.12}}}
+    assert [BY_KEY[key].value_in(before_only) for key in keys_shown(CLINICAL)] == [None, 0.1, None, None, None, 0.12, None, None]
+
+    sections = clinical_summary_sections({"densenet": {"clinical": clinical}}, "ensembles")
+    table = next(section for section in sections if section.startswith("| configuration"))
+    assert "| ECE calibrated |" in table.splitlines()[0] and "| melanoma specificity at sensitivity 0.90 |" in table.splitlines()[0]
+    assert table.splitlines()[2] == "| densenet | 1.500 | 0.100 | 0.030 | 0.700 [0.600, 0.800] | 0.500 – | 0.120 | 0.910 | 1.800 |"

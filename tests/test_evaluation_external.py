@@ -14,7 +14,13 @@ from common.files import new_folder
 from dataset.augment import DIHEDRAL_TRANSFORMS
 from dataset.features import MetadataEncoder
 from dataset.images import read_image
-from evaluation import evaluate_external, read_labels
+from evaluation import (
+    evaluate_external,
+    predictions_frame,
+    read_labels,
+    write_predictions,
+)
+from evaluation.calibration import fit_temperature
 
 IMAGE_IDS = [f"ISIC_{index:07d}" for index in range(8)]
 CLASSES = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc", "mel"]
@@ -200,3 +206,30 @@ def test_external_tta_is_the_mean_of_the_eight_views_beside_the_plain_evaluation
     assert not np.allclose(tta.filter(like="prob_").to_numpy(), plain)
     assert json.loads((output_dir / "tta" / "metrics.json").read_text()) == metrics["tta"]
     assert (output_dir / "tta" / "report.md").is_file() and (output_dir / "report.md").is_file()
+
+
+def test_external_clinical_sections_use_the_runs_calibration_and_the_labels_metadata(external_case, tmp_path):
+    run_dir, data_dir = external_case
+    # The run's validation predictions: what its temperature, thresholds and operating points are fitted on.
+    rng = np.random.default_rng(0)
+    val_y = np.arange(40) % 7
+    val_probabilities = rng.dirichlet(np.ones(7), 40)
+    write_predictions(run_dir / "val_predictions.csv", predictions_frame([f"V{index}" for index in range(40)], val_y, val_probabilities))
+    metrics = evaluate_external(run_dir, data_dir, cache_dir=tmp_path / "cache", bootstrap_draws=20, verbose=False)
+    clinical = metrics["clinical"]
+    assert clinical["calibration"]["temperature"] == pytest.approx(fit_temperature(val_y, val_probabilities))
+    assert json.loads((run_dir / "calibration.json").read_text())["temperature"] == clinical["calibration"]["temperature"]
+    assert {"operating_points", "conformal"} <= set(clinical)
+    # HAM10000_LABELS: sexes alternate; ages 40 + index except every third (unknown); "back" for the first four.
+    counts = {attribute: {group: entry["n_images"] for group, entry in result["groups"].items()} for attribute, result in clinical["subgroups"].items()}
+    assert counts == {"sex": {"female": 4, "male": 4}, "age": {"30–49": 5, "unknown": 3}, "site": {"trunk": 4, "other/unknown": 4}}
+    report = (run_dir / "external" / "clinic" / "report.md").read_text()
+    for section in ("## Calibration", "## Operating points", "## Selective prediction and conformal sets", "## Subgroups"):
+        assert section in report
+    assert (run_dir / "external" / "clinic" / "calibrated_predictions.csv").is_file()
+
+    # ISIC ground truth has no age, sex or site: no subgroups.
+    isic = write_file(tmp_path / "isic.csv", ISIC_LABELS)
+    metrics = evaluate_external(run_dir, data_dir, labels_path=isic, cache_dir=tmp_path / "cache", bootstrap_draws=20, verbose=False)
+    assert "subgroups" not in metrics["clinical"] and "temperature" in metrics["clinical"]["calibration"]
+    assert "## Subgroups" not in (run_dir / "external" / "clinic-2" / "report.md").read_text()

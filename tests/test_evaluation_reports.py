@@ -212,6 +212,24 @@ def test_compare_runs_writes_table_json_and_figure(tmp_path):
     assert first.name in markdown and second.name in markdown
 
 
+def test_comparison_shows_the_clinical_headline_of_the_runs_that_have_one(tmp_path):
+    image_ids, y_true, probabilities = toy_predictions()
+    first = write_run(tmp_path / "20250101-120000-cnn", image_ids, y_true, probabilities)
+    second = write_run(tmp_path / "20250101-130000-densenet", image_ids, y_true, toy_predictions(accuracy=0.4, seed=1)[2])
+    # The first run has validation predictions, so its evaluation fits a temperature; the second was evaluated before.
+    val_ids, val_y, val_probabilities = toy_predictions(n=70, seed=2)
+    write_predictions(first / "val_predictions.csv", predictions_frame(val_ids, val_y, val_probabilities))
+    metrics = evaluate_run(first, bootstrap_draws=DRAWS)
+    comparison = compare_runs([first, second], tmp_path / "comparison", bootstrap_draws=DRAWS)
+    assert comparison["runs"][0]["clinical"] == metrics["clinical"] and comparison["runs"][1]["clinical"] is None
+    markdown = (tmp_path / "comparison" / "comparison.md").read_text()
+    section = markdown.split("## Clinical evaluation")[1].split("## Paired tests")[0]
+    (row,) = [line for line in section.splitlines() if line.startswith(f"| {first.name}")]
+    assert f"| {metrics['clinical']['calibration']['temperature']:.3f} |" in row
+    assert f"| {metrics['clinical']['calibration']['after']['ece_fixed']:.3f} |" in row
+    assert second.name not in section
+
+
 def test_comparing_a_run_with_a_copy_finds_no_difference(tmp_path):
     predictions = toy_predictions()
     runs = [write_run(tmp_path / name, *predictions, complete=False) for name in ("a", "b")]

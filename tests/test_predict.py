@@ -243,3 +243,57 @@ def test_evaluate_tta_sits_beside_the_plain_evaluation_and_averages_the_eight_vi
     # A second TTA evaluation goes beside the first, never over it.
     assert run_main("evaluate", run, "--tta") == 0
     assert (run / "tta-2" / "predictions.csv").read_bytes() == (run / "tta" / "predictions.csv").read_bytes()
+
+
+# === Calibrated probabilities and conformal sets (issue 42) ===
+
+
+def test_calibrated_probabilities_and_conformal_sets_are_the_evaluations(study, real_toy_dir, tmp_path):
+    run = study_run(study, "cnn")
+    calibration = json.loads((run / "calibration.json").read_text())
+    # The run's evaluation applied the same temperature to the same test images.
+    expected = pd.read_csv(run / "calibrated_predictions.csv").set_index("image_id")
+    test_ids = list(expected.index[:6])
+    images = [real_toy_dir / "images" / f"{image_id}.jpg" for image_id in test_ids]
+    plain, output = tmp_path / "plain.csv", tmp_path / "calibrated.csv"
+    assert run_main("predict", run, *images, "--output", plain) == 0
+    assert run_main("predict", run, *images, "--output", output, "--calibrated", "--conformal", "0.9") == 0
+    table = pd.read_csv(output, keep_default_na=False)
+    calibrated_columns = [f"calibrated_prob_{column[5:]}" for column in PROBABILITY_COLUMNS]
+    assert list(table.columns) == ["image", "pred", "pred_name", *PROBABILITY_COLUMNS, *calibrated_columns, "conformal_set", "conformal_set_size"]
+    # Without the options the table is as before; with them, its first columns are unchanged.
+    pd.testing.assert_frame_equal(table.iloc[:, :10], pd.read_csv(plain))
+    calibrated = table[calibrated_columns].to_numpy()
+    np.testing.assert_allclose(calibrated, expected.loc[test_ids, list(PROBABILITY_COLUMNS)], atol=2e-4)
+    # A class is in the 90% marginal set where 1 - its calibrated probability is at most q.
+    q = calibration["conformal"]["0.90"]["marginal"]
+    classes = [column[5:] for column in PROBABILITY_COLUMNS]
+    sets = ["|".join(name for name, p in zip(classes, row) if 1 - p <= q) for row in calibrated]
+    assert list(table["conformal_set"]) == sets
+    assert list(table["conformal_set_size"]) == [len(s.split("|")) if s else 0 for s in sets]
+
+    # Class-conditional: one q per class.
+    output = tmp_path / "class-conditional.json"
+    assert run_main("predict", run, *images, "--output", output, "--conformal", "0.95", "--conformal-kind", "class-conditional") == 0
+    records = json.loads(output.read_text())
+    per_class = np.array([calibration["conformal"]["0.95"]["class_conditional"][name] for name in classes])
+    assert [record["conformal_set"] for record in records] == [
+        "|".join(name for name, inside in zip(classes, 1 - row <= per_class) if inside) for row in calibrated
+    ]
+    assert "calibrated_prob_mel" not in records[0]
+
+
+def test_calibration_that_is_not_there_is_a_one_line_error(study, real_toy_dir, tmp_path, capsys):
+    run = study_run(study, "cnn")
+    image = next((real_toy_dir / "images").iterdir())
+    assert run_main("predict", run, image, "--conformal", "0.8") == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: conformal level 0.8: {run / 'calibration.json'} has sets at 0.90, 0.95 only"
+    )
+    # A run evaluated before calibration.json existed.
+    old = shutil.copytree(run, tmp_path / run.name, ignore=shutil.ignore_patterns("calibration.json"))
+    assert run_main("predict", old, image, "--calibrated") == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: {old / 'calibration.json'}: not found, so there are no calibrated probabilities or conformal sets; "
+        f"`python main.py evaluate {old}` fits it on the run's validation predictions"
+    )

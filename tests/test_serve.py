@@ -151,6 +151,40 @@ def test_bad_requests_get_a_json_4xx(metadata_client, files, data, status, detai
         assert detail in body["detail"]
 
 
+def test_calibrated_probabilities_and_conformal_set_are_the_evaluations(client, study, real_toy_dir, tmp_path):
+    run = study_run(study, "cnn")
+    calibration = json.loads((run / "calibration.json").read_text())
+    expected = pd.read_csv(run / "calibrated_predictions.csv").iloc[0]
+    image = (real_toy_dir / "images" / f"{expected['image_id']}.jpg").read_bytes()
+    files = {"image": ("lesion.jpg", image, "image/jpeg")}
+    plain = client.post("/predict", files=files).json()
+    assert "calibrated" not in plain and "conformal" not in plain
+    answer = client.post("/predict", files=files, data={"calibrated": "true", "conformal": "0.9"}).json()
+    assert answer["probabilities"] == plain["probabilities"] and answer["predicted"] == plain["predicted"]
+    assert answer["calibrated"]["temperature"] == calibration["temperature"]
+    calibrated = [answer["calibrated"]["probabilities"][name] for name in CLASSES]
+    np.testing.assert_allclose(calibrated, expected[list(PROBABILITY_COLUMNS)].astype(float), atol=2e-4)
+    q = calibration["conformal"]["0.90"]["marginal"]
+    assert answer["conformal"] == {
+        "level": 0.9, "kind": "marginal", "threshold": q, "set": [name for name, p in zip(CLASSES, calibrated) if 1 - p <= q],
+    }
+    per_class = calibration["conformal"]["0.95"]["class_conditional"]
+    answer = client.post("/predict", files=files, data={"conformal": "0.95", "conformal_kind": "class_conditional"}).json()
+    assert "calibrated" not in answer
+    assert answer["conformal"]["set"] == [name for name, p in zip(CLASSES, calibrated) if 1 - p <= per_class[name]]
+
+    response = client.post("/predict", files=files, data={"conformal": "0.8"})
+    assert response.status_code == 422 and "conformal level 0.8" in response.json()["detail"]
+    response = client.post("/predict", files=files, data={"conformal": "0.9", "conformal_kind": "joint"})
+    assert response.status_code == 422 and "conformal kind 'joint'" in response.json()["detail"]
+    # A run evaluated before calibration.json existed still serves, and says why it cannot calibrate.
+    old = shutil.copytree(run, tmp_path / run.name, ignore=shutil.ignore_patterns("calibration.json"))
+    old_client = TestClient(create_app(old))
+    assert old_client.post("/predict", files=files).status_code == 200
+    response = old_client.post("/predict", files=files, data={"calibrated": "true"})
+    assert response.status_code == 422 and "calibration.json: not found" in response.json()["detail"]
+
+
 @pytest.mark.parametrize("port", ["99999", "in use"])
 def test_a_port_that_cannot_be_listened_on_is_one_line_before_the_model_loads(port, study, capsys):
     with socket.create_server(("127.0.0.1", 0)) as taken:

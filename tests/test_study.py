@@ -17,6 +17,8 @@ from conftest import TINY_CONFIG, run_main
 from common.errors import DataError
 from dataset import assign_folds, class_indices, fold_subsets, load_split, make_split, prepare_data, save_split
 from evaluation import Predictor, compute_metrics, read_predictions
+from dataset.images import read_image
+from evaluation.calibration import apply_temperature
 from evaluation.predictions import PROBABILITY_COLUMNS
 from evaluation.study import nadeau_bengio_test, paired_t_test, summarize_study
 from inference.predict import collect_images, decode_images
@@ -284,3 +286,44 @@ def test_a_fold_study_predicts_and_serves_with_the_mean_of_its_fold_models(fold_
     answer = client.post("/predict", files={"image": (first.name, first.read_bytes(), "image/jpeg")}, data={"explain": "true"}).json()
     np.testing.assert_allclose([answer["probabilities"][column[5:]] for column in PROBABILITY_COLUMNS], ensemble[0], atol=1e-6)
     assert answer["gradcam_png"].startswith("data:image/png;base64,")
+
+
+def test_a_fold_ensemble_is_evaluated_on_an_external_set_and_predicts_calibrated(fold_study, toy_dir, tmp_path, capsys):
+    _, study_dir, _, _ = fold_study
+    clinic = tmp_path / "clinic"
+    (clinic / "images").mkdir(parents=True)
+    labels = pd.read_csv(toy_dir / "HAM10000_metadata.csv").groupby("dx").head(4)
+    for image_id in labels["image_id"]:
+        shutil.copy(toy_dir / "images" / f"{image_id}.jpg", clinic / "images")
+    labels.to_csv(clinic / "HAM10000_metadata.csv", index=False)
+    assert run_main("evaluate", study_dir / "cnn", "--data-dir", clinic) == 0
+
+    output = study_dir / "external" / "cnn" / "clinic"
+    predictions = pd.read_csv(output / "predictions.csv")
+    assert sorted(predictions["image_id"]) == sorted(labels["image_id"])
+    images = np.stack([read_image(clinic / "images" / f"{image_id}.jpg", 32) for image_id in predictions["image_id"]])
+    folds = [Predictor.load(run["run_dir"]).predict(images) for run in study_runs(study_dir)]
+    np.testing.assert_allclose(predictions.filter(like="prob_").to_numpy(), np.mean(folds, axis=0), atol=1e-5)
+    # Calibrated as the summary calibrated the ensemble: on the fold runs' pooled out-of-fold predictions.
+    clinical = json.loads((output / "metrics.json").read_text())["clinical"]
+    summary_calibration = json.loads((study_dir / "summary" / "ensembles" / "cnn" / "calibration.json").read_text())
+    assert json.loads((output / "calibration.json").read_text()) == summary_calibration
+    assert clinical["calibration"]["temperature"] == summary_calibration["temperature"]
+    assert {"operating_points", "conformal", "subgroups"} <= set(clinical)
+    # The subgroups are the external images' own sexes, from their labels file.
+    sexes = {group: entry["n_images"] for group, entry in clinical["subgroups"]["sex"]["groups"].items()}
+    assert sexes == labels["sex"].fillna("unknown").value_counts().to_dict()
+    report = (output / "report.md").read_text()
+    assert report.startswith(f"# External evaluation of {study_dir.name}/cnn, the mean of its 3 runs, on clinic")
+    for section in ("## Calibration", "## Operating points", "## Selective prediction and conformal sets", "## Subgroups"):
+        assert section in report
+
+    # predict --calibrated: the ensemble's mean probabilities with the summary's temperature.
+    capsys.readouterr()
+    first = clinic / "images" / f"{predictions['image_id'][0]}.jpg"
+    assert run_main("predict", study_dir, first, "--calibrated", "--conformal", "0.95", "--output", tmp_path / "calibrated.json") == 0
+    (record,) = json.loads((tmp_path / "calibrated.json").read_text())
+    expected = apply_temperature(np.mean(folds, axis=0)[:1], summary_calibration["temperature"])[0]
+    np.testing.assert_allclose([record[f"calibrated_{column}"] for column in PROBABILITY_COLUMNS], expected, atol=1e-5)
+    q = summary_calibration["conformal"]["0.95"]["marginal"]
+    assert record["conformal_set"] == "|".join(column[5:] for column, p in zip(PROBABILITY_COLUMNS, expected) if 1 - p <= q)
