@@ -29,8 +29,7 @@ from PIL import Image
 from common.errors import DataError, UserError
 from dataset.images import read_image
 from dataset.metadata import CLASS_DESCRIPTIONS, CLASS_NAMES, UNKNOWN
-from evaluation.predictor import Predictor
-from inference.gradcam import PredictorGradCAM, overlay_heatmap, png_bytes
+from inference.exported import ExportedModel, load_predictor
 
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 # Decoding happens outside the prediction lock, so concurrent uploads decode side by side: a
@@ -44,15 +43,21 @@ PAGE = Path(__file__).with_name("static") / "index.html"
 OVERLAY_SIZE = 256
 
 
-def create_app(run_dir, *, max_upload_bytes=MAX_UPLOAD_BYTES, max_pixels=MAX_IMAGE_PIXELS):
+def create_app(run_dir, *, max_upload_bytes=MAX_UPLOAD_BYTES, max_pixels=MAX_IMAGE_PIXELS, engine=None):
     """The FastAPI application serving a run's model, or a study configuration's fold ensemble
-    (`STUDY_DIR/<configuration>`, see `evaluation.Predictor.load`).
+    (`STUDY_DIR/<configuration>`, see `evaluation.Predictor.load`), or an export folder with its
+    runtime (`inference.exported`; no Keras or TensorFlow is imported for ONNX, LiteRT or OpenVINO).
 
     Raises:
         DataError: the folder, a model or its metadata encoder is missing or malformed.
+        UserError: `engine` does not fit the folder.
     """
-    predictor = Predictor.load(run_dir)
-    cam = PredictorGradCAM(predictor)
+    predictor = load_predictor(run_dir, engine)
+    exported = isinstance(predictor, ExportedModel)
+    if not exported:
+        from inference.gradcam import PredictorGradCAM
+
+        cam = PredictorGradCAM(predictor)
     description = predictor.describe()
     lock = threading.Lock()
     app = FastAPI(
@@ -60,6 +65,7 @@ def create_app(run_dir, *, max_upload_bytes=MAX_UPLOAD_BYTES, max_pixels=MAX_IMA
         description=f"{description['architecture']} at {predictor.image_size} px"
         + (f", the mean of {len(predictor.members)} fold models" if len(predictor.members) > 1 else "")
         + (", with age, sex and site" if predictor.takes_metadata else "")
+        + (f", served by {predictor.info['runtime']} from its {predictor.info['format']} export" if exported else "")
         + ". A research model, not a medical device.",
     )
     app.middleware("http")(body_limit(max_upload_bytes))
@@ -89,11 +95,16 @@ def create_app(run_dir, *, max_upload_bytes=MAX_UPLOAD_BYTES, max_pixels=MAX_IMA
         data = read_upload(image, max_upload_bytes, max_pixels)
         decoded = decode_upload(data, image.filename, predictor.image_size)[None]
         metadata, notes = request_metadata(predictor, age, sex, site)
+        if explain and exported:
+            notes.append("no Grad-CAM from an export: serve the run with --engine keras for explanations")
+            explain = False
         with lock:
             probabilities = predictor.predict(decoded, metadata)[0]
             heatmap = cam.heatmaps(decoded, [int(probabilities.argmax())], metadata)[0] if explain else None
         answer = prediction_answer(description["run"], probabilities, notes)
         if explain:
+            from inference.gradcam import overlay_heatmap, png_bytes
+
             overlay = overlay_heatmap(read_image(io.BytesIO(data), OVERLAY_SIZE), heatmap)
             answer["gradcam_png"] = "data:image/png;base64," + base64.b64encode(png_bytes(overlay)).decode("ascii")
         return answer
@@ -192,12 +203,12 @@ def too_large(limit):
     return f"the upload is larger than {limit / 2**20:g} MB; send a smaller JPEG or PNG"
 
 
-def serve(run_dir, *, host="127.0.0.1", port=8000):
-    """Checks the address and loads the run (failing fast on either), then serves it with uvicorn until interrupted."""
+def serve(run_dir, *, host="127.0.0.1", port=8000, engine=None):
+    """Checks the address and loads the run or export (failing fast on either), then serves it with uvicorn until interrupted."""
     import uvicorn
 
     check_address(host, port)
-    app = create_app(run_dir)
+    app = create_app(run_dir, engine=engine)
     uvicorn.run(app, host=host, port=port)
 
 
