@@ -174,7 +174,7 @@ def without_training_layers(model, name):
 
     clone = keras.models.clone_model(model, clone_function=lambda layer: layer, call_function=call, recursive=True)
     # Renamed: the fold models of an ensemble share their architecture's name.
-    return keras.Model(clone.inputs, clone.outputs, name=name)
+    return keras.Model(clone.inputs, clone.output, name=name)
 
 
 def metadata_encoding(encoder, sexes, sites, name):

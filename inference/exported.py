@@ -135,10 +135,11 @@ class SavedModelRuntime(Runtime):
     def __init__(self, path):
         import tensorflow as tf
 
-        self.endpoint = tf.saved_model.load(str(path)).serve
+        # Held: the endpoint alone does not keep the loaded variables alive.
+        self.loaded = tf.saved_model.load(str(path))
 
     def run(self, images, metadata=None):
-        return np.asarray(self.endpoint(images if metadata is None else [images, metadata]))
+        return np.asarray(self.loaded.serve(images if metadata is None else [images, metadata]))
 
 
 class OpenVinoRuntime(Runtime):
