@@ -63,7 +63,7 @@ def create_app(run_dir, *, max_upload_bytes=MAX_UPLOAD_BYTES, max_pixels=MAX_IMA
     app = FastAPI(
         title=f"HAM10000 classifier: {description['run']}",
         description=f"{description['architecture']} at {predictor.image_size} px"
-        + (f", the mean of {len(predictor.members)} fold models" if len(predictor.members) > 1 else "")
+        + (f", the mean of {description['models']} fold models" if description["models"] > 1 else "")
         + (", with age, sex and site" if predictor.takes_metadata else "")
         + (f", served by {predictor.info['runtime']} from its {predictor.info['format']} export" if exported else "")
         + ". A research model, not a medical device.",

@@ -214,7 +214,7 @@ class ExportedModel:
         if engine == "keras":
             raise UserError(f"{folder} is an export ({format}); --engine keras serves the run it came from, {info.get('source', {}).get('path')}")
         if engine is not None and engine != format:
-            raise UserError(f"{folder} holds a {format} export, not {engine}: pass --engine {format}, or export the run with --format {engine}")
+            raise UserError(f"{folder} holds the {format} export, not {engine}: pass --engine {format}, or export the run with --format {engine}")
         return cls(folder, info, load_runtime(format, folder / file))
 
     @property
