@@ -194,3 +194,24 @@ def test_a_damaged_export_is_one_line_in_predict_and_serve(onnx_export, toy_dir,
     assert error.startswith(f"error: {model}: damaged") and "\n" not in error
     assert run_main("serve", onnx_export, "--engine", "litert", "--port", "0") == 2
     assert "holds the onnx export, not litert" in capsys.readouterr().err
+
+
+def test_serving_an_export_imports_no_keras_tensorflow_or_jax(onnx_export, toy_dir):
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT
+
+    image = next((toy_dir / "images").iterdir())
+    script = f"""
+import sys
+from fastapi.testclient import TestClient
+from inference.app import create_app
+client = TestClient(create_app({str(onnx_export)!r}, engine="onnx"))
+answer = client.post("/predict", files={{"image": ("x.jpg", open({str(image)!r}, "rb").read(), "image/jpeg")}}).json()
+assert set(answer["probabilities"]) == {set(CLASS_NAMES)!r}, answer
+print(sorted(name for name in ("keras", "tensorflow", "jax") if name in sys.modules))
+"""
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
