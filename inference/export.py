@@ -112,6 +112,9 @@ def export_model(path, format, *, quantize=None, output=None, calibration_images
 def check_format(format, quantize):
     if format not in FORMATS:
         raise ConfigError(f"--format {format}: expected one of {', '.join(FORMATS)}")
+    if format == "litert" and keras.backend.backend() != "tensorflow":
+        # Keras converts to LiteRT from TensorFlow (or PyTorch) only.
+        raise ConfigError(f"--format litert needs the TensorFlow backend, not {keras.backend.backend()}: run it with KERAS_BACKEND=tensorflow")
     if quantize is not None and quantize not in QUANTIZATIONS.get(format, ()):
         formats = ", ".join(f"{name} ({' or '.join(kinds)})" for name, kinds in QUANTIZATIONS.items())
         raise ConfigError(f"--quantize {quantize}: {format} exports are not quantised here; quantisation is for {formats}")
@@ -303,7 +306,7 @@ def export_info(predictor, graph, runtime, format, quantize, check, calibration)
         "description": f"RGB, values 0 to 255, resized by the caller to {size} x {size} (HAM10000's 4:3 frames were squashed "
         "to a square); the pixel scaling and normalisation are inside the graph",
     }]
-    metadata = None
+    metadata, description = None, predictor.describe()
     if predictor.takes_metadata:
         features = metadata_features(predictor.sexes, predictor.sites)
         metadata = {"features": features, "sexes": list(predictor.sexes), "sites": list(predictor.sites)}
@@ -327,8 +330,8 @@ def export_info(predictor, graph, runtime, format, quantize, check, calibration)
             "path": str(predictor.folder if predictor.configuration is None else predictor.folder / predictor.configuration),
             "configuration": predictor.configuration,
             "runs": [str(member.run_dir) for member in predictor.members],
-            "architecture": predictor.describe()["architecture"],
-            "test_metrics": predictor.describe()["test_metrics"],
+            "architecture": description["architecture"],
+            "test_metrics": description["test_metrics"],
         },
         "calibration": None if calibration is None else {"subset": "train", "images": len(calibration), "image_ids": calibration},
         "versions": package_versions(),
