@@ -112,9 +112,13 @@ def export_model(path, format, *, quantize=None, output=None, calibration_images
 def check_format(format, quantize):
     if format not in FORMATS:
         raise ConfigError(f"--format {format}: expected one of {', '.join(FORMATS)}")
-    if format == "litert" and keras.backend.backend() != "tensorflow":
-        # Keras converts to LiteRT from TensorFlow (or PyTorch) only.
-        raise ConfigError(f"--format litert needs the TensorFlow backend, not {keras.backend.backend()}: run it with KERAS_BACKEND=tensorflow")
+    if keras.backend.backend() != "tensorflow":
+        # Under JAX, Keras converts to LiteRT not at all and to ONNX through jax2onnx (with Flax and
+        # Orbax); a model.keras file loads under either backend, so TensorFlow exports any run.
+        raise ConfigError(
+            f"export runs under the TensorFlow backend, not {keras.backend.backend()}: run it with KERAS_BACKEND=tensorflow "
+            "(a run trained under JAX exports alike)"
+        )
     if quantize is not None and quantize not in QUANTIZATIONS.get(format, ()):
         formats = ", ".join(f"{name} ({' or '.join(kinds)})" for name, kinds in QUANTIZATIONS.items())
         raise ConfigError(f"--quantize {quantize}: {format} exports are not quantised here; quantisation is for {formats}")
@@ -162,7 +166,8 @@ def inference_graph(predictor):
     probabilities = outputs[0] if len(outputs) == 1 else keras.layers.Average(name="fold_mean")(outputs)
     graph = keras.Model(inputs if len(inputs) > 1 else image, probabilities, name="inference")
     # Keras exports only a model that has been called.
-    graph.predict_on_batch([np.zeros((1, *tensor.shape[1:]), np.float32) for tensor in inputs])
+    zeros = [np.zeros((1, *tensor.shape[1:]), np.float32) for tensor in inputs]
+    graph(zeros if len(zeros) > 1 else zeros[0])
     return graph
 
 
