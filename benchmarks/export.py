@@ -28,6 +28,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 import numpy as np  # noqa: E402
 
+from common.errors import DataError  # noqa: E402
 from evaluation.predictor import Predictor  # noqa: E402
 from inference.export import LATENCY_BATCH, cpu_name, export_model, inference_graph  # noqa: E402
 from inference.exported import EXPORT_FILENAME  # noqa: E402
@@ -60,7 +61,11 @@ def measure(run, scratch):
         if importlib.util.find_spec(module) is None:
             print(f"{run.name}: {format} skipped ({module} is not installed)", file=sys.stderr)
             continue
-        folder = export_model(run, format, quantize=quantize, output=scratch / f"{run.name}-{format}-{quantize}", verbose=False)
+        try:
+            folder = export_model(run, format, quantize=quantize, output=scratch / f"{run.name}-{format}-{quantize}", verbose=False)
+        except DataError as error:  # a refused export is a result too
+            print(f"{run.name}: {error}", file=sys.stderr)
+            continue
         info = json.loads((folder / EXPORT_FILENAME).read_text())
         check = info["check"]
         model = {"run": info["source"]["name"], "architecture": info["source"]["architecture"], "size": info["image_size"]}
