@@ -80,7 +80,7 @@ def export_model(path, format, *, quantize=None, output=None, calibration_images
     options, calibration = {}, None
     if quantize is not None:
         calibration = calibration_rows(predictor, data, calibration_images)
-        options = litert_quantization(quantize, graph, data, calibration, predictor)
+        options = litert_quantization(quantize, data, calibration, predictor)
     destination.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=destination.parent, prefix=f".{destination.name}-"))
     try:
@@ -224,7 +224,7 @@ def calibration_rows(predictor, data, count):
     return sorted(ids[chosen].tolist())
 
 
-def litert_quantization(quantize, graph, data, calibration, predictor):
+def litert_quantization(quantize, data, calibration, predictor):
     """The LiteRT converter's settings for `quantize` (Keras passes them to `tf.lite.TFLiteConverter`)."""
     import tensorflow as tf
 

@@ -19,7 +19,7 @@ from dataset.features import MetadataEncoder  # noqa: E402
 from dataset.metadata import CLASS_NAMES  # noqa: E402
 from dataset.split import fold_subsets, load_split  # noqa: E402
 from evaluation.predictor import Predictor  # noqa: E402
-from inference.export import export_model, inference_graph, metadata_encoding, without_training_layers  # noqa: E402
+from inference.export import export_model, metadata_encoding, without_training_layers  # noqa: E402
 from inference.exported import EXPORT_FILENAME, ExportedModel, encode_metadata  # noqa: E402
 from pipeline import run_experiment  # noqa: E402
 from training import prepare_run_data  # noqa: E402
