@@ -20,6 +20,9 @@ Examples:
     python main.py robustness results/runs/RUN --subset validation  # balanced accuracy under 11 corruptions x 3 severities
     python main.py evaluate results/runs/RUN --image-size 160       # validation and test at a larger test-time size (FixRes)
     python main.py predict results/studies/STUDY/ensemble photo.jpg # the study's ensemble of configurations
+    python main.py export results/runs/RUN --format onnx            # ONNX, LiteRT, SavedModel or OpenVINO, checked (needs .[export])
+    python main.py export results/studies/STUDY/densenet --format litert --quantize int8   # the fold ensemble, int8
+    python main.py serve results/runs/RUN/exports/onnx --engine onnx   # serve the export with onnxruntime
     python main.py --model densenet --config configs/cpu.yaml --track   # also log the run to MLflow (needs .[track])
     python main.py track results/reference/runs                     # log finished run folders to MLflow
     python main.py tune --model densenet --config configs/cpu.yaml --trials 12   # KerasTuner search (needs .[tune])
@@ -59,7 +62,7 @@ with native_stderr_silenced(QUIET):
         from common.errors import UserError  # noqa: E402
         from networks import get_model_entry, list_models  # noqa: E402
         from pipeline import commands  # noqa: E402
-        from pipeline.commands import SETTINGS_EPILOG, settings_parser  # noqa: E402
+        from pipeline.commands import ENGINES, EXPORT_FORMATS, SETTINGS_EPILOG, settings_parser  # noqa: E402
         from training import TrainConfig  # noqa: E402
         from training.config import TUNERS  # noqa: E402
         from training.distribution import initialize_hosts  # noqa: E402
@@ -172,7 +175,7 @@ def add_tune_parser(subparsers, parents):
 
 
 def add_inspection_parsers(subparsers, console):
-    """The commands that read run folders: track, evaluate, compare, predict, serve, robustness."""
+    """The commands that read run folders: track, evaluate, compare, predict, serve, robustness, export."""
     track = subparsers.add_parser(
         "track", help="log finished run folders to MLflow (needs `pip install -e .[track]`)",
         description="Logs each run folder's config, history, test metrics and reports as an MLflow run, once: a folder "
@@ -249,7 +252,11 @@ def add_inspection_parsers(subparsers, console):
         description="POST /predict, GET /health, GET /model, OpenAPI docs at /docs, and a page at /.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    serve.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a trained run folder (with model.keras), or a study's configuration, STUDY_DIR/<configuration> (STUDY_DIR alone where it has one): the mean of its fold models")
+    serve.add_argument(
+        "run_dir", type=Path, metavar="RUN_DIR",
+        help="a trained run folder (with model.keras), or a study's configuration, STUDY_DIR/<configuration> (STUDY_DIR alone "
+        "where it has one): the mean of its fold models; or an export folder (main.py export), served by its runtime",
+    )
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 exposes it to the network")
     serve.add_argument("--port", type=int, default=8000, help="0 picks a free port")
     serve.add_argument("--image-size", type=positive, metavar="N", help="predict at N px instead of the training size (test-time resolution)")
@@ -271,6 +278,24 @@ def add_inspection_parsers(subparsers, console):
     robustness.add_argument("--image-size", type=positive, metavar="N", help="predict at N px instead of the training size (test-time resolution)")
     robustness.add_argument("--seed", type=int, default=0, help="fixes the corruptions' random choices (default: %(default)s)")
     robustness.add_argument("--cache-dir", type=Path)
+    serve.add_argument(
+        "--engine", choices=ENGINES, default=None,
+        help="keras for a run; onnx, litert, saved_model or openvino for an export folder of that format (default: what the folder holds)",
+    )
+
+    export = subparsers.add_parser(
+        "export", help="export a trained run, or a study configuration's fold ensemble, as ONNX, LiteRT, SavedModel or OpenVINO "
+        "(needs `pip install -e .[export]`)",
+        description="Exports the inference graph (no augmentation or dropout; the model's preprocessing inside) with Keras's "
+        "exporter, runs the file with its own runtime on the run's whole test subset against the Keras model, and keeps it "
+        "only if it agrees (a float export: the same class on at least 99.9%% of the images). The folder holds the model file "
+        "and export.json: inputs, outputs, classes, metadata encoding, source run, versions and the check's numbers.",
+        parents=[console],
+    )
+    export.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a trained run folder, or STUDY_DIR/<configuration>: its fold models as one averaging graph")
+    export.add_argument("--format", required=True, choices=EXPORT_FORMATS)
+    export.add_argument("--quantize", choices=("float16", "int8"), help="LiteRT post-training quantisation; int8 is calibrated on training-subset images")
+    export.add_argument("--output", type=Path, metavar="DIR", help="the folder to make (default: RUN_DIR/exports/<format>[-<quantize>], -2, -3, ... where it exists)")
 
 
 def positive(text):

@@ -171,6 +171,11 @@ class Predictor:
         return f"predicting with {len(self.members)} of {self.planned} {self.unit}, those finished (the others are training or stopped: the ensemble is incomplete)"
 
     @property
+    def model_count(self):
+        """How many models answer (an export's, and `inference.exported.ExportedModel`'s, alike)."""
+        return len(self.members)
+
+    @property
     def image_size(self):
         return self.members[0].image_size
 

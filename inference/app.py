@@ -29,9 +29,8 @@ from PIL import Image
 from common.errors import DataError, UserError
 from dataset.images import read_image
 from dataset.metadata import CLASS_DESCRIPTIONS, CLASS_NAMES, UNKNOWN
-from evaluation.predictor import Predictor
 from inference.calibrated import Calibration
-from inference.gradcam import PredictorGradCAM, overlay_heatmap, png_bytes
+from inference.exported import ExportedModel, load_predictor
 
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 # Decoding happens outside the prediction lock, so concurrent uploads decode side by side: a
@@ -45,26 +44,33 @@ PAGE = Path(__file__).with_name("static") / "index.html"
 OVERLAY_SIZE = 256
 
 
-def create_app(run_dir, *, max_upload_bytes=MAX_UPLOAD_BYTES, max_pixels=MAX_IMAGE_PIXELS, image_size=None):
+def create_app(run_dir, *, max_upload_bytes=MAX_UPLOAD_BYTES, max_pixels=MAX_IMAGE_PIXELS, image_size=None, engine=None):
     """The FastAPI application serving a run's model, or a study configuration's fold ensemble
     (`STUDY_DIR/<configuration>`), or an ensemble of configurations (`STUDY_DIR/<a>+<b>`,
     `STUDY_DIR/ensemble`); see `evaluation.Predictor.load`. With `image_size`, at that size
-    rather than the training size (test-time resolution).
+    rather than the training size (test-time resolution). Or an export folder with its runtime
+    (`inference.exported`; no Keras or TensorFlow is imported for ONNX, LiteRT or OpenVINO).
 
     Raises:
         DataError: the folder, a model or its metadata encoder is missing or malformed.
+        UserError: `engine` does not fit the folder.
     """
-    predictor = Predictor.load(run_dir, image_size=image_size)
-    cam = PredictorGradCAM(predictor)
+    predictor = load_predictor(run_dir, engine, image_size=image_size)
+    exported = isinstance(predictor, ExportedModel)
+    if not exported:
+        from inference.gradcam import PredictorGradCAM
+
+        cam = PredictorGradCAM(predictor)
     description = predictor.describe()
     calibration = load_calibration(predictor)
     lock = threading.Lock()
     app = FastAPI(
         title=f"HAM10000 classifier: {description['run']}",
         description=f"{description['architecture']} at {predictor.image_size} px"
-        + (f", the mean of {len(predictor.members)} {predictor.unit}" if len(predictor.members) > 1 else "")
-        + (f" ({predictor.incomplete})" if predictor.incomplete else "")
+        + (f", the mean of {predictor.model_count} {getattr(predictor, 'unit', 'models')}" if predictor.model_count > 1 else "")
+        + (f" ({predictor.incomplete})" if getattr(predictor, "incomplete", None) else "")
         + (", with age, sex and site" if predictor.takes_metadata else "")
+        + (f", served by {predictor.info['runtime']} from its {predictor.info['format']} export" if exported else "")
         + ". A research model, not a medical device.",
     )
     app.middleware("http")(body_limit(max_upload_bytes))
@@ -99,16 +105,21 @@ def create_app(run_dir, *, max_upload_bytes=MAX_UPLOAD_BYTES, max_pixels=MAX_IMA
         data = read_upload(image, max_upload_bytes, max_pixels)
         decoded = decode_upload(data, image.filename, predictor.image_size)[None]
         metadata, notes = request_metadata(predictor, age, sex, site)
+        if explain and exported:
+            notes.append("no Grad-CAM from an export: serve the run with --engine keras for explanations")
+            explain = False
         with lock:
             probabilities = predictor.predict(decoded, metadata)[0]
             heatmap = cam.heatmaps(decoded, [int(probabilities.argmax())], metadata)[0] if explain else None
-        notes += [predictor.incomplete] if predictor.incomplete else []
-        answer = prediction_answer(description["run"], probabilities, notes, len(predictor.members))
+        notes += [predictor.incomplete] if getattr(predictor, "incomplete", None) else []
+        answer = prediction_answer(description["run"], probabilities, notes, predictor.model_count)
         if calibrated:
             answer["calibrated"] = calibrated_answer(calibration, probabilities)
         if conformal is not None:
             answer["conformal"] = conformal_answer(calibration, probabilities, conformal, conformal_kind)
         if explain:
+            from inference.gradcam import overlay_heatmap, png_bytes
+
             overlay = overlay_heatmap(read_image(io.BytesIO(data), OVERLAY_SIZE), heatmap)
             answer["gradcam_png"] = "data:image/png;base64," + base64.b64encode(png_bytes(overlay)).decode("ascii")
         return answer
@@ -243,12 +254,12 @@ def too_large(limit):
     return f"the upload is larger than {limit / 2**20:g} MB; send a smaller JPEG or PNG"
 
 
-def serve(run_dir, *, host="127.0.0.1", port=8000, image_size=None):
-    """Checks the address and loads the run (failing fast on either), then serves it with uvicorn until interrupted."""
+def serve(run_dir, *, host="127.0.0.1", port=8000, image_size=None, engine=None):
+    """Checks the address and loads the run or export (failing fast on either), then serves it with uvicorn until interrupted."""
     import uvicorn
 
     check_address(host, port)
-    app = create_app(run_dir, image_size=image_size)
+    app = create_app(run_dir, image_size=image_size, engine=engine)
     uvicorn.run(app, host=host, port=port)
 
 

@@ -47,6 +47,9 @@ class Calibration:
         Raises:
             DataError: the file is missing (saying what writes it) or malformed.
         """
+        if not hasattr(predictor, "calibration_dir"):
+            # An export's graph gives the raw probabilities; its run holds the calibration.
+            raise DataError(f"{predictor.name}: an export carries no calibration; predict or serve its run folder for calibrated probabilities or conformal sets")
         path = Path(predictor.calibration_dir) / CALIBRATION_FILENAME
         if len(predictor.members) == 1:
             remedy = f"`python main.py evaluate {predictor.members[0].run_dir}` fits it on the run's validation predictions"

@@ -181,7 +181,7 @@ def predict_files(
     probabilities = predictor.predict(images, metadata, tta=tta)
     if explain_dir is not None:
         explain_images(predictor, images, files, probabilities, metadata, explain_dir)
-    table = predictions_table(files, probabilities, len(predictor.members))
+    table = predictions_table(files, probabilities, predictor.model_count)
     if calibration is None:
         return table
     extra = calibrated_columns(calibration, probabilities, calibrated=calibrated, conformal=conformal, kind=conformal_kind)

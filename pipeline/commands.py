@@ -19,6 +19,7 @@ from common.errors import ConfigError, UserError
 from common.files import timestamp
 from common.study_folder import find_run_folders, is_study_dir
 from evaluation.catalogue import CONSOLE, metrics_shown
+from inference.exported import load_predictor
 from networks import list_models
 from pipeline.experiment import resume_experiment, run_experiment
 from pipeline.robustness import check_subsets, score_robustness_of
@@ -28,6 +29,12 @@ from training.config import parse_settings
 from training.run import RESUME_OVERRIDES, check_resume_overrides
 from training.trainer import check_weights
 
+
+# The modules each export format needs on top of TensorFlow (the `export` extra).
+EXPORT_PACKAGES = {"onnx": ("tf2onnx", "onnxruntime"), "litert": ("ai_edge_litert",), "saved_model": (), "openvino": ("openvino",)}
+EXPORT_FORMATS = tuple(EXPORT_PACKAGES)
+# What serves a folder: Keras for a run, an export's own runtime for an export folder.
+ENGINES = ("keras", *EXPORT_FORMATS)
 
 SETTINGS_EPILOG = textwrap.fill("settings (--set NAME=VALUE; training/config.py describes each): " + ", ".join(TrainConfig.defaults()), 100)
 
@@ -198,7 +205,9 @@ def predict(arguments):
     if arguments.output is not None:
         inference.check_output_path(arguments.output)
     with one_line_warnings():
-        predictor = inference.Predictor.load(arguments.run_dir, image_size=arguments.image_size)
+        predictor = load_predictor(arguments.run_dir, image_size=arguments.image_size)
+        if arguments.explain is not None and not isinstance(predictor, inference.Predictor):
+            raise UserError(f"{arguments.run_dir} is an export: Grad-CAM (--explain) needs the run's Keras model; pass the run folder")
         table = inference.predict_files(
             predictor, arguments.images, metadata_path=arguments.metadata, tta=arguments.tta,
             skip_unreadable=arguments.skip_unreadable, explain_dir=arguments.explain,
@@ -217,7 +226,7 @@ def serve(arguments):
     except ModuleNotFoundError as error:
         raise UserError(f"serving needs FastAPI and uvicorn ({error}): pip install -e '.[serve]'") from None
     with one_line_warnings():
-        serve_run(arguments.run_dir, host=arguments.host, port=arguments.port, image_size=arguments.image_size)
+        serve_run(arguments.run_dir, host=arguments.host, port=arguments.port, image_size=arguments.image_size, engine=arguments.engine)
 
 
 def robustness(arguments):
@@ -228,7 +237,17 @@ def robustness(arguments):
     )
 
 
+def export(arguments):
+    from inference.export import export_model
+
+    missing = [name for name in EXPORT_PACKAGES[arguments.format] if importlib.util.find_spec(name) is None]
+    if missing:
+        raise UserError(f"a {arguments.format} export needs {', '.join(missing)}, which is not installed: pip install -e '.[export]'")
+    export_model(arguments.run_dir, arguments.format, quantize=arguments.quantize, output=arguments.output)
+
+
 HANDLERS = {
     "train": train, "tune": tune, "track": track, "evaluate": evaluate, "compare": compare, "predict": predict, "serve": serve,
     "robustness": robustness,
+    "export": export,
 }
