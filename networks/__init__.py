@@ -11,7 +11,7 @@ from networks import applications, conv_blocks, densenet, efficientnet_lite, vgg
 from networks.augmentation import AugmentationOptions, build_augmentation, let_augmentation_compile
 from networks.finetune import Blocks, backbone_variables, freeze_backbone, unfreeze_top_blocks
 from networks.heads import HeadOptions
-from networks.registry import check_input, create_model, get_model_entry, list_models, model_options
+from networks.registry import ModelEntry, Width, check_input, create_model, get_model_entry, list_models, model_options
 
 __all__ = [
     "AugmentationOptions",
@@ -25,6 +25,8 @@ __all__ = [
     "get_model_entry",
     "let_augmentation_compile",
     "list_models",
+    "ModelEntry",
     "model_options",
     "unfreeze_top_blocks",
+    "Width",
 ]

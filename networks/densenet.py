@@ -15,7 +15,7 @@ import keras
 from keras import layers
 
 from networks.options import check_positive, check_types
-from networks.registry import register_backbone
+from networks.registry import Width, register_backbone
 
 STEM_STRIDES = (1, 2, 4)
 
@@ -54,7 +54,11 @@ class DenseNetOptions:
             raise ValueError(f"DenseNet compression must be in (0, 1]; got {self.compression}")
 
 
-@register_backbone("densenet", options=DenseNetOptions, description="DenseNet-BC (Huang et al., 2017), trained from scratch")
+@register_backbone(
+    "densenet", options=DenseNetOptions, description="DenseNet-BC (Huang et al., 2017), trained from scratch",
+    width=Width("growth_rate", minimum=2),
+    toy_options={"block_sizes": [2, 2, 2, 2], "growth_rate": 8, "stem_filters": 16}, parameters=5_731_143,
+)
 def densenet_backbone(image_size, options):
     """Stem, dense blocks with transitions between them, and a final batch norm and ReLU. With the
     ImageNet stem (stem_stride 4) and four blocks, an overall stride of 32, as in the paper's

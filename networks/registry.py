@@ -8,7 +8,7 @@ for a pretrained model) and returns a `keras.Model` from (size, size, 3) images 
 """
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import keras
@@ -17,6 +17,37 @@ from networks.finetune import BACKBONE, Blocks
 from networks.heads import HeadOptions, build_classifier
 
 _REGISTRY = {}
+
+
+@dataclass(frozen=True)
+class Width:
+    """How the tuner scales a model's width (`training.tuning`, the "width" hyper-parameter).
+
+    Attributes:
+        option: the options field that sets the width: a whole number (a growth rate), a tuple of
+            them (a width per block) or a number (a multiplier).
+        minimum: the smallest whole number a scaled width may take; a multiplier (a field annotated
+            float) is not bounded below.
+        maximum: the largest value a scaled width may take, or None.
+    """
+
+    option: str
+    minimum: int = 1
+    maximum: float | None = None
+
+    def scaled(self, options, scale):
+        """{option: the options' width times `scale`}, as YAML would write it (a list, not a tuple)."""
+        value = getattr(options, self.option)
+        # The annotation, not the value, says what the width is: YAML's `width: 1` is a multiplier.
+        multiplier = {field.name: field.type for field in dataclasses.fields(options)}[self.option] is float
+        if isinstance(value, tuple):
+            return {self.option: [self._scaled(width, scale, multiplier) for width in value]}
+        return {self.option: self._scaled(value, scale, multiplier)}
+
+    def _scaled(self, value, scale, multiplier):
+        # round(..., 4): a multiplier without float noise (0.5 * 0.3 is 0.15, not 0.15000000000000002).
+        scaled = round(value * scale, 4) if multiplier else max(int(round(value * scale)), self.minimum)
+        return scaled if self.maximum is None else min(scaled, self.maximum)
 
 
 @dataclass(frozen=True)
@@ -34,6 +65,14 @@ class ModelEntry:
         min_image_size: the smallest input side the model can take.
         blocks: how the backbone's layer names give the blocks that fine-tuning unfreezes from
             `fine_tune_from_block` up.
+        width: how the tuner scales the model's width (`Width`), or None where it has no width
+            option to search (a pretrained network's width is its weights').
+        toy_options: overrides of `options` that give a small version of the model, the same code
+            built and trained in seconds at 32 px: the network tests (tests/test_networks.py) run
+            every model that has one. None for the pretrained zoo, which tests/test_pretrained.py
+            covers at its own sizes.
+        parameters: the parameter count with the default options and head, image-only (docs/models.md
+            states it), which the tests check; None where it is not stated.
     """
 
     name: str
@@ -43,15 +82,22 @@ class ModelEntry:
     pretrained: bool = False
     min_image_size: int = 32
     blocks: Blocks = Blocks()
+    width: Width | None = None
+    toy_options: dict | None = None
+    parameters: int | None = None
 
 
-def register_backbone(name, *, options, description, pretrained=False, min_image_size=32, blocks=Blocks()):
-    """Decorator that registers a backbone function as the model `name` (see `ModelEntry`)."""
+def register_backbone(name, *, options, description, **facts):
+    """Decorator that registers a backbone function as the model `name`.
+
+    `facts` are `ModelEntry`'s optional fields: pretrained, min_image_size, blocks, width,
+    toy_options, parameters.
+    """
 
     def add(backbone):
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is registered twice")
-        _REGISTRY[name] = ModelEntry(name, backbone, options, description, pretrained, min_image_size, blocks)
+        _REGISTRY[name] = ModelEntry(name, backbone, options, description, **facts)
         return backbone
 
     return add

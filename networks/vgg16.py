@@ -54,6 +54,9 @@ class VGGPreprocessing(layers.Layer):
     options=VGG16Options,
     description="VGG16 from keras.applications; ImageNet, local or no weights",
     pretrained=True,
+    # Already small enough at 32 px for the network tests, which train it from scratch.
+    toy_options={},
+    parameters=14_847_815,
 )
 def vgg16_backbone(image_size, options, weights):
     """The 13 convolutional layers of VGG16 (blocks 1 to 5), behind their input preprocessing.

@@ -11,17 +11,13 @@ import pytest
 from conftest import REPO_ROOT
 from inference.gradcam import GradCAM, overlay_heatmap
 from networks.heads import HeadOptions
-from networks.registry import create_model, model_options
+from networks.registry import create_model, get_model_entry, model_options
 
 SIZE = 32
-TINY_OPTIONS = {
-    "cnn": {"filters": (8, 16, 16, 32, 32)},
-    "densenet": {"block_sizes": (2, 2, 2, 2), "growth_rate": 8, "stem_filters": 16},
-}
 
 
 def tiny_model(name, metadata_features=0):
-    options = model_options(name, TINY_OPTIONS.get(name, {}))
+    options = model_options(name, get_model_entry(name).toy_options)
     weights = {"weights": None} if name == "vgg16" else {}
     return create_model(
         name, SIZE, metadata_features=metadata_features, head=HeadOptions(dense_units=(16,)), options=options, **weights

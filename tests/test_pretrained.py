@@ -26,9 +26,8 @@ from training.optimizers import ScaledRatesAdam, scaled_indices
 pytestmark = pytest.mark.backend
 
 LITE = list(efficientnet_lite.VARIANTS)
-# Written in this project, and covered one by one in test_networks.py.
-STUDY_MODELS = ("cnn", "densenet", "vgg16", "vgg16_bn")
-ZOO = [name for name in list_models() if name not in STUDY_MODELS]
+# The models without a toy version; those with one are covered one by one in test_networks.py.
+ZOO = [name for name in list_models() if get_model_entry(name).toy_options is None]
 # One network per keras.applications family in the default run (about a minute each on 2 cores);
 # the family's larger members, the same code at more width and depth, with `pytest -m slow`.
 LARGER_SIBLINGS = {

@@ -42,7 +42,7 @@ import keras_tuner
 from common.errors import DataError, UserError
 from common.files import file_lock, new_stamped_folder, write_json
 from common.run_folder import TRAINING_FILENAME
-from networks import AugmentationOptions, model_options
+from networks import AugmentationOptions, get_model_entry, model_options
 from training.config import MAX_SEED, TUNERS, TrainConfig
 from training.run import RESUME_OVERRIDES, prepare_run_data, resume_run, train_run
 from training.tracking import log_finished_run, tracking_uri
@@ -69,7 +69,7 @@ def search_space(config):
     space.Float("lr", config.lr / 10, config.lr * 10, sampling="log", default=config.lr)
     space.Float("weight_decay", 1e-5, 1e-1, sampling="log", default=1e-4)
     space.Float("dropout", 0.0, 0.6, step=0.1, default=config.head_options.dropout)
-    if _width_option(config.model) is not None:
+    if get_model_entry(config.model).width is not None:  # a pretrained network's width is its weights'
         space.Choice("width", WIDTH_SCALES, default=1.0)
     if config.balance == "combined":
         space.Int("balance_target", max(config.balance_target // 2, 1), config.balance_target * 2, sampling="log", default=config.balance_target)
@@ -103,19 +103,8 @@ def apply_values(config, values):
     return TrainConfig.from_dict({**config.to_dict(), **changes}, "tuning")
 
 
-def _width_option(model):
-    """The name of the model's width option, or None (a pretrained VGG16's width is fixed)."""
-    return {"densenet": "growth_rate", "cnn": "filters", "vgg16_bn": "width"}.get(model)
-
-
 def _scaled_width(config, scale):
-    options = model_options(config.model, config.model_options)
-    name = _width_option(config.model)
-    if name == "filters":
-        return {name: [max(int(round(width * scale)), 1) for width in options.filters]}
-    if name == "growth_rate":
-        return {name: max(int(round(options.growth_rate * scale)), 2)}
-    return {name: min(round(options.width * scale, 4), 4.0)}
+    return get_model_entry(config.model).width.scaled(model_options(config.model, config.model_options), scale)
 
 
 DISTRIBUTED_VARIABLES = ("KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT")
