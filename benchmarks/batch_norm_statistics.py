@@ -30,7 +30,6 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # as main.py
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import keras  # noqa: E402
-import numpy as np  # noqa: E402
 from sklearn.metrics import balanced_accuracy_score  # noqa: E402
 
 from dataset.sampling import Balance  # noqa: E402

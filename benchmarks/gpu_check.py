@@ -32,9 +32,8 @@ import traceback
 from pathlib import Path
 
 os.environ.setdefault("KERAS_BACKEND", "jax")  # the check is JAX's: the GPU machines have no TensorFlow
-import throughput  # noqa: E402  (benchmarks/throughput.py: sets up the environment as main.py does)
-
 import keras  # noqa: E402
+import throughput  # noqa: E402  (benchmarks/throughput.py: sets up the environment as main.py does)
 
 import main  # noqa: E402
 from common.files import write_json  # noqa: E402

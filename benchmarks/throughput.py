@@ -49,7 +49,6 @@ from training.config import parse_settings  # noqa: E402
 from training.devices import compute_device, cpu_name  # noqa: E402
 from training.trainer import build_model, compile_model  # noqa: E402
 
-
 STAGES = ("scratch", "head", "fine-tune")
 
 

@@ -16,10 +16,8 @@ import keras
 import numpy as np
 
 from dataset.augment import mix_batch, random_dihedral
-from dataset.corruptions import CorruptionAugmentation
 from dataset.metadata import CLASS_NAMES
 from dataset.sampling import Balance
-
 
 # Seeds, beside (seed, epoch, batch), the generator of a batch's corruptions.
 CORRUPTION_STREAM = 1

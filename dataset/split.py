@@ -4,9 +4,8 @@ HAM10000 has 10,015 images of 7,470 lesions; a lesion photographed twice must no
 sides of the split, or the test score measures recall of a seen lesion, not diagnosis.
 """
 
-from pathlib import Path
-
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd

@@ -35,7 +35,6 @@ from evaluation.predictions import predictions_frame, read_predictions, write_pr
 from evaluation.selective import conformal_evaluation, conformal_thresholds, risk_coverage
 from evaluation.subgroups import MIN_GROUP_IMAGES, subgroup_metrics
 
-
 # What a fold ensemble's calibration is fitted on (the study summary's, an external evaluation's).
 POOLED_SOURCE = "the members' pooled out-of-fold validation predictions"
 

@@ -26,8 +26,8 @@ from common.study_folder import finished_runs
 from dataset.cache import load_images
 from dataset.images import locate_images
 from dataset.metadata import METADATA_FILENAME, UNKNOWN, class_indices
-from evaluation.configuration_ensemble import CONFIGURATION_SEPARATOR
 from evaluation.clinical import POOLED_SOURCE, ClinicalInputs
+from evaluation.configuration_ensemble import CONFIGURATION_SEPARATOR
 from evaluation.labels import read_labels
 from evaluation.metrics import BOOTSTRAP_DRAWS
 from evaluation.predictions import predictions_frame, write_predictions

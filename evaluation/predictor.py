@@ -29,22 +29,26 @@ import numpy as np
 import pandas as pd
 
 import networks  # also registers the custom layers that saved models refer to
-
 from common.errors import DataError
 from common.files import new_folder
 from common.run_folder import (
-    ENCODER_FILENAME, METRICS_FILENAME, MODEL_FILENAME, PREDICTIONS_FILENAME, TTA_DIR, VAL_PREDICTIONS_FILENAME,
+    ENCODER_FILENAME,
+    METRICS_FILENAME,
+    MODEL_FILENAME,
+    PREDICTIONS_FILENAME,
+    TTA_DIR,
+    VAL_PREDICTIONS_FILENAME,
 )
 from common.study_folder import SUMMARY_DIR, finished_runs, is_study_dir, read_study
 from dataset.augment import DIHEDRAL_TRANSFORMS
 from dataset.features import MetadataEncoder
 from dataset.metadata import CLASS_DESCRIPTIONS, CLASS_NAMES, UNKNOWN
 from evaluation.catalogue import CARD, keys_shown
-from networks.resolution import with_image_size
 from evaluation.configuration_ensemble import CONFIGURATION_SEPARATOR, resolve_configurations
 from evaluation.predictions import predictions_frame, write_predictions
 from evaluation.run_files import read_run_files
 from evaluation.study import ENSEMBLES_DIR
+from networks.resolution import with_image_size
 
 BATCH_SIZE = 32
 

@@ -15,17 +15,25 @@ from pathlib import Path
 import pandas as pd
 
 from common.files import write_json, write_text
-from common.run_folder import CONFIG_FILENAME, GALLERY_DIR, GALLERY_FILENAME, METRICS_FILENAME, PREDICTIONS_FILENAME, REPORT_FILENAME
+from common.run_folder import (
+    CONFIG_FILENAME,
+    GALLERY_DIR,
+    GALLERY_FILENAME,
+    METRICS_FILENAME,
+    PREDICTIONS_FILENAME,
+    REPORT_FILENAME,
+)
 from dataset.metadata import CLASS_DESCRIPTIONS, CLASS_NAMES
 from dataset.split import split_summary
-from evaluation.markdown import MISSING, format_duration, format_interval, format_value, markdown_table
 from evaluation.catalogue import REPORT, metrics_shown
 from evaluation.clinical import ClinicalInputs, clinical_sections, test_metadata, write_clinical
+from evaluation.markdown import MISSING, format_duration, format_interval, format_value, markdown_table
 from evaluation.metrics import BOOTSTRAP_DRAWS, INTERVAL_LEVEL, compute_metrics
 from evaluation.plots import plot_confusion_matrix, plot_per_class, plot_roc_curves, plot_training_curves
 from evaluation.predictions import read_predictions
 from evaluation.robustness import robustness_metrics, robustness_section
 from evaluation.run_files import read_run_files
+
 
 def evaluate_tta(run_dir, tta_dir, *, bootstrap_draws=BOOTSTRAP_DRAWS, seed=0):
     """Evaluates a run's test-time-augmented predictions (`tta_dir/predictions.csv`) in `tta_dir`.

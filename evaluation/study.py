@@ -30,15 +30,21 @@ from scipy import stats
 
 from common.errors import DataError
 from common.files import new_folder, write_json, write_text
-from common.run_folder import METRICS_FILENAME, PREDICTIONS_FILENAME, SPLIT_FILENAME, VAL_PREDICTIONS_FILENAME, read_training_summary
+from common.run_folder import (
+    METRICS_FILENAME,
+    PREDICTIONS_FILENAME,
+    SPLIT_FILENAME,
+    VAL_PREDICTIONS_FILENAME,
+    read_training_summary,
+)
 from common.study_folder import SUMMARY_DIR, finished_runs
 from dataset.metadata import CLASS_NAMES, class_indices
 from dataset.split import load_split
+from evaluation.catalogue import STUDY, keys_shown, metrics_shown
 from evaluation.clinical import clinical_summary_sections, ensemble_clinical, test_metadata
 from evaluation.compare import compare_runs, shared_test_set
 from evaluation.configuration_ensemble import configuration_ensemble_section, write_configuration_ensemble
 from evaluation.markdown import format_interval, format_value, markdown_table
-from evaluation.catalogue import STUDY, keys_shown, metrics_shown
 from evaluation.metrics import BOOTSTRAP_DRAWS, compute_metrics
 from evaluation.plots import plot_study_spread
 from evaluation.predictions import predictions_frame, read_predictions, write_predictions

@@ -15,7 +15,14 @@ import numpy as np
 import pandas as pd
 
 from dataset.metadata import UNKNOWN
-from evaluation.metrics import BOOTSTRAP_DRAWS, MELANOMA, bootstrap_interval, bootstrap_weights, mean_of_ratios, weighted_hits
+from evaluation.metrics import (
+    BOOTSTRAP_DRAWS,
+    MELANOMA,
+    bootstrap_interval,
+    bootstrap_weights,
+    mean_of_ratios,
+    weighted_hits,
+)
 
 AGE_BANDS = ((0, 30, "< 30"), (30, 50, "30–49"), (50, 70, "50–69"), (70, np.inf, "≥ 70"))
 # HAM10000's localizations in the site groups; acral is the distal limbs (hands, feet, and HAM10000's own "acral").

@@ -8,7 +8,7 @@ for a pretrained model) and returns a `keras.Model` from (size, size, 3) images 
 """
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import keras

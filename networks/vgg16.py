@@ -8,6 +8,7 @@ He initialisation and standardised inputs (see `_he_initialise`).
 """
 
 from dataclasses import dataclass
+
 import keras
 from keras import layers, ops
 

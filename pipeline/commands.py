@@ -29,7 +29,6 @@ from training.config import parse_settings
 from training.run import RESUME_OVERRIDES, check_resume_overrides
 from training.trainer import check_weights
 
-
 # The modules each export format needs on top of TensorFlow (the `export` extra).
 EXPORT_PACKAGES = {"onnx": ("tf2onnx", "onnxruntime"), "litert": ("ai_edge_litert",), "saved_model": (), "openvino": ("openvino",)}
 EXPORT_FORMATS = tuple(EXPORT_PACKAGES)

@@ -24,8 +24,18 @@ from common.study_folder import is_study_dir
 from evaluation.configuration_ensemble import resolve_configurations
 from evaluation.predictor import study_configuration
 from evaluation.robustness import (
-    STUDY_ROBUSTNESS_DIR, SUBSET_NAMES, pool_predictions, predict_corrupted, read_robustness, read_robustness_predictions, read_study_robustness,
-    robustness_section, robustness_stem, score_robustness, study_robustness_section, write_robustness,
+    STUDY_ROBUSTNESS_DIR,
+    SUBSET_NAMES,
+    pool_predictions,
+    predict_corrupted,
+    read_robustness,
+    read_robustness_predictions,
+    read_study_robustness,
+    robustness_section,
+    robustness_stem,
+    score_robustness,
+    study_robustness_section,
+    write_robustness,
 )
 from training.run import prepare_run_data, run_config
 

@@ -12,7 +12,13 @@ import evaluation
 import inference
 from common.errors import DataError
 from common.files import new_folder, write_json
-from common.run_folder import METRICS_FILENAME, MODEL_FILENAME, PREDICTIONS_FILENAME, REPORT_FILENAME, VAL_PREDICTIONS_FILENAME
+from common.run_folder import (
+    METRICS_FILENAME,
+    MODEL_FILENAME,
+    PREDICTIONS_FILENAME,
+    REPORT_FILENAME,
+    VAL_PREDICTIONS_FILENAME,
+)
 from evaluation.catalogue import CONSOLE, metrics_shown
 from evaluation.robustness import SUBSETS
 from evaluation.run_files import read_run_files

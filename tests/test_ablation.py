@@ -4,11 +4,11 @@ import json
 import shlex
 
 import yaml
+from conftest import TINY_CONFIG
 
 from benchmarks.ablation import command, read_runs, recipe_difference
-from conftest import TINY_CONFIG
-from training.config import parse_settings
 from training import load_config
+from training.config import parse_settings
 
 
 def test_a_row_is_what_differs_from_the_recipe_and_its_command_sets_exactly_that():

@@ -23,8 +23,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # when run as a script
 
 from conftest import REPO_ROOT, TINY_CONFIG, run_main  # noqa: E402
-from dataset.metadata import CLASS_NAMES  # noqa: E402
+
 from common.run_folder import MODEL_FILENAME  # noqa: E402
+from dataset.metadata import CLASS_NAMES  # noqa: E402
 from evaluation.predictor import load_run_model  # noqa: E402
 from networks import AugmentationOptions, build_augmentation, create_model  # noqa: E402
 from training import TrainConfig  # noqa: E402

@@ -12,9 +12,21 @@ import pytest
 
 from common.run_folder import CALIBRATED_PREDICTIONS_FILENAME, CALIBRATION_FILENAME, VAL_PREDICTIONS_FILENAME
 from dataset.metadata import CLASS_NAMES
-from evaluation.calibration import adaptive_calibration_error, apply_temperature, brier_score, fit_temperature, negative_log_likelihood
+from evaluation.calibration import (
+    adaptive_calibration_error,
+    apply_temperature,
+    brier_score,
+    fit_temperature,
+    negative_log_likelihood,
+)
 from evaluation.operating_points import operating_points, threshold_for_sensitivity
-from evaluation.selective import conformal_quantile, conformal_thresholds, prediction_sets, risk_coverage, set_evaluation
+from evaluation.selective import (
+    conformal_quantile,
+    conformal_thresholds,
+    prediction_sets,
+    risk_coverage,
+    set_evaluation,
+)
 from evaluation.subgroups import age_band, site_group, subgroup_metrics
 
 MEL, NV, BCC = (CLASS_NAMES.index(name) for name in ("mel", "nv", "bcc"))

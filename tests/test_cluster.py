@@ -8,11 +8,10 @@ import re
 import signal
 import threading
 import time
-from pathlib import Path
 
 import pytest
-
 from conftest import TINY_CONFIG, run_main
+
 from common.run_folder import CHECKPOINT_DIR, LOCK_FILENAME, STATE_FILENAME
 
 pytest.importorskip("submitit", reason="jobs need the .[cluster] extra")

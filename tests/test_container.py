@@ -27,12 +27,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import REPO_ROOT, run_main
 
 from common.run_folder import PREDICTIONS_FILENAME
 from dataset import locate_images
 from dataset.metadata import CLASS_NAMES
-
-from conftest import REPO_ROOT, run_main
 
 pytestmark = [pytest.mark.container, pytest.mark.xdist_group("container")]
 

@@ -7,14 +7,22 @@ import time
 
 import pandas as pd
 import pytest
+from conftest import TINY_CONFIG, run_main
 
 from common.errors import TrainingError
-from conftest import TINY_CONFIG, run_main
 from dataset import sequence
 from evaluation.report import diagnostics_list
 from training.diagnostics import (
-    CHANCE_FROM_EPOCH, INPUT_BOUND_SHARE, LOSS_PATIENCE, OVERFIT_EPOCHS, at_chance, check_finite, first_warnings,
-    input_bound, loss_stalled, overfitting,
+    CHANCE_FROM_EPOCH,
+    INPUT_BOUND_SHARE,
+    LOSS_PATIENCE,
+    OVERFIT_EPOCHS,
+    at_chance,
+    check_finite,
+    first_warnings,
+    input_bound,
+    loss_stalled,
+    overfitting,
 )
 
 CLASSES = 7

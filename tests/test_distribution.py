@@ -23,6 +23,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # when run as a script
 
 from conftest import REPO_ROOT, TINY_CONFIG, run_main  # noqa: E402
+
 from common.run_folder import TIMING_COLUMNS  # noqa: E402
 from training import load_config  # noqa: E402
 from training.config import ConfigError  # noqa: E402

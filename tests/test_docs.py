@@ -13,9 +13,9 @@ import shlex
 from pathlib import Path
 
 import pytest
+from conftest import REPO_ROOT
 
 import main
-from conftest import REPO_ROOT
 from networks import list_models
 from training.config import TrainConfig
 

@@ -9,8 +9,8 @@ Slow (about 15 minutes per configuration on 2 cores), so not in the default run:
 import json
 
 import pytest
-
 from conftest import REPO_ROOT, run_main
+
 from training.config import study_configurations
 
 CPU_CONFIG = REPO_ROOT / "configs" / "cpu.yaml"

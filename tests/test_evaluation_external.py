@@ -14,12 +14,7 @@ from common.files import new_folder
 from dataset.augment import DIHEDRAL_TRANSFORMS
 from dataset.features import MetadataEncoder
 from dataset.images import read_image
-from evaluation import (
-    evaluate_external,
-    predictions_frame,
-    read_labels,
-    write_predictions,
-)
+from evaluation import evaluate_external, predictions_frame, read_labels, write_predictions
 from evaluation.calibration import fit_temperature
 
 IMAGE_IDS = [f"ISIC_{index:07d}" for index in range(8)]

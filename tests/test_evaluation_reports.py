@@ -11,9 +11,22 @@ import yaml
 
 from common.errors import DataError
 from dataset.metadata import CLASS_NAMES
-from evaluation import compare_runs, compute_metrics, evaluate_run, predictions_frame, read_predictions, write_predictions
+from evaluation import (
+    compare_runs,
+    compute_metrics,
+    evaluate_run,
+    predictions_frame,
+    read_predictions,
+    write_predictions,
+)
 from evaluation.compare import mcnemar_exact
-from evaluation.plots import plot_comparison, plot_confusion_matrix, plot_per_class, plot_roc_curves, plot_training_curves
+from evaluation.plots import (
+    plot_comparison,
+    plot_confusion_matrix,
+    plot_per_class,
+    plot_roc_curves,
+    plot_training_curves,
+)
 
 DRAWS = 100  # enough for the code paths; the intervals' statistics are tested in test_evaluation_metrics
 

@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO_ROOT
 
 pytest.importorskip("jax", reason="the GPU check runs under JAX: pip install -e '.[jax]'")

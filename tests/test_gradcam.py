@@ -7,8 +7,8 @@ import sys
 import keras
 import numpy as np
 import pytest
-
 from conftest import REPO_ROOT
+
 from inference.gradcam import GradCAM, overlay_heatmap
 from networks.heads import HeadOptions
 from networks.registry import create_model, get_model_entry, model_options

@@ -5,9 +5,9 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import copy_toy_dir
 from PIL import Image
 
-from conftest import copy_toy_dir
 from common.errors import DataError
 from dataset import find_data_dir, load_images, locate_images, prepare_data, read_image
 from dataset.metadata import METADATA_FILENAME

@@ -4,12 +4,12 @@ import json
 
 import pandas as pd
 import pytest
+from conftest import REPO_ROOT, TINY_CONFIG, copy_toy_dir, run_main
 
 import main
 import pipeline.experiment
 import training.config
 from common.errors import DataError
-from conftest import REPO_ROOT, TINY_CONFIG, copy_toy_dir, run_main
 from pipeline import commands
 from training import ConfigError, TrainConfig, load_config, trainer
 from training.config import parse_settings

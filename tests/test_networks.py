@@ -7,15 +7,21 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import REPO_ROOT, TINY_CONFIG, run_main
 from keras import layers
 
 import networks
 from inference.gradcam import GradCAM
 from networks import (
-    create_model, freeze_backbone, get_model_entry, list_models, model_options, registry, unfreeze_top_blocks,
+    create_model,
+    freeze_backbone,
+    get_model_entry,
+    list_models,
+    model_options,
+    registry,
+    unfreeze_top_blocks,
 )
 from networks.colour import ShadesOfGrey
-from conftest import REPO_ROOT, TINY_CONFIG, run_main
 
 pytestmark = pytest.mark.backend
 
@@ -200,11 +206,13 @@ def test_output_stays_float32_under_mixed_precision():
 def test_vgg16_bn_keeps_the_vgg16_layout_at_any_width():
     full = create_model("vgg16_bn", 32).get_layer("backbone")
     stock = create_model("vgg16", 32).get_layer("backbone")
-    convs = lambda backbone: [(l.name, l.filters) for l in backbone.layers if isinstance(l, keras.layers.Conv2D)]
+    def convs(backbone):
+        return [(layer.name, layer.filters) for layer in backbone.layers if isinstance(layer, keras.layers.Conv2D)]
+
     assert convs(full) == convs(stock)
     quarter = create_model("vgg16_bn", 32, options={"width": 0.25}).get_layer("backbone")
     assert [filters for _, filters in convs(quarter)] == [16, 16, 32, 32, 64, 64, 64, 128, 128, 128, 128, 128, 128]
-    assert sum(isinstance(l, keras.layers.BatchNormalization) for l in quarter.layers) == 13
+    assert sum(isinstance(layer, keras.layers.BatchNormalization) for layer in quarter.layers) == 13
 
 
 def augmentation_batch():

@@ -8,8 +8,8 @@ first cell that fails.
 
 import papermill
 import pytest
-
 from conftest import REPO_ROOT
+
 from dataset import CLASS_NAMES
 
 NOTEBOOKS = REPO_ROOT / "notebooks"

@@ -6,9 +6,9 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import run_main, study_run
 from PIL import Image
 
-from conftest import run_main, study_run
 from dataset.augment import DIHEDRAL_TRANSFORMS
 from evaluation.predictions import PROBABILITY_COLUMNS
 

@@ -12,15 +12,22 @@ import matplotlib.cbook
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import TINY_CONFIG, run_main
+from test_reliability import TIMING_COLUMNS, interrupt_after, make_read_only
 
 from common.errors import DataError, UserError
-from conftest import TINY_CONFIG, run_main
 from inference.gradcam import GradCAM
-from networks import Blocks, create_model, freeze_backbone, get_model_entry, list_models, unfreeze_top_blocks
-from networks import efficientnet_lite
+from networks import (
+    Blocks,
+    create_model,
+    efficientnet_lite,
+    freeze_backbone,
+    get_model_entry,
+    list_models,
+    unfreeze_top_blocks,
+)
 from networks.heads import HeadOptions
 from networks.pth_reader import MAGIC_NUMBER, read_pth
-from test_reliability import TIMING_COLUMNS, interrupt_after, make_read_only
 from training.optimizers import ScaledRatesAdam, scaled_indices
 
 pytestmark = pytest.mark.backend

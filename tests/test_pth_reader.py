@@ -10,9 +10,9 @@ import types
 
 import numpy as np
 import pytest
+from conftest import REPO_ROOT
 
 from common.errors import DataError
-from conftest import REPO_ROOT
 from networks.pth_reader import MAGIC_NUMBER, read_pth
 
 HEADER = (MAGIC_NUMBER, 1001, {"little_endian": True, "type_sizes": {"int": 4, "long": 4}})

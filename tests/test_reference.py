@@ -5,8 +5,8 @@ import json
 import re
 
 import pytest
-
 from conftest import REPO_ROOT
+
 from common.study_folder import finished_runs, read_study
 from evaluation.study import write_summary
 

@@ -12,15 +12,14 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
+from conftest import REPO_ROOT, TINY_CONFIG, copy_toy_dir, run_main
+from test_evaluation_reports import toy_predictions, write_run
 
 import evaluation
-from conftest import REPO_ROOT, TINY_CONFIG, copy_toy_dir, run_main
 from common.errors import DataError
 from common.run_folder import LOCK_FILENAME, TIMING_COLUMNS, run_lock
 from dataset import load_images, locate_images
 from evaluation import Predictor, compare_runs
-from test_evaluation_reports import toy_predictions, write_run
 from training import ConfigError, load_config, resume_run, trainer
 from training.compilation import use_compilation_cache
 from training.config import parse_settings

@@ -7,8 +7,8 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import TINY_CONFIG, run_main
+
 from common.errors import ConfigError, DataError
 from dataset import prepare_data, training_sequence
 from dataset.corruptions import CORRUPTIONS, SEVERITIES, CorruptionAugmentation, corrupt, corrupt_images, image_keys

@@ -9,15 +9,15 @@ import socket
 import struct
 import urllib.error
 import urllib.request
-import zlib
 import uuid
+import zlib
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import run_main, study_run
 from PIL import Image
 
-from conftest import run_main, study_run
 from evaluation.predictions import PROBABILITY_COLUMNS
 
 pytest.importorskip("fastapi", reason="the serve extra is not installed: pip install -e '.[serve]'")

@@ -11,18 +11,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from scipy import stats
-
 from conftest import TINY_CONFIG, run_main
+from scipy import stats
+from test_reliability import interrupt_after
+
 from common.errors import DataError
 from dataset import assign_folds, class_indices, fold_subsets, load_split, make_split, prepare_data, save_split
-from evaluation import Predictor, compute_metrics, read_predictions
 from dataset.images import read_image
+from evaluation import Predictor, compute_metrics, read_predictions
 from evaluation.calibration import apply_temperature
 from evaluation.predictions import PROBABILITY_COLUMNS
 from evaluation.study import nadeau_bengio_test, paired_t_test, summarize_study
 from inference.predict import collect_images, decode_images
-from test_reliability import interrupt_after
 from training import load_config
 from training.study import start_study
 

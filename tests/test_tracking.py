@@ -14,8 +14,8 @@ import yaml
 from common.run_folder import HISTORY_FILENAME, METRICS_FILENAME, TENSORBOARD_DIR
 from tests.conftest import REPO_ROOT, TINY_CONFIG, run_main
 from training import load_config, tracking, trainer
-from training.trainer import tensorboard_callbacks
 from training.tracking import EXPERIMENT, LiveCurves, flatten, log_finished_run, track_finished_run
+from training.trainer import tensorboard_callbacks
 
 mlflow = pytest.importorskip("mlflow", reason="tracking needs the .[track] extra")
 

@@ -8,9 +8,9 @@ import sys
 import keras
 import numpy as np
 import pytest
+from conftest import REPO_ROOT, TINY_CONFIG
 from sklearn.metrics import balanced_accuracy_score
 
-from conftest import REPO_ROOT, TINY_CONFIG
 from common.run_folder import create_run_dir
 from training import ConfigError, load_config, plan_stages
 from training.environment import environment
@@ -160,7 +160,10 @@ def test_cosine_schedule_warms_up_then_decays_to_zero():
     optimizer = make_optimizer(config, 1e-3, stage_steps=100, warmup_steps=20)
     assert isinstance(optimizer, keras.optimizers.AdamW) and optimizer.weight_decay == pytest.approx(0.05)
     schedule = optimizer._learning_rate
-    rate = lambda step: float(keras.ops.convert_to_numpy(schedule(step)))
+
+    def rate(step):
+        return float(keras.ops.convert_to_numpy(schedule(step)))
+
     assert rate(0) == pytest.approx(0.0) and rate(10) == pytest.approx(5e-4) and rate(20) == pytest.approx(1e-3)
     assert rate(60) == pytest.approx(5e-4, rel=1e-4) and rate(100) == pytest.approx(0.0, abs=1e-9)
 

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from test_reliability import interrupt_after
 
 import evaluation
 import inference
 import training.run
 from dataset import PreparedData
 from tests.conftest import REPO_ROOT, TINY_CONFIG, run_main
-from test_reliability import interrupt_after
 from training import load_config
 
 keras_tuner = pytest.importorskip("keras_tuner", reason="tuning needs the .[tune] extra")

@@ -6,8 +6,8 @@
 """
 
 from training.config import STUDY, ConfigError, TrainConfig, hardware_preset, load_config
-from training.run import TrainedRun, prepare_run_data, resume_run, run_config, train_run
 from training.rules import plan_stages
+from training.run import TrainedRun, prepare_run_data, resume_run, run_config, train_run
 from training.trainer import fit
 
 __all__ = [

@@ -15,7 +15,13 @@ from typing import NamedTuple
 from common.errors import DataError
 from common.files import check_writable
 from common.run_folder import (
-    CHECKPOINT_DIR, CONFIG_FILENAME, ENCODER_FILENAME, SPLIT_FILENAME, STATE_FILENAME, TRAINING_FILENAME, create_run_dir,
+    CHECKPOINT_DIR,
+    CONFIG_FILENAME,
+    ENCODER_FILENAME,
+    SPLIT_FILENAME,
+    STATE_FILENAME,
+    TRAINING_FILENAME,
+    create_run_dir,
     run_lock,
 )
 from dataset import PreparedData, prepare_data, save_split

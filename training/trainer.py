@@ -24,12 +24,23 @@ import numpy as np
 from common.errors import ConfigError, DataError
 from common.files import atomic_path, read_json, write_json
 from common.run_folder import (
-    CHECKPOINT_DIR, METRIC_COLUMNS, MODEL_FILENAME, STATE_FILENAME, TENSORBOARD_DIR, TRAINING_FILENAME, read_history,
+    CHECKPOINT_DIR,
+    METRIC_COLUMNS,
+    MODEL_FILENAME,
+    STATE_FILENAME,
+    TENSORBOARD_DIR,
+    TRAINING_FILENAME,
+    read_history,
     write_history,
 )
 from dataset import CLASS_NAMES, class_weights
 from networks import (
-    backbone_variables, build_augmentation, create_model, freeze_backbone, get_model_entry, let_augmentation_compile,
+    backbone_variables,
+    build_augmentation,
+    create_model,
+    freeze_backbone,
+    get_model_entry,
+    let_augmentation_compile,
     unfreeze_top_blocks,
 )
 from training.devices import compute_device
@@ -39,6 +50,7 @@ from training.metrics import BalancedAccuracy
 from training.optimizers import ScaledRatesAdam, ScaledRatesAdamW, scaled_indices
 from training.rules import MONITOR, EpochRules, TrainingState, judge_epoch, plan_stages, start_stage
 from training.tracking import tracking_callbacks
+
 
 def load_state(run_dir):
     """The `TrainingState` of an interrupted run's last completed epoch; DataError if there is none."""
