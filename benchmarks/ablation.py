@@ -30,8 +30,17 @@ from training.config import read_yaml  # noqa: E402
 
 # Settings that say where things are, how fast they run or what is logged, not what is learnt.
 NOT_THE_RECIPE = (
-    "seed", "split", "output_dir", "data_dir", "cache_dir", "workers", "mixed_precision", "jit_compile",
-    "tracking", "track_model", "tensorboard",
+    "seed",
+    "split",
+    "output_dir",
+    "data_dir",
+    "cache_dir",
+    "workers",
+    "mixed_precision",
+    "jit_compile",
+    "tracking",
+    "track_model",
+    "tensorboard",
 )
 SPLIT = "results/reference/split.csv"
 # What only a pretrained run's two stages read: a run from scratch ignores them.
@@ -44,7 +53,8 @@ def recipe_difference(config, base):
     two_stages = takes_weights and config.get("weights") not in (None, "none")
     ignored = NOT_THE_RECIPE + (() if takes_weights else ("weights",)) + (() if two_stages else TWO_STAGE_SETTINGS)
     return {
-        name: value for name, value in config.items()
+        name: value
+        for name, value in config.items()
         if name not in ignored and _comparable(value) != _comparable(base.get(name))
     }
 
@@ -66,12 +76,17 @@ def read_runs(folders, base_file):
         history = pd.read_csv(run_dir / "history.csv")
         kept = summary["best_epoch"]
         difference = recipe_difference(config, base)
-        rows.append({
-            "run": run_dir, "model": config["model"],
-            "seed": config["seed"], "difference": difference, "label": describe(difference),
-            "val": float(history.loc[history["epoch"] == kept, "val_balanced_accuracy"].iloc[0]),
-            "wall_min": summary["wall_time_s"] / 60,
-        })
+        rows.append(
+            {
+                "run": run_dir,
+                "model": config["model"],
+                "seed": config["seed"],
+                "difference": difference,
+                "label": describe(difference),
+                "val": float(history.loc[history["epoch"] == kept, "val_balanced_accuracy"].iloc[0]),
+                "wall_min": summary["wall_time_s"] / 60,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -97,14 +112,19 @@ def ablation_table(runs, base_file):
         values = group.sort_values("seed")
         base = runs[(runs["model"] == model) & (runs["label"] == describe({}))]["val"]
         mean = values["val"].mean()
-        lines.append({
-            "model": model, "change": label, "seeds": len(values),
-            "val_balanced_accuracy": " / ".join(f"{value:.3f}" for value in values["val"]),
-            "mean": mean, "sd": values["val"].std(ddof=1) if len(values) > 1 else np.nan,
-            "vs_base": mean - base.mean() if len(base) else np.nan,
-            "wall_min": values["wall_min"].mean(),
-            "command": command(values["difference"].iloc[0], model, int(values["seed"].iloc[0]), base_file),
-        })
+        lines.append(
+            {
+                "model": model,
+                "change": label,
+                "seeds": len(values),
+                "val_balanced_accuracy": " / ".join(f"{value:.3f}" for value in values["val"]),
+                "mean": mean,
+                "sd": values["val"].std(ddof=1) if len(values) > 1 else np.nan,
+                "vs_base": mean - base.mean() if len(base) else np.nan,
+                "wall_min": values["wall_min"].mean(),
+                "command": command(values["difference"].iloc[0], model, int(values["seed"].iloc[0]), base_file),
+            }
+        )
     table = pd.DataFrame(lines)
     table["is_base"] = table["change"] == describe({})
     return table.sort_values(["model", "is_base", "mean"], ascending=[True, False, False]).drop(columns="is_base")
@@ -119,14 +139,22 @@ def to_markdown(table):
     for row in table.itertuples():
         spread = "" if np.isnan(row.sd) else f" ± {row.sd:.3f}"
         change = "" if np.isnan(row.vs_base) or row.change == describe({}) else f"{row.vs_base:+.3f}"
-        rows.append(f"| {row.model} | {row.change} | {row.seeds} | {row.val_balanced_accuracy} | {row.mean:.3f}{spread} | {change} | {row.wall_min:.0f} |")
+        rows.append(
+            f"| {row.model} | {row.change} | {row.seeds} | {row.val_balanced_accuracy} | {row.mean:.3f}{spread} | {change} | {row.wall_min:.0f} |"
+        )
     commands = "\n".join(f"- {row.model}, {row.change}: `{row.command}`" for row in table.itertuples())
     return header + "\n".join(rows) + "\n\nOne run of each row (other seeds: change `--seed`):\n\n" + commands + "\n"
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("folders", type=Path, nargs="+", metavar="RUNS_FOLDER", help="folders holding run folders (searched recursively)")
+    parser.add_argument(
+        "folders",
+        type=Path,
+        nargs="+",
+        metavar="RUNS_FOLDER",
+        help="folders holding run folders (searched recursively)",
+    )
     parser.add_argument("--base", type=Path, default=Path("configs/cpu.yaml"), help="the recipe the rows differ from")
     parser.add_argument("--output", type=Path, help="write the markdown table here (default: print it)")
     arguments = parser.parse_args()

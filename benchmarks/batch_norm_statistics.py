@@ -66,7 +66,9 @@ def reestimate_batch_norm(model, sequence, batches):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dirs", type=Path, nargs="+")
-    parser.add_argument("--batches", type=int, default=50, help="training batches to average the statistics over (default: 50)")
+    parser.add_argument(
+        "--batches", type=int, default=50, help="training batches to average the statistics over (default: 50)"
+    )
     parser.add_argument("--batch-size", type=int, default=64, help="images per batch (default: 64)")
     parser.add_argument("--output", type=Path, help="write the results as JSON")
     arguments = parser.parse_args()
@@ -91,15 +93,22 @@ def main():
         ):
             model.set_weights(kept_weights)
             train = data.sequence(
-                "train", batch_size=arguments.batch_size, with_metadata=config.metadata, balance=balance,
-                augment=config.augment, mixup=config.mixup, cutmix=config.cutmix, seed=config.seed,
+                "train",
+                batch_size=arguments.batch_size,
+                with_metadata=config.metadata,
+                balance=balance,
+                augment=config.augment,
+                mixup=config.mixup,
+                cutmix=config.cutmix,
+                seed=config.seed,
             )
             reestimate_batch_norm(model, train, arguments.batches)
             row[mix] = score()
         results.append(row)
         print(
             f"{config.model} seed {config.seed}: as saved {row['as saved']:.3f}, training mix {row['training mix']:.3f}, "
-            f"natural mix {row['natural mix']:.3f}  ({run_dir})", flush=True,
+            f"natural mix {row['natural mix']:.3f}  ({run_dir})",
+            flush=True,
         )
     if arguments.output:
         arguments.output.write_text(json.dumps(results, indent=2))

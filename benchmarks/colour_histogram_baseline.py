@@ -36,11 +36,15 @@ def main():
     parser.add_argument("--split", help="a split.csv to use (default: a new split with --seed)")
     parser.add_argument("--seed", type=int, default=0)
     arguments = parser.parse_args()
-    data = prepare_data(arguments.data_dir, image_size=IMAGE_SIZE, seed=arguments.seed, split_file=arguments.split, verbose=False)
+    data = prepare_data(
+        arguments.data_dir, image_size=IMAGE_SIZE, seed=arguments.seed, split_file=arguments.split, verbose=False
+    )
     subsets = {name: features(data, name) for name in ("train", "val", "test")}
 
     def fitted(c):
-        return make_pipeline(StandardScaler(), LogisticRegression(C=c, class_weight="balanced", max_iter=3000)).fit(*subsets["train"])
+        return make_pipeline(StandardScaler(), LogisticRegression(C=c, class_weight="balanced", max_iter=3000)).fit(
+            *subsets["train"]
+        )
 
     def score(model, name):
         x, y = subsets[name]
@@ -59,7 +63,8 @@ def features(data, subset):
     images = np.asarray(data.cache.images[cache_rows])
     pixels = IMAGE_SIZE * IMAGE_SIZE
     histograms = [
-        np.stack([np.bincount(image[..., channel].ravel() // (256 // BINS), minlength=BINS) for image in images]) / pixels
+        np.stack([np.bincount(image[..., channel].ravel() // (256 // BINS), minlength=BINS) for image in images])
+        / pixels
         for channel in range(3)
     ]
     return np.hstack([*histograms, data.encoder.transform(rows)]), labels

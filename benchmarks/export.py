@@ -33,8 +33,13 @@ from evaluation.predictor import Predictor  # noqa: E402
 from inference.export import LATENCY_BATCH, cpu_name, export_model, inference_graph  # noqa: E402
 from inference.exported import EXPORT_FILENAME  # noqa: E402
 
-EXPORTS = (("onnx", None, "onnx"), ("litert", None, "ai_edge_litert"), ("litert", "int8", "ai_edge_litert"),
-           ("saved_model", None, "tensorflow"), ("openvino", None, "openvino"))
+EXPORTS = (
+    ("onnx", None, "onnx"),
+    ("litert", None, "ai_edge_litert"),
+    ("litert", "int8", "ai_edge_litert"),
+    ("saved_model", None, "tensorflow"),
+    ("openvino", None, "openvino"),
+)
 PREDICT_CALLS = 10
 
 
@@ -62,40 +67,68 @@ def measure(run, scratch):
             print(f"{run.name}: {format} skipped ({module} is not installed)", file=sys.stderr)
             continue
         try:
-            folder = export_model(run, format, quantize=quantize, output=scratch / f"{run.name}-{format}-{quantize}", verbose=False)
+            folder = export_model(
+                run, format, quantize=quantize, output=scratch / f"{run.name}-{format}-{quantize}", verbose=False
+            )
         except DataError as error:  # a refused export is a result too
             print(f"{run.name}: {error}", file=sys.stderr)
             continue
         info = json.loads((folder / EXPORT_FILENAME).read_text())
         check = info["check"]
-        model = {"run": info["source"]["name"], "architecture": info["source"]["architecture"], "size": info["image_size"]}
+        model = {
+            "run": info["source"]["name"],
+            "architecture": info["source"]["architecture"],
+            "size": info["image_size"],
+        }
         if keras_row is None:
-            keras_row = {**model, "engine": "keras predict_on_batch", "file_mb": None, **latency_columns(check["latency_ms"]["keras"]),
-                         "max_abs_difference": 0.0, "class_agreement": 1.0, "balanced_accuracy_change": 0.0}
+            keras_row = {
+                **model,
+                "engine": "keras predict_on_batch",
+                "file_mb": None,
+                **latency_columns(check["latency_ms"]["keras"]),
+                "max_abs_difference": 0.0,
+                "class_agreement": 1.0,
+                "balanced_accuracy_change": 0.0,
+            }
             rows += [keras_row, {**keras_row, "engine": "keras predict", **keras_predict_columns(run)}]
-        rows.append({
-            **model, "engine": format + (f" {quantize}" if quantize else ""), "file_mb": check["file_bytes"] / 1e6,
-            **latency_columns(check["latency_ms"]["export"]),
-            "max_abs_difference": check["max_abs_difference"], "class_agreement": check["class_agreement"],
-            "balanced_accuracy_change": check["balanced_accuracy"]["export"] - check["balanced_accuracy"]["keras"],
-        })
+        rows.append(
+            {
+                **model,
+                "engine": format + (f" {quantize}" if quantize else ""),
+                "file_mb": check["file_bytes"] / 1e6,
+                **latency_columns(check["latency_ms"]["export"]),
+                "max_abs_difference": check["max_abs_difference"],
+                "class_agreement": check["class_agreement"],
+                "balanced_accuracy_change": check["balanced_accuracy"]["export"] - check["balanced_accuracy"]["keras"],
+            }
+        )
     return rows
 
 
 def latency_columns(latency):
-    return {"p50_ms": latency["single_image_p50"], "p95_ms": latency["single_image_p95"], "batch_images_per_s": latency["batch_images_per_s"]}
+    return {
+        "p50_ms": latency["single_image_p50"],
+        "p95_ms": latency["single_image_p95"],
+        "batch_images_per_s": latency["batch_images_per_s"],
+    }
 
 
 def keras_predict_columns(run):
     """`model.predict` on one image (p50, p95) and on 32 images (images per second), random pixels."""
     graph = inference_graph(Predictor.load(run))
-    inputs = [np.random.default_rng(0).uniform(0, 255, (LATENCY_BATCH, *tensor.shape[1:])).astype(np.float32) for tensor in graph.inputs]
+    inputs = [
+        np.random.default_rng(0).uniform(0, 255, (LATENCY_BATCH, *tensor.shape[1:])).astype(np.float32)
+        for tensor in graph.inputs
+    ]
     single = [array[:1] for array in inputs]
     graph.predict(single, verbose=0)
     singles = timed(lambda: graph.predict(single, verbose=0), PREDICT_CALLS * 5)
     batches = timed(lambda: graph.predict(inputs, batch_size=LATENCY_BATCH, verbose=0), PREDICT_CALLS)
-    return {"p50_ms": float(np.percentile(singles, 50)), "p95_ms": float(np.percentile(singles, 95)),
-            "batch_images_per_s": float(LATENCY_BATCH / np.percentile(batches, 50) * 1000)}
+    return {
+        "p50_ms": float(np.percentile(singles, 50)),
+        "p95_ms": float(np.percentile(singles, 95)),
+        "batch_images_per_s": float(LATENCY_BATCH / np.percentile(batches, 50) * 1000),
+    }
 
 
 def timed(call, repeats):

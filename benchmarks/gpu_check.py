@@ -49,10 +49,22 @@ PACKAGES = ("keras", "jax", "jaxlib", "numpy", "scikit-learn", "imbalanced-learn
 # The full size, and the rehearsal's toy size.
 SIZES = {
     "gpu": {"image_size": 224, "batch_size": 64, "steps": 10, "repeats": 3, "epochs": 3, "networks": None},
-    "toy": {"image_size": 32, "batch_size": 8, "steps": 1, "repeats": 1, "epochs": 2, "networks": REPO_ROOT / "configs" / "tiny.yaml"},
+    "toy": {
+        "image_size": 32,
+        "batch_size": 8,
+        "steps": 1,
+        "repeats": 1,
+        "epochs": 2,
+        "networks": REPO_ROOT / "configs" / "tiny.yaml",
+    },
 }
 # The toy training: the GPU preset's file, with the tiny preset's size, sampling and densenet.
-TOY_TRAINING = ["--set", "balance_target=10", "--set", "model_options={block_sizes: [2, 2, 2, 2], growth_rate: 8, stem_filters: 16}"]
+TOY_TRAINING = [
+    "--set",
+    "balance_target=10",
+    "--set",
+    "model_options={block_sizes: [2, 2, 2, 2], growth_rate: 8, stem_filters: 16}",
+]
 # Seconds kept for the training and evaluation when deciding whether to start another throughput
 # model, and the least they are started with.
 TRAINING_RESERVE_S = 200
@@ -63,8 +75,17 @@ def main_():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", type=Path, required=True, help="the JSON to write")
     parser.add_argument("--data-dir", help="HAM10000 folder (default: as main.py finds it)")
-    parser.add_argument("--budget", type=float, default=420, help="seconds this script may take (default: %(default)s; the install and start-up take the rest of 8 minutes)")
-    parser.add_argument("--toy", action="store_true", help="every step at toy size, to rehearse the check on a CPU (the tiny preset's networks at 32 px)")
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=420,
+        help="seconds this script may take (default: %(default)s; the install and start-up take the rest of 8 minutes)",
+    )
+    parser.add_argument(
+        "--toy",
+        action="store_true",
+        help="every step at toy size, to rehearse the check on a CPU (the tiny preset's networks at 32 px)",
+    )
     arguments = parser.parse_args()
     check = Check(arguments.output, arguments.budget, "toy" if arguments.toy else "gpu", arguments.data_dir)
     check.step("machine", check.machine)
@@ -92,8 +113,10 @@ class Check:
         self.started = time.monotonic()
         self.results = {
             "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-            "size": size, **{key: str(value) if isinstance(value, Path) else value for key, value in self.size.items()},
-            "steps": {}, "summary": {},
+            "size": size,
+            **{key: str(value) if isinstance(value, Path) else value for key, value in self.size.items()},
+            "steps": {},
+            "summary": {},
         }
 
     def seconds_left(self):
@@ -110,7 +133,8 @@ class Check:
         except Exception as error:  # one failed step must not cost the others: the device time is spent either way
             traceback.print_exc()
             self.results["steps"][name] = {
-                "error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc()[-2000:],
+                "error": f"{type(error).__name__}: {error}",
+                "traceback": traceback.format_exc()[-2000:],
                 "seconds": round(time.monotonic() - started, 1),
             }
         self.save()
@@ -142,14 +166,26 @@ class Check:
         started = time.monotonic()
         self.data = prepare_data(self.data_dir, image_size=self.size["image_size"], verbose=False)
         return {
-            "images": len(self.data.split), "cache_mb": round(self.data.cache.path.stat().st_size / 2**20),
+            "images": len(self.data.split),
+            "cache_mb": round(self.data.cache.path.stat().st_size / 2**20),
             "seconds": round(time.monotonic() - started, 1),
         }
 
     def throughput(self, name):
         size = self.size
-        row = throughput.measure(name, size["image_size"], self.data, size["batch_size"], size["steps"], size["repeats"], config_file=size["networks"])
-        self.results["summary"][f"{name} img/s (b) compute, (c) fit"] = [row["compute_images_per_s"], row["fit_images_per_s"]]
+        row = throughput.measure(
+            name,
+            size["image_size"],
+            self.data,
+            size["batch_size"],
+            size["steps"],
+            size["repeats"],
+            config_file=size["networks"],
+        )
+        self.results["summary"][f"{name} img/s (b) compute, (c) fit"] = [
+            row["compute_images_per_s"],
+            row["fit_images_per_s"],
+        ]
         keras.backend.clear_session()
         return row
 
@@ -157,11 +193,25 @@ class Check:
         """`python main.py --model densenet --config configs/gpu.yaml --epochs N`, in this process."""
         output = Path(tempfile.mkdtemp(prefix="gpu_check-"))  # gpu_check.sh returns its run's files, even if stopped
         arguments = [
-            "--model", MAIN_MODEL, "--config", str(GPU_PRESET), "--epochs", str(self.size["epochs"]),
-            "--data-dir", self.data_dir, "--output-dir", str(output),
+            "--model",
+            MAIN_MODEL,
+            "--config",
+            str(GPU_PRESET),
+            "--epochs",
+            str(self.size["epochs"]),
+            "--data-dir",
+            self.data_dir,
+            "--output-dir",
+            str(output),
         ]
         if self.toy:
-            arguments += ["--set", f"image_size={self.size['image_size']}", "--set", f"batch_size={self.size['batch_size']}", *TOY_TRAINING]
+            arguments += [
+                "--set",
+                f"image_size={self.size['image_size']}",
+                "--set",
+                f"batch_size={self.size['batch_size']}",
+                *TOY_TRAINING,
+            ]
         started = time.monotonic()
         status = main.main(arguments)
         seconds = time.monotonic() - started
@@ -180,7 +230,17 @@ class Check:
             "evaluation_s": round(seconds - training["wall_time_s"], 1),
             "epoch_s": history["seconds"].round(1).tolist(),
             "history": history[["epoch", "loss", "val_loss", "val_balanced_accuracy"]].round(4).to_dict("records"),
-            "training": {key: training[key] for key in ("precision", "jit_compile", "parameters", "train_images_per_epoch", "best_epoch", "best_val_balanced_accuracy")},
+            "training": {
+                key: training[key]
+                for key in (
+                    "precision",
+                    "jit_compile",
+                    "parameters",
+                    "train_images_per_epoch",
+                    "best_epoch",
+                    "best_val_balanced_accuracy",
+                )
+            },
             "test": {key: metrics[key] for key in keys_shown(GPU_CHECK)},
             "environment": json.loads((run_dir / "environment.json").read_text())["devices"],
         }

@@ -40,9 +40,15 @@ from networks.registry import create_model, model_options  # noqa: E402
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--run-dir", type=Path, nargs="+", help="trained runs to serve (default: untrained models, see --model)")
-    parser.add_argument("--model", default="densenet", help="architecture of the untrained models, at configs/cpu.yaml's width")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument(
+        "--run-dir", type=Path, nargs="+", help="trained runs to serve (default: untrained models, see --model)"
+    )
+    parser.add_argument(
+        "--model", default="densenet", help="architecture of the untrained models, at configs/cpu.yaml's width"
+    )
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 224], help="image sizes of the untrained models")
     parser.add_argument("--requests", type=int, default=200, help="requests per model, after 10 warm-up requests")
     parser.add_argument("--concurrency", type=int, default=4, help="client threads sending at once")
@@ -52,11 +58,19 @@ def main():
 
     image = next((find_data_dir() / "images").glob("*.jpg")).read_bytes()
     with tempfile.TemporaryDirectory() as scratch:
-        run_dirs = arguments.run_dir or [untrained_run(Path(scratch), arguments.model, size) for size in arguments.sizes]
+        run_dirs = arguments.run_dir or [
+            untrained_run(Path(scratch), arguments.model, size) for size in arguments.sizes
+        ]
         results = [measure(run_dir, image, arguments) for run_dir in run_dirs]
     report = {
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "backend": keras.backend.backend()},
-        "requests": arguments.requests, "concurrency": arguments.concurrency, "explain": arguments.explain,
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "backend": keras.backend.backend(),
+        },
+        "requests": arguments.requests,
+        "concurrency": arguments.concurrency,
+        "explain": arguments.explain,
         "results": results,
     }
     print(json.dumps(report, indent=2))
@@ -90,7 +104,9 @@ def measure(run_dir, image, arguments):
             wall = time.perf_counter() - start
     milliseconds = np.array(latencies) * 1000
     result = {
-        "run": model["run"], "architecture": model["architecture"], "image_size": model["image_size"],
+        "run": model["run"],
+        "architecture": model["architecture"],
+        "image_size": model["image_size"],
         "requests_per_s": round(arguments.requests / wall, 1),
         "p50_ms": round(float(np.percentile(milliseconds, 50)), 1),
         "p95_ms": round(float(np.percentile(milliseconds, 95)), 1),
@@ -103,12 +119,17 @@ def post(url, image, fields):
     """One POST /predict; returns its latency in seconds."""
     boundary = uuid.uuid4().hex
     body = b"".join(
-        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode() for name, value in fields
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
+        for name, value in fields
     ) + (
         f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="lesion.jpg"\r\n'
-        "Content-Type: image/jpeg\r\n\r\n".encode() + image + f"\r\n--{boundary}--\r\n".encode()
+        "Content-Type: image/jpeg\r\n\r\n".encode()
+        + image
+        + f"\r\n--{boundary}--\r\n".encode()
     )
-    request = urllib.request.Request(f"{url}/predict", data=body, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    request = urllib.request.Request(
+        f"{url}/predict", data=body, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    )
     start = time.perf_counter()
     with urllib.request.urlopen(request, timeout=120) as response:
         response.read()

@@ -54,26 +54,52 @@ STAGES = ("scratch", "head", "fine-tune")
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="+", default=["cnn", "densenet", "vgg16_bn", "efficientnet_lite0"], choices=list_models())
-    parser.add_argument("--stages", nargs="+", default=["scratch"], choices=STAGES, help="for pretrained models (default: scratch)")
+    parser.add_argument(
+        "--models", nargs="+", default=["cnn", "densenet", "vgg16_bn", "efficientnet_lite0"], choices=list_models()
+    )
+    parser.add_argument(
+        "--stages", nargs="+", default=["scratch"], choices=STAGES, help="for pretrained models (default: scratch)"
+    )
     parser.add_argument("--sizes", nargs="+", type=int, default=[64, 128])
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=10, help="timed training steps per repetition")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--data-dir", help="HAM10000 folder (default: as main.py finds it)")
-    parser.add_argument("--config", type=Path, metavar="FILE", help="a preset (configs/cpu.yaml): its models as it sets them (default: training/config.py's, full width)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="settings", help="any setting of training/config.py, as main.py's --set (repeatable)")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="a preset (configs/cpu.yaml): its models as it sets them (default: training/config.py's, full width)",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        dest="settings",
+        help="any setting of training/config.py, as main.py's --set (repeatable)",
+    )
     parser.add_argument("--output", type=Path, help="also write the results as JSON here")
     parser.add_argument("--skip-memory", action="store_true", help="leave out the peak-memory runs")
     parser.add_argument("--skip-cache-build", action="store_true", help="leave out timing the image cache's build")
     parser.add_argument("--memory-probe", nargs=2, type=int, metavar=("SIZE", "IMAGES"), help=argparse.SUPPRESS)
     arguments = parser.parse_args()
     if arguments.memory_probe:
-        print(json.dumps(memory_probe(*arguments.memory_probe, arguments.batch_size, arguments.steps, arguments.data_dir)))
+        print(
+            json.dumps(memory_probe(*arguments.memory_probe, arguments.batch_size, arguments.steps, arguments.data_dir))
+        )
         return
 
     settings = parse_settings(arguments.settings)
-    results = {"machine": machine(), "batch_size": arguments.batch_size, "config": arguments.config and str(arguments.config), "settings": settings, "cache": [], "throughput": [], "memory": []}
+    results = {
+        "machine": machine(),
+        "batch_size": arguments.batch_size,
+        "config": arguments.config and str(arguments.config),
+        "settings": settings,
+        "cache": [],
+        "throughput": [],
+        "memory": [],
+    }
     for size in arguments.sizes:
         if not arguments.skip_cache_build:
             results["cache"].append(time_cache_build(size, arguments.data_dir))
@@ -81,7 +107,17 @@ def main():
         data = prepare_data(arguments.data_dir, image_size=size, verbose=False)
         for name in arguments.models:
             for stage in arguments.stages if get_model_entry(name).pretrained else ["scratch"]:
-                row = measure(name, size, data, arguments.batch_size, arguments.steps, arguments.repeats, stage, arguments.config, settings)
+                row = measure(
+                    name,
+                    size,
+                    data,
+                    arguments.batch_size,
+                    arguments.steps,
+                    arguments.repeats,
+                    stage,
+                    arguments.config,
+                    settings,
+                )
                 results["throughput"].append(row)
                 print_row("throughput", row)
         for images in () if arguments.skip_memory else (2000, None):
@@ -98,7 +134,9 @@ def measure(name, size, data, batch_size, steps, repeats, stage="scratch", confi
     model as the config file and `settings` set it (default: training/config.py's defaults, the
     full-width networks)."""
     # Random weights train as fast as ImageNet's: the stage, not the values, sets the cost.
-    config = load_config(name, config_file, {**(settings or {}), "image_size": size, "batch_size": batch_size, "weights": "none"})
+    config = load_config(
+        name, config_file, {**(settings or {}), "image_size": size, "batch_size": batch_size, "weights": "none"}
+    )
     train = data.sequence("train", batch_size=batch_size, balance=Balance("combined", 1000), augment=True, seed=0)
     weights = class_weights(train.epoch_labels)
     train.class_weights = [weights[index] for index in range(len(CLASS_NAMES))]  # as training weighs the images
@@ -106,9 +144,18 @@ def measure(name, size, data, batch_size, steps, repeats, stage="scratch", confi
     if stage == "head":
         freeze_backbone(model)
     elif stage == "fine-tune":
-        unfreeze_top_blocks(model, config.fine_tune_from_block, get_model_entry(name).blocks, config.fine_tune_batch_norm)
+        unfreeze_top_blocks(
+            model, config.fine_tune_from_block, get_model_entry(name).blocks, config.fine_tune_batch_norm
+        )
     # A preset's cosine schedule needs a length; any will do, the step costs the same.
-    compile_model(model, config, config.lr, weights, stage_steps=10_000, backbone_lr_factor=config.fine_tune_lr_factor if stage == "fine-tune" else 1.0)
+    compile_model(
+        model,
+        config,
+        config.lr,
+        weights,
+        stage_steps=10_000,
+        backbone_lr_factor=config.fine_tune_lr_factor if stage == "fine-tune" else 1.0,
+    )
 
     def sequence_alone():
         start = time.perf_counter()
@@ -165,7 +212,17 @@ def time_cache_build(size, data_dir):
 
 def run_memory_probe(size, images, arguments):
     """A training run in a fresh process, so that its peak memory is its own."""
-    command = [sys.executable, __file__, "--memory-probe", str(size), str(images or 0), "--batch-size", str(arguments.batch_size), "--steps", "2"]
+    command = [
+        sys.executable,
+        __file__,
+        "--memory-probe",
+        str(size),
+        str(images or 0),
+        "--batch-size",
+        str(arguments.batch_size),
+        "--steps",
+        "2",
+    ]
     if arguments.data_dir:
         command += ["--data-dir", arguments.data_dir]
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
@@ -243,7 +300,9 @@ def print_summary(results):
         f"\nKeras {machine_['keras']} on {machine_['backend']}, computing on {device['kind']} ({device['name']}); "
         f"{machine_['cpu']}, {machine_['cores']} cores; batch {results['batch_size']}\n"
     )
-    print("| backend | jit | oneDNN | model | stage | size | (a) sequence img/s | (b) compute img/s | (c) fit img/s | (c)/(b) |")
+    print(
+        "| backend | jit | oneDNN | model | stage | size | (a) sequence img/s | (b) compute img/s | (c) fit img/s | (c)/(b) |"
+    )
     print("|---|---|---|---|---|---:|---:|---:|---:|---:|")
     for row in results["throughput"]:
         print(
@@ -258,7 +317,9 @@ def print_summary(results):
     print("\n| size | cache build s | images | cache MB | peak private MB (2,000 images) | peak private MB (all) |")
     print("|---:|---:|---:|---:|---:|---:|")
     for cache in results["cache"]:
-        memory = [row for row in results["memory"] if row["image_size"] == cache["image_size"]] or [{"peak_private_mb": "–"}]
+        memory = [row for row in results["memory"] if row["image_size"] == cache["image_size"]] or [
+            {"peak_private_mb": "–"}
+        ]
         print(
             f"| {cache['image_size']} | {cache['seconds']} | {cache['images']:,} | {cache['cache_mb']} "
             f"| {memory[0]['peak_private_mb']} | {memory[-1]['peak_private_mb']} |"

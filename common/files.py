@@ -92,7 +92,7 @@ def check_writable(folder):
 
 
 def timestamp(now=None):
-    """"20261123-101500": how every run, study, search and comparison folder's name begins."""
+    """ "20261123-101500": how every run, study, search and comparison folder's name begins."""
     return (now or datetime.datetime.now()).strftime("%Y%m%d-%H%M%S")
 
 

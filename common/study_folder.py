@@ -53,7 +53,10 @@ def finished_runs(study_dir):
     results/reference/) is resolved against it.
     """
     return [
-        {**{key: run[key] for key in ("configuration", "fold", "seed")}, "run_dir": str(Path(study_dir) / run["run_dir"])}
+        {
+            **{key: run[key] for key in ("configuration", "fold", "seed")},
+            "run_dir": str(Path(study_dir) / run["run_dir"]),
+        }
         for run in read_study(study_dir)["runs"]
         if run["finished"]
     ]

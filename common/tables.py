@@ -29,7 +29,9 @@ def read_csv(path, not_found, *, as_text=True):
     # A first row with more fields than the header is not a parser error to pandas: it takes the
     # extra leading fields for an index (a later such row is a parser error, reported above).
     if not frame.index.equals(pd.RangeIndex(len(frame))):
-        raise DataError(f"{path}: not a readable CSV file (line 2 has more fields than the header's {len(frame.columns)})")
+        raise DataError(
+            f"{path}: not a readable CSV file (line 2 has more fields than the header's {len(frame.columns)})"
+        )
     return frame
 
 

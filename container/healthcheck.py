@@ -22,7 +22,7 @@ def serve_arguments():
         except OSError:  # the process ended while we looked
             continue
         if any(part.endswith("main.py") for part in arguments) and "serve" in arguments:
-            return arguments[arguments.index("serve") + 1:]
+            return arguments[arguments.index("serve") + 1 :]
     return None
 
 

@@ -32,7 +32,7 @@ def requirements(extras, tensorflow):
         if name.lower() == "tensorflow":
             if not tensorflow:
                 continue
-            requirement = tensorflow + requirement[len(name):]
+            requirement = tensorflow + requirement[len(name) :]
         lines.append(requirement)
     return lines
 
@@ -40,7 +40,9 @@ def requirements(extras, tensorflow):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("extras", nargs="?", default="", help="comma-separated extras of pyproject.toml (serve,track)")
-    parser.add_argument("--tensorflow", default="tensorflow", help="the distribution that provides TensorFlow ('' for none)")
+    parser.add_argument(
+        "--tensorflow", default="tensorflow", help="the distribution that provides TensorFlow ('' for none)"
+    )
     arguments = parser.parse_args()
     extras = [extra.strip() for extra in arguments.extras.split(",") if extra.strip()]
     print("\n".join(requirements(extras, arguments.tensorflow)))

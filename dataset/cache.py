@@ -31,7 +31,9 @@ CACHE_DIR_VARIABLE = "HAM10000_CACHE"
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "ham10000-study"
 # Bump when `read_image` changes how it resizes, so that old caches are not reused.
 DECODER_VERSION = 1
-CACHE_DIR_REMEDY = f"pass --set cache_dir=DIR (evaluate: --cache-dir DIR) a writable folder, or set {CACHE_DIR_VARIABLE} to one"
+CACHE_DIR_REMEDY = (
+    f"pass --set cache_dir=DIR (evaluate: --cache-dir DIR) a writable folder, or set {CACHE_DIR_VARIABLE} to one"
+)
 
 
 @dataclass(frozen=True)
@@ -72,7 +74,9 @@ def load_images(image_paths, size, cache_dir=None, drop_unreadable=False, verbos
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     blocking = files.blocking_file(cache_dir)
     if blocking is not None:
-        raise DataError(f"{blocking}: is a file, not a folder, so the image cache cannot go to {cache_dir} ({CACHE_DIR_REMEDY})")
+        raise DataError(
+            f"{blocking}: is a file, not a folder, so the image cache cannot go to {cache_dir} ({CACHE_DIR_REMEDY})"
+        )
     image_ids = tuple(image_paths)
     paths = [Path(image_paths[image_id]) for image_id in image_ids]
     key = _cache_key(image_ids, paths, size)
@@ -117,7 +121,9 @@ def _build(paths, image_ids, size, array_path, fingerprint, drop_unreadable, ver
     if verbose:
         print(f"Building the {size}x{size} image cache of {len(paths)} images in {array_path.parent}")
     # On a terminal a live bar; in a log file one line at the end.
-    progress = keras.utils.Progbar(len(paths), unit_name="image", verbose=1 if sys.stdout.isatty() else 2) if verbose else None
+    progress = (
+        keras.utils.Progbar(len(paths), unit_name="image", verbose=1 if sys.stdout.isatty() else 2) if verbose else None
+    )
     unreadable = []
     with files.atomic_path(array_path) as temporary:
         images = np.lib.format.open_memmap(temporary, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, 3))
@@ -158,7 +164,7 @@ def _check_free_space(cache_dir, needed_bytes):
 
 
 def _size(size_bytes):
-    """"1.2 GB", or "3.4 MB" below a gigabyte (a toy cache would read "0.0 GB")."""
+    """ "1.2 GB", or "3.4 MB" below a gigabyte (a toy cache would read "0.0 GB")."""
     return f"{size_bytes / 1e9:.1f} GB" if size_bytes >= 1e9 else f"{size_bytes / 1e6:.1f} MB"
 
 

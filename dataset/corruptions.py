@@ -107,7 +107,12 @@ def hair(image, count, rng):
         points = (1 - steps) ** 2 * start + 2 * (1 - steps) * steps * control + steps**2 * end
         shade = int(rng.integers(10, 60))
         width = max(1, round(size / 128 * rng.uniform(0.7, 1.6)))
-        draw.line([tuple(point) for point in points], fill=(shade, int(shade * 0.8), int(shade * 0.6)), width=width, joint="curve")
+        draw.line(
+            [tuple(point) for point in points],
+            fill=(shade, int(shade * 0.8), int(shade * 0.6)),
+            width=width,
+            joint="curve",
+        )
     return np.asarray(picture)
 
 
@@ -118,14 +123,18 @@ def centre_crop(image, fraction, rng):
     size_y, size_x = image.shape[:2]
     keep_y, keep_x = size_y * fraction, size_x * 0.75 * fraction
     top, left = (size_y - keep_y) / 2, (size_x - keep_x) / 2
-    cropped = Image.fromarray(image).resize((size_x, size_y), Image.Resampling.BILINEAR, box=(left, top, left + keep_x, top + keep_y))
+    cropped = Image.fromarray(image).resize(
+        (size_x, size_y), Image.Resampling.BILINEAR, box=(left, top, left + keep_x, top + keep_y)
+    )
     return np.asarray(cropped)
 
 
 def low_resolution(image, factor, rng):
     """A coarser camera: the image shrunk by `factor` and enlarged back."""
     size_y, size_x = image.shape[:2]
-    small = Image.fromarray(image).resize((max(1, round(size_x / factor)), max(1, round(size_y / factor))), Image.Resampling.BILINEAR)
+    small = Image.fromarray(image).resize(
+        (max(1, round(size_x / factor)), max(1, round(size_y / factor))), Image.Resampling.BILINEAR
+    )
     return np.asarray(small.resize((size_x, size_y), Image.Resampling.BILINEAR))
 
 
@@ -159,7 +168,9 @@ def check_corruption(name, severity):
     if name not in CORRUPTIONS:
         raise ValueError(f"unknown corruption {name!r} (expected one of {', '.join(CORRUPTIONS)})")
     if severity not in (0, *SEVERITIES):
-        raise ValueError(f"corruption severity must be 0 (none) or one of {', '.join(map(str, SEVERITIES))}; got {severity!r}")
+        raise ValueError(
+            f"corruption severity must be 0 (none) or one of {', '.join(map(str, SEVERITIES))}; got {severity!r}"
+        )
 
 
 def corrupt(image, name, severity, rng):
@@ -204,7 +215,9 @@ def corrupt_images(images, name, severity, *, seed, keys):
     index = list(CORRUPTIONS).index(name)
     corrupted = np.empty_like(images)
     for row, (image, key) in enumerate(zip(images, keys)):
-        corrupted[row] = corrupt(np.asarray(image), name, severity, np.random.default_rng([seed, index, severity, int(key)]))
+        corrupted[row] = corrupt(
+            np.asarray(image), name, severity, np.random.default_rng([seed, index, severity, int(key)])
+        )
     return corrupted
 
 
@@ -225,11 +238,17 @@ class CorruptionAugmentation:
 
     def __post_init__(self):
         if isinstance(self.p, bool) or not isinstance(self.p, (int, float)) or not 0 <= self.p <= 1:
-            raise ValueError(f"corruption_augmentation p is the chance an image is corrupted, in [0, 1]; got {self.p!r}")
+            raise ValueError(
+                f"corruption_augmentation p is the chance an image is corrupted, in [0, 1]; got {self.p!r}"
+            )
         if self.severity not in SEVERITIES:
-            raise ValueError(f"corruption_augmentation severity is the strongest drawn, one of {', '.join(map(str, SEVERITIES))}; got {self.severity!r}")
+            raise ValueError(
+                f"corruption_augmentation severity is the strongest drawn, one of {', '.join(map(str, SEVERITIES))}; got {self.severity!r}"
+            )
         if isinstance(self.corruptions, str) or not self.corruptions:
-            raise ValueError(f"corruption_augmentation corruptions must be a list of names (of {', '.join(CORRUPTIONS)}); got {self.corruptions!r}")
+            raise ValueError(
+                f"corruption_augmentation corruptions must be a list of names (of {', '.join(CORRUPTIONS)}); got {self.corruptions!r}"
+            )
         for name in self.corruptions:
             check_corruption(name, 0)
 

@@ -117,7 +117,9 @@ def locate_images(image_ids, image_dir, drop_missing=False):
     if missing:
         summary = f"{len(missing)} of {len(image_ids)} images not found in {image_dir}: {first_few(missing)}"
         if not drop_missing:
-            raise DataError(f"{summary} (to leave them out: --set drop_missing_images=true, evaluate: --drop-missing-images)")
+            raise DataError(
+                f"{summary} (to leave them out: --set drop_missing_images=true, evaluate: --drop-missing-images)"
+            )
         warnings.warn(f"{summary}; leaving them out", stacklevel=2)
     return {image_id: available[image_id] for image_id in image_ids if image_id in available}
 
@@ -144,6 +146,6 @@ def read_image(path, size):
 
 
 def first_few(items, count=5):
-    """"a, b, c, d, e, ..." for messages that name a few of many items."""
+    """ "a, b, c, d, e, ..." for messages that name a few of many items."""
     shown = ", ".join(str(item) for item in items[:count])
     return shown + (", ..." if len(items) > count else "")

@@ -54,7 +54,9 @@ def validate_metadata(frame, source="metadata"):
     """Validates and normalises a metadata table read with every column as a string."""
     frame = frame.rename(columns=str.strip)
     require_columns(
-        frame, REQUIRED_COLUMNS, source,
+        frame,
+        REQUIRED_COLUMNS,
+        source,
         hint=f"a HAM10000 metadata file has columns {', '.join(REQUIRED_COLUMNS + CLINICAL_COLUMNS)}",
     )
     if frame.empty:
@@ -73,8 +75,7 @@ def validate_metadata(frame, source="metadata"):
     if duplicated.any():
         first = frame.index[duplicated][0]
         raise DataError(
-            f"{source}, line {line[first]}: image_id {frame.at[first, 'image_id']!r} "
-            "appears more than once"
+            f"{source}, line {line[first]}: image_id {frame.at[first, 'image_id']!r} appears more than once"
         )
     unknown_dx = ~frame["dx"].isin(CLASS_NAMES)
     if unknown_dx.any():

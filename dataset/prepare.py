@@ -47,8 +47,19 @@ class PreparedData:
         return rows, self.cache.rows(rows["image_id"]), class_indices(rows["dx"])
 
     def sequence(
-        self, name, *, batch_size=32, with_metadata=False, balance=None, augment=True, corruption=None, mixup=0.0, cutmix=0.0, seed=0,
-        epoch=0, workers=2,
+        self,
+        name,
+        *,
+        batch_size=32,
+        with_metadata=False,
+        balance=None,
+        augment=True,
+        corruption=None,
+        mixup=0.0,
+        cutmix=0.0,
+        seed=0,
+        epoch=0,
+        workers=2,
     ):
         """A batch sequence of one subset.
 
@@ -60,11 +71,23 @@ class PreparedData:
         features = self.encoder.transform(rows) if with_metadata else None
         if name == "train":
             return training_sequence(
-                self.cache.images, cache_rows, labels, metadata=features, batch_size=batch_size,
-                balance=balance or Balance("none"), augment=augment, corruption=corruption, mixup=mixup, cutmix=cutmix, seed=seed, epoch=epoch,
+                self.cache.images,
+                cache_rows,
+                labels,
+                metadata=features,
+                batch_size=batch_size,
+                balance=balance or Balance("none"),
+                augment=augment,
+                corruption=corruption,
+                mixup=mixup,
+                cutmix=cutmix,
+                seed=seed,
+                epoch=epoch,
                 workers=workers,
             )
-        return evaluation_sequence(self.cache.images, cache_rows, labels, metadata=features, batch_size=batch_size, workers=workers)
+        return evaluation_sequence(
+            self.cache.images, cache_rows, labels, metadata=features, batch_size=batch_size, workers=workers
+        )
 
 
 def prepare_data(

@@ -116,15 +116,23 @@ class LesionSequence(keras.utils.PyDataset):
         rng = np.random.default_rng([self.seed, self.epoch, index])
         if self.corruption is not None:
             # A generator of its own: the turns, flips and mixing draw what they drew without it.
-            images = self.corruption.apply(images, np.random.default_rng([self.seed, self.epoch, index, CORRUPTION_STREAM]))
+            images = self.corruption.apply(
+                images, np.random.default_rng([self.seed, self.epoch, index, CORRUPTION_STREAM])
+            )
         if self.augment:
             images = random_dihedral(images, rng)
         images = images.astype(np.float32)
         labels = np.eye(len(CLASS_NAMES), dtype=np.float32)[self.labels[positions]]
         metadata = None if self.metadata is None else self.metadata[positions]
-        images, labels, metadata = mix_batch(images, labels, rng, mixup=self.mixup, cutmix=self.cutmix, metadata=metadata)
+        images, labels, metadata = mix_batch(
+            images, labels, rng, mixup=self.mixup, cutmix=self.cutmix, metadata=metadata
+        )
         inputs = images if metadata is None else (images, metadata)
-        batch = (inputs, labels) if self.class_weights is None else (inputs, labels, labels @ np.asarray(self.class_weights, dtype=np.float32))
+        batch = (
+            (inputs, labels)
+            if self.class_weights is None
+            else (inputs, labels, labels @ np.asarray(self.class_weights, dtype=np.float32))
+        )
         self.fetch_seconds.append(time.perf_counter() - started)
         return batch
 
@@ -140,13 +148,37 @@ class LesionSequence(keras.utils.PyDataset):
 
 
 def training_sequence(
-    images, rows, labels, *, metadata=None, batch_size=32, balance=None, augment=True, corruption=None, mixup=0.0, cutmix=0.0, seed=0,
-    epoch=0, workers=2,
+    images,
+    rows,
+    labels,
+    *,
+    metadata=None,
+    batch_size=32,
+    balance=None,
+    augment=True,
+    corruption=None,
+    mixup=0.0,
+    cutmix=0.0,
+    seed=0,
+    epoch=0,
+    workers=2,
 ):
     """The training subset: resampled by class and shuffled every epoch, augmented."""
     return LesionSequence(
-        images, rows, labels, metadata=metadata, batch_size=batch_size, balance=balance,
-        augment=augment, corruption=corruption, mixup=mixup, cutmix=cutmix, shuffle=True, seed=seed, epoch=epoch, workers=workers,
+        images,
+        rows,
+        labels,
+        metadata=metadata,
+        batch_size=batch_size,
+        balance=balance,
+        augment=augment,
+        corruption=corruption,
+        mixup=mixup,
+        cutmix=cutmix,
+        shuffle=True,
+        seed=seed,
+        epoch=epoch,
+        workers=workers,
     )
 
 

@@ -57,9 +57,7 @@ def make_split(metadata, fractions=DEFAULT_FRACTIONS, seed=0):
         middles = np.cumsum(sizes) - sizes / 2
         total = sizes.sum()
         subsets = np.where(
-            middles <= test_share * total,
-            "test",
-            np.where(middles <= (test_share + val_share) * total, "val", "train"),
+            middles <= test_share * total, "test", np.where(middles <= (test_share + val_share) * total, "val", "train")
         )
         lesion_subset.update(zip(lesions, subsets))
 
@@ -73,8 +71,7 @@ def check_fractions(fractions):
     fractions = tuple(float(value) for value in fractions)
     if len(fractions) != 3 or min(fractions) <= 0 or abs(sum(fractions) - 1) > 1e-6:
         raise ValueError(
-            f"split fractions must be three positive numbers (train, val, test) summing to 1; "
-            f"got {fractions}"
+            f"split fractions must be three positive numbers (train, val, test) summing to 1; got {fractions}"
         )
     return fractions
 
@@ -190,7 +187,12 @@ def check_folds(split, path):
     """The split's `fold` column as integers; DataError unless the test images, and only they, have
     fold -1 and every lesion sits in one fold."""
     folds = pd.to_numeric(split[FOLD_COLUMN], errors="coerce")
-    bad = folds.isna() | (folds != folds.round()) | (folds < TEST_FOLD) | ((folds == TEST_FOLD) != (split["subset"] == "test"))
+    bad = (
+        folds.isna()
+        | (folds != folds.round())
+        | (folds < TEST_FOLD)
+        | ((folds == TEST_FOLD) != (split["subset"] == "test"))
+    )
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
         raise DataError(
@@ -200,7 +202,9 @@ def check_folds(split, path):
     folds = folds.astype(np.int64)
     spread = folds.groupby(split["lesion_id"]).nunique()
     if (spread > 1).any():
-        raise DataError(f"{path}: {(spread > 1).sum()} lesions are in more than one fold, e.g. {spread.index[spread > 1][0]}")
+        raise DataError(
+            f"{path}: {(spread > 1).sum()} lesions are in more than one fold, e.g. {spread.index[spread > 1][0]}"
+        )
     return folds
 
 
@@ -212,6 +216,8 @@ def lesions_on_several_sides(split):
 
 def split_summary(split):
     """Images per class and subset, with totals: the table a report shows for the split."""
-    table = pd.crosstab(split["dx"], split["subset"]).reindex(index=list(CLASS_NAMES), columns=list(SUBSETS), fill_value=0)
+    table = pd.crosstab(split["dx"], split["subset"]).reindex(
+        index=list(CLASS_NAMES), columns=list(SUBSETS), fill_value=0
+    )
     table.loc["total"] = table.sum()
     return table

@@ -92,19 +92,29 @@ def _shown(*places):
 # In the order every table shows them.
 METRICS = (
     Metric(
-        "balanced_accuracy", "balanced accuracy", "mean recall over classes", BOOTSTRAP,
+        "balanced_accuracy",
+        "balanced accuracy",
+        "mean recall over classes",
+        BOOTSTRAP,
         shown=_shown(REPORT, STUDY, COMPARISON, CARD, CONSOLE, GPU_CHECK),
     ),
     Metric("accuracy", "accuracy", shown=_shown(REPORT, COMPARISON, CARD, CONSOLE)),
     Metric("macro_f1", "macro F1", shown=_shown(REPORT, COMPARISON)),
-    Metric("macro_auc", "macro AUC", "one-vs-rest", BOOTSTRAP, shown=_shown(REPORT, STUDY, COMPARISON, CARD, GPU_CHECK)),
     Metric(
-        "melanoma_sensitivity", "melanoma sensitivity", interval=BOOTSTRAP,
+        "macro_auc", "macro AUC", "one-vs-rest", BOOTSTRAP, shown=_shown(REPORT, STUDY, COMPARISON, CARD, GPU_CHECK)
+    ),
+    Metric(
+        "melanoma_sensitivity",
+        "melanoma sensitivity",
+        interval=BOOTSTRAP,
         shown=_shown(REPORT, STUDY, COMPARISON, CARD, CONSOLE, GPU_CHECK),
     ),
     Metric("melanoma_specificity", "melanoma specificity", shown=_shown(REPORT)),
     Metric(
-        "expected_calibration_error", "expected calibration error", f"{CALIBRATION_BINS} bins", better="lower",
+        "expected_calibration_error",
+        "expected calibration error",
+        f"{CALIBRATION_BINS} bins",
+        better="lower",
         shown=_shown(REPORT),
     ),
     Metric("n_images", "test images", better=None, shown=_shown(CARD, GPU_CHECK)),
@@ -113,34 +123,64 @@ METRICS = (
 # The clinical evaluation's headline, in metrics.json's "clinical" (`evaluation.clinical`). The
 # temperature, conformal thresholds and operating points are fitted on validation predictions.
 CLINICAL_METRICS = (
-    Metric("temperature", "temperature", "fitted on validation", better=None, shown=_shown(CLINICAL), path=("clinical", "calibration", "temperature")),
     Metric(
-        "ece_raw", "ECE raw", f"{CALIBRATION_BINS} equal-width bins", better="lower", shown=_shown(CLINICAL),
+        "temperature",
+        "temperature",
+        "fitted on validation",
+        better=None,
+        shown=_shown(CLINICAL),
+        path=("clinical", "calibration", "temperature"),
+    ),
+    Metric(
+        "ece_raw",
+        "ECE raw",
+        f"{CALIBRATION_BINS} equal-width bins",
+        better="lower",
+        shown=_shown(CLINICAL),
         path=("clinical", "calibration", "before", "ece_fixed"),
     ),
     Metric(
-        "ece_calibrated", "ECE calibrated", f"{CALIBRATION_BINS} equal-width bins, after temperature scaling", better="lower",
-        shown=_shown(CLINICAL), path=("clinical", "calibration", "after", "ece_fixed"),
+        "ece_calibrated",
+        "ECE calibrated",
+        f"{CALIBRATION_BINS} equal-width bins, after temperature scaling",
+        better="lower",
+        shown=_shown(CLINICAL),
+        path=("clinical", "calibration", "after", "ece_fixed"),
     ),
     *(
         Metric(
-            f"melanoma_specificity_at_{target:.2f}", f"melanoma specificity at sensitivity {target:.2f}",
-            "the threshold on P(mel) that finds that share of the validation melanomas", BOOTSTRAP,
-            shown=_shown(CLINICAL), path=("clinical", "operating_points", "melanoma", "points", target, "specificity"),
+            f"melanoma_specificity_at_{target:.2f}",
+            f"melanoma specificity at sensitivity {target:.2f}",
+            "the threshold on P(mel) that finds that share of the validation melanomas",
+            BOOTSTRAP,
+            shown=_shown(CLINICAL),
+            path=("clinical", "operating_points", "melanoma", "points", target, "specificity"),
         )
         for target in (0.90, 0.95)
     ),
     Metric(
-        "aurc", "AURC", "area under the risk-coverage curve of the top probability", better="lower", shown=_shown(CLINICAL),
+        "aurc",
+        "AURC",
+        "area under the risk-coverage curve of the top probability",
+        better="lower",
+        shown=_shown(CLINICAL),
         path=("clinical", "selective", "aurc"),
     ),
     Metric(
-        "conformal_coverage_0.90", "90% set coverage", "marginal split-conformal sets; at least 0.90 is the guarantee", better=None,
-        shown=_shown(CLINICAL), path=("clinical", "conformal", "0.90", "marginal", "coverage"),
+        "conformal_coverage_0.90",
+        "90% set coverage",
+        "marginal split-conformal sets; at least 0.90 is the guarantee",
+        better=None,
+        shown=_shown(CLINICAL),
+        path=("clinical", "conformal", "0.90", "marginal", "coverage"),
     ),
     Metric(
-        "conformal_size_0.90", "90% set size", "the mean number of classes in a marginal set", better="lower",
-        shown=_shown(CLINICAL), path=("clinical", "conformal", "0.90", "marginal", "mean_size"),
+        "conformal_size_0.90",
+        "90% set size",
+        "the mean number of classes in a marginal set",
+        better="lower",
+        shown=_shown(CLINICAL),
+        path=("clinical", "conformal", "0.90", "marginal", "mean_size"),
     ),
 )
 BY_KEY = {metric.key: metric for metric in METRICS + CLINICAL_METRICS}

@@ -60,7 +60,13 @@ class ClinicalInputs:
     @classmethod
     def for_run(cls, run_dir, image_ids, metadata=None):
         """A run's inputs: its `val_predictions.csv` (if any), its `calibration.json`."""
-        return cls(tuple(image_ids), read_validation(run_dir), f"the run's validation predictions ({VAL_PREDICTIONS_FILENAME})", Path(run_dir), metadata)
+        return cls(
+            tuple(image_ids),
+            read_validation(run_dir),
+            f"the run's validation predictions ({VAL_PREDICTIONS_FILENAME})",
+            Path(run_dir),
+            metadata,
+        )
 
 
 def read_validation(run_dir):
@@ -118,7 +124,9 @@ def clinical_evaluation(y_true, probabilities, inputs, *, bootstrap_draws=BOOTST
     calibration = load_calibration(inputs.calibration_dir, inputs.validation, inputs.validation_source)
     coverage, risk, aurc = risk_coverage(y_true, probabilities)
     clinical = {
-        "validation": None if inputs.validation is None else {"source": inputs.validation_source, "n_images": len(inputs.validation[0])},
+        "validation": None
+        if inputs.validation is None
+        else {"source": inputs.validation_source, "n_images": len(inputs.validation[0])},
         "calibration": {"before": calibration_scores(y_true, probabilities)},
         "selective": {"aurc": aurc, "risk_at_full_coverage": float(risk[-1])},
     }
@@ -126,14 +134,18 @@ def clinical_evaluation(y_true, probabilities, inputs, *, bootstrap_draws=BOOTST
     if calibration is not None:
         calibrated = apply_temperature(probabilities, calibration["temperature"])
         curves["calibrated"] = calibrated
-        clinical["calibration"].update(temperature=calibration["temperature"], after=calibration_scores(y_true, calibrated))
+        clinical["calibration"].update(
+            temperature=calibration["temperature"], after=calibration_scores(y_true, calibrated)
+        )
         clinical["conformal"] = conformal_evaluation(calibration["conformal"], y_true, calibrated)
     if inputs.validation is not None:
         clinical["operating_points"] = operating_points(
             *inputs.validation, y_true, probabilities, bootstrap_draws=bootstrap_draws, seed=seed
         )
     if inputs.metadata is not None:
-        clinical["subgroups"] = subgroup_metrics(y_true, probabilities, inputs.metadata, bootstrap_draws=bootstrap_draws, seed=seed)
+        clinical["subgroups"] = subgroup_metrics(
+            y_true, probabilities, inputs.metadata, bootstrap_draws=bootstrap_draws, seed=seed
+        )
     return clinical, curves
 
 
@@ -148,18 +160,27 @@ def write_clinical(output_dir, y_true, probabilities, inputs, *, bootstrap_draws
     plots = {}
     if curves["calibrated"] is not None:
         write_predictions(
-            output_dir / CALIBRATED_PREDICTIONS_FILENAME, predictions_frame(list(inputs.image_ids), y_true, curves["calibrated"])
+            output_dir / CALIBRATED_PREDICTIONS_FILENAME,
+            predictions_frame(list(inputs.image_ids), y_true, curves["calibrated"]),
         )
-    plots["Reliability diagram"] = plot_reliability(y_true, probabilities, curves["calibrated"], output_dir / "reliability.png")
+    plots["Reliability diagram"] = plot_reliability(
+        y_true, probabilities, curves["calibrated"], output_dir / "reliability.png"
+    )
     if "operating_points" in clinical:
-        plots["Operating points"] = plot_screens(y_true, probabilities, clinical["operating_points"], output_dir / "operating_points.png")
-    plots["Risk-coverage curve"] = plot_risk_coverage(*curves["risk_coverage"], clinical["selective"]["aurc"], output_dir / "risk_coverage.png")
+        plots["Operating points"] = plot_screens(
+            y_true, probabilities, clinical["operating_points"], output_dir / "operating_points.png"
+        )
+    plots["Risk-coverage curve"] = plot_risk_coverage(
+        *curves["risk_coverage"], clinical["selective"]["aurc"], output_dir / "risk_coverage.png"
+    )
     if "subgroups" in clinical:
         plots["Subgroups"] = plot_subgroups(clinical["subgroups"], output_dir / "subgroups.png")
     return clinical, plots
 
 
-def ensemble_clinical(folder, validation, image_ids, y_true, probabilities, metadata, *, bootstrap_draws=BOOTSTRAP_DRAWS, seed=0):
+def ensemble_clinical(
+    folder, validation, image_ids, y_true, probabilities, metadata, *, bootstrap_draws=BOOTSTRAP_DRAWS, seed=0
+):
     """A study configuration's fold ensemble's clinical evaluation, its plots and `calibration.json` in its folder.
 
     The ensemble has no validation images of its own: its members' pooled out-of-fold predictions
@@ -176,21 +197,42 @@ def ensemble_clinical(folder, validation, image_ids, y_true, probabilities, meta
 
 def clinical_sections(clinical, plots):
     """The report's sections of the clinical evaluation, each with its plot."""
+
     def figure(caption):
         return f"![{caption}]({plots[caption].name})" if caption in plots else ""
 
-    missing = "" if clinical["validation"] else (
-        f" This run has no validation predictions ({VAL_PREDICTIONS_FILENAME}): no temperature, operating points "
-        "or conformal sets (`python main.py evaluate RUN` predicts them where the run's model is there)."
+    missing = (
+        ""
+        if clinical["validation"]
+        else (
+            f" This run has no validation predictions ({VAL_PREDICTIONS_FILENAME}): no temperature, operating points "
+            "or conformal sets (`python main.py evaluate RUN` predicts them where the run's model is there)."
+        )
     )
-    sections = ["## Calibration", calibration_text(clinical) + missing, calibration_table(clinical["calibration"]), figure("Reliability diagram")]
+    sections = [
+        "## Calibration",
+        calibration_text(clinical) + missing,
+        calibration_table(clinical["calibration"]),
+        figure("Reliability diagram"),
+    ]
     if "operating_points" in clinical:
-        sections += ["## Operating points", operating_points_text(clinical), operating_points_table(clinical["operating_points"]), figure("Operating points")]
+        sections += [
+            "## Operating points",
+            operating_points_text(clinical),
+            operating_points_table(clinical["operating_points"]),
+            figure("Operating points"),
+        ]
     sections += ["## Selective prediction and conformal sets", selective_text(clinical), figure("Risk-coverage curve")]
     if "conformal" in clinical:
         sections += [conformal_table(clinical["conformal"])]
     if "subgroups" in clinical:
-        sections += ["## Subgroups", subgroups_text(), subgroups_table(clinical["subgroups"]), gaps_table(clinical["subgroups"]), figure("Subgroups")]
+        sections += [
+            "## Subgroups",
+            subgroups_text(),
+            subgroups_table(clinical["subgroups"]),
+            gaps_table(clinical["subgroups"]),
+            figure("Subgroups"),
+        ]
     return sections
 
 
@@ -207,11 +249,16 @@ def calibration_text(clinical):
 
 def calibration_table(calibration):
     names = (
-        ("ece_fixed", "ECE, 15 equal-width bins"), ("ece_adaptive", "ECE, 15 equal-mass bins"),
-        ("brier", "Brier score"), ("nll", "negative log-likelihood"),
+        ("ece_fixed", "ECE, 15 equal-width bins"),
+        ("ece_adaptive", "ECE, 15 equal-mass bins"),
+        ("brier", "Brier score"),
+        ("nll", "negative log-likelihood"),
     )
     after = calibration.get("after")
-    rows = [(name, format_value(calibration["before"][key]), format_value(after[key]) if after else MISSING) for key, name in names]
+    rows = [
+        (name, format_value(calibration["before"][key]), format_value(after[key]) if after else MISSING)
+        for key, name in names
+    ]
     return markdown_table(("score (lower is better)", "raw", "calibrated"), rows, align="lrr")
 
 
@@ -226,14 +273,18 @@ def operating_points_text(clinical):
 def operating_points_table(points):
     rows = [
         (
-            screen, f"{point['target']:.2f}", f"{point['threshold']:.4f}",
+            screen,
+            f"{point['target']:.2f}",
+            f"{point['threshold']:.4f}",
             f"{format_value(point['sensitivity'])} {format_interval(point.get('intervals', {}).get('sensitivity'))}",
             f"{format_value(point['specificity'])} {format_interval(point.get('intervals', {}).get('specificity'))}",
         )
         for screen, entry in points.items()
         for point in entry["points"]
     ]
-    return markdown_table(("screen", "target sensitivity", "threshold", "test sensitivity", "test specificity"), rows, align="lrrrr")
+    return markdown_table(
+        ("screen", "target sensitivity", "threshold", "test sensitivity", "test specificity"), rows, align="lrrrr"
+    )
 
 
 def selective_text(clinical):
@@ -258,10 +309,17 @@ def conformal_table(conformal):
     for level, kinds in conformal.items():
         for kind, entry in kinds.items():
             melanoma = entry["per_class"]["mel"]
-            rows.append((
-                level, kind.replace("_", "-"), format_value(entry["coverage"]), format_value(entry["mean_size"]),
-                format_value(entry["empty_share"]), format_value(melanoma["coverage"]), format_value(melanoma["mean_size"]),
-            ))
+            rows.append(
+                (
+                    level,
+                    kind.replace("_", "-"),
+                    format_value(entry["coverage"]),
+                    format_value(entry["mean_size"]),
+                    format_value(entry["empty_share"]),
+                    format_value(melanoma["coverage"]),
+                    format_value(melanoma["mean_size"]),
+                )
+            )
     header = ("level", "kind", "coverage", "mean set size", "empty sets", "melanoma coverage", "melanoma set size")
     return markdown_table(header, rows, align="llrrrrr")
 
@@ -278,13 +336,20 @@ def subgroups_text():
 def subgroups_table(subgroups):
     rows = [
         (
-            attribute, group, f"{entry['n_images']:,}",
-            *(f"{format_value(entry[key])} {format_interval(entry.get('intervals', {}).get(key))}" for key in ("balanced_accuracy", "melanoma_sensitivity")),
+            attribute,
+            group,
+            f"{entry['n_images']:,}",
+            *(
+                f"{format_value(entry[key])} {format_interval(entry.get('intervals', {}).get(key))}"
+                for key in ("balanced_accuracy", "melanoma_sensitivity")
+            ),
         )
         for attribute, result in subgroups.items()
         for group, entry in result["groups"].items()
     ]
-    return markdown_table(("attribute", "group", "images", "balanced accuracy", "melanoma sensitivity"), rows, align="llrrr")
+    return markdown_table(
+        ("attribute", "group", "images", "balanced accuracy", "melanoma sensitivity"), rows, align="llrrr"
+    )
 
 
 def gaps_table(subgroups):
@@ -294,13 +359,15 @@ def gaps_table(subgroups):
         if gap is None:
             rows.append((attribute, MISSING, MISSING, MISSING))
             continue
-        rows.append((
-            attribute, f"{gap['best']} − {gap['worst']}",
-            f"{gap['balanced_accuracy_gap']:.3f} {format_interval(gap.get('interval'))}",
-            MISSING if gap["p_value"] is None else f"{gap['p_value']:.3f}",
-        ))
+        rows.append(
+            (
+                attribute,
+                f"{gap['best']} − {gap['worst']}",
+                f"{gap['balanced_accuracy_gap']:.3f} {format_interval(gap.get('interval'))}",
+                MISSING if gap["p_value"] is None else f"{gap['p_value']:.3f}",
+            )
+        )
     return markdown_table(("attribute", "best − worst", "balanced accuracy gap", "permutation p"), rows, align="llrr")
-
 
 
 # === summary.md ===
@@ -317,12 +384,17 @@ def clinical_summary_sections(configurations, ensembles_dir):
         rows.append((label, *clinical_cells({"clinical": clinical})))
         for attribute, result in clinical.get("subgroups", {}).items():
             gap = result["gap"]
-            gap_rows.append((
-                label, attribute,
-                MISSING if gap is None else f"{gap['best']} − {gap['worst']}",
-                MISSING if gap is None else f"{gap['balanced_accuracy_gap']:.3f} {format_interval(gap.get('interval'))}",
-                MISSING if gap is None or gap["p_value"] is None else f"{gap['p_value']:.3f}",
-            ))
+            gap_rows.append(
+                (
+                    label,
+                    attribute,
+                    MISSING if gap is None else f"{gap['best']} − {gap['worst']}",
+                    MISSING
+                    if gap is None
+                    else f"{gap['balanced_accuracy_gap']:.3f} {format_interval(gap.get('interval'))}",
+                    MISSING if gap is None or gap["p_value"] is None else f"{gap['p_value']:.3f}",
+                )
+            )
     if not rows:
         return []
     sections = [
@@ -337,7 +409,9 @@ def clinical_summary_sections(configurations, ensembles_dir):
             "Largest balanced-accuracy gap between subgroups of the test images (groups of known value with at least "
             f"{MIN_GROUP_IMAGES} images), with its bootstrap interval and permutation p-value: a configuration that "
             "narrows a gap has a smaller one here.",
-            markdown_table(("configuration", "attribute", "best − worst", "gap", "permutation p"), gap_rows, align="lllrr"),
+            markdown_table(
+                ("configuration", "attribute", "best − worst", "gap", "permutation p"), gap_rows, align="lllrr"
+            ),
         ]
     return sections
 
@@ -345,7 +419,8 @@ def clinical_summary_sections(configurations, ensembles_dir):
 def clinical_cells(metrics):
     """A `metrics.json`'s (or anything with its "clinical") catalogue `CLINICAL` metrics, with their intervals."""
     return [
-        f"{format_value(metric.value_in(metrics))} {format_interval(metric.interval_in(metrics))}" if metric.interval
+        f"{format_value(metric.value_in(metrics))} {format_interval(metric.interval_in(metrics))}"
+        if metric.interval
         else format_value(metric.value_in(metrics))
         for metric in metrics_shown(CLINICAL)
     ]
@@ -353,7 +428,11 @@ def clinical_cells(metrics):
 
 def clinical_table(first, rows):
     """The table of `clinical_cells` rows, each led by its label (a configuration, a run)."""
-    return markdown_table((first, *(metric.name for metric in metrics_shown(CLINICAL))), rows, align="l" + "r" * len(metrics_shown(CLINICAL)))
+    return markdown_table(
+        (first, *(metric.name for metric in metrics_shown(CLINICAL))),
+        rows,
+        align="l" + "r" * len(metrics_shown(CLINICAL)),
+    )
 
 
 def clinical_metrics_text():

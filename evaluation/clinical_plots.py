@@ -23,8 +23,14 @@ def plot_reliability(y_true, probabilities, calibrated, path):
         confidence, accuracy = np.array(bins["confidence"]), np.array(bins["accuracy"])
         filled = np.array(bins["count"]) > 0
         axes.plot(confidence[filled], accuracy[filled], "o-", color=PALETTE[number], label=name)
-    axes.set(xlim=(0, 1), ylim=(0, 1.01), aspect="equal", title="Reliability diagram (15 equal-width bins)",
-             xlabel="mean confidence (top probability)", ylabel="accuracy")
+    axes.set(
+        xlim=(0, 1),
+        ylim=(0, 1.01),
+        aspect="equal",
+        title="Reliability diagram (15 equal-width bins)",
+        xlabel="mean confidence (top probability)",
+        ylabel="accuracy",
+    )
     axes.legend(loc="upper left")
     return _save(figure, path)
 
@@ -36,15 +42,29 @@ def plot_screens(y_true, probabilities, points, path):
         axes = figure.add_subplot(1, len(points), panel)
         positive = np.isin(np.asarray(y_true), [CLASS_NAMES.index(name) for name in entry["classes"]])
         if 0 < positive.sum() < len(positive):
-            false_positive_rate, true_positive_rate, _ = roc_curve(positive, screen_scores(probabilities, entry["classes"]))
+            false_positive_rate, true_positive_rate, _ = roc_curve(
+                positive, screen_scores(probabilities, entry["classes"])
+            )
             axes.plot(false_positive_rate, true_positive_rate, color=PALETTE[0], label="test ROC")
         for number, point in enumerate(entry["points"], start=1):
             if point["sensitivity"] is not None and point["specificity"] is not None:
-                axes.plot(1 - point["specificity"], point["sensitivity"], "o", color=PALETTE[number], markersize=8,
-                          label=f"threshold for sensitivity {point['target']:.2f} on validation")
+                axes.plot(
+                    1 - point["specificity"],
+                    point["sensitivity"],
+                    "o",
+                    color=PALETTE[number],
+                    markersize=8,
+                    label=f"threshold for sensitivity {point['target']:.2f} on validation",
+                )
         axes.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1)
-        axes.set(xlim=(0, 1), ylim=(0, 1.01), aspect="equal", title=f"{screen} ({' + '.join(entry['classes'])})",
-                 xlabel="1 - specificity", ylabel="sensitivity")
+        axes.set(
+            xlim=(0, 1),
+            ylim=(0, 1.01),
+            aspect="equal",
+            title=f"{screen} ({' + '.join(entry['classes'])})",
+            xlabel="1 - specificity",
+            ylabel="sensitivity",
+        )
         axes.legend(loc="lower right", fontsize=8)
     return _save(figure, path)
 
@@ -53,8 +73,13 @@ def plot_risk_coverage(coverage, risk, aurc, path):
     figure = Figure(figsize=(6, 4.5), dpi=DPI, layout="constrained")
     axes = figure.subplots()
     axes.plot(coverage, risk, color=PALETTE[0])
-    axes.set(xlim=(0, 1), ylim=(0, max(0.05, float(np.max(risk)) * 1.05)), title=f"Risk-coverage curve (AURC {aurc:.3f})",
-             xlabel="coverage (share of images answered, most confident first)", ylabel="error among the answered")
+    axes.set(
+        xlim=(0, 1),
+        ylim=(0, max(0.05, float(np.max(risk)) * 1.05)),
+        title=f"Risk-coverage curve (AURC {aurc:.3f})",
+        xlabel="coverage (share of images answered, most confident first)",
+        ylabel="error among the answered",
+    )
     axes.grid(alpha=0.3)
     return _save(figure, path)
 
@@ -73,8 +98,13 @@ def plot_subgroups(subgroups, path):
             interval = entry.get("intervals", {}).get("balanced_accuracy")
             if interval:
                 axes.plot([position, position], [interval["low"], interval["high"]], color="black", linewidth=1)
-        axes.set_xticks(range(len(names)), [f"{name}\n({result['groups'][name]['n_images']})" for name in names], rotation=30, ha="right", fontsize=8)
+        axes.set_xticks(
+            range(len(names)),
+            [f"{name}\n({result['groups'][name]['n_images']})" for name in names],
+            rotation=30,
+            ha="right",
+            fontsize=8,
+        )
         axes.set(ylim=(0, 1), title=attribute, ylabel="balanced accuracy")
         axes.grid(axis="y", alpha=0.3)
     return _save(figure, path)
-

@@ -70,16 +70,18 @@ def compare_runs(run_dirs, output_dir, *, bootstrap_draws=BOOTSTRAP_DRAWS, seed=
     runs = []
     for label, run_dir in zip(labels, run_dirs):
         training = read_run_files(run_dir).training
-        runs.append({
-            "label": label,
-            "run_dir": str(run_dir),
-            "parameters": training.get("parameters"),
-            "wall_time_s": training.get("wall_time_s"),
-            # The same number of images and the same seed give the same resamples as `compare_pairs`.
-            "metrics": compute_metrics(y_true, probabilities[label], bootstrap_draws=bootstrap_draws, seed=seed),
-            # As the run's evaluation computed it: fitted on the run's own validation predictions.
-            "clinical": run_clinical(run_dir),
-        })
+        runs.append(
+            {
+                "label": label,
+                "run_dir": str(run_dir),
+                "parameters": training.get("parameters"),
+                "wall_time_s": training.get("wall_time_s"),
+                # The same number of images and the same seed give the same resamples as `compare_pairs`.
+                "metrics": compute_metrics(y_true, probabilities[label], bootstrap_draws=bootstrap_draws, seed=seed),
+                # As the run's evaluation computed it: fitted on the run's own validation predictions.
+                "clinical": run_clinical(run_dir),
+            }
+        )
     metrics = {run["label"]: run["metrics"] for run in runs}
     pairs = compare_pairs(y_true, probabilities, metrics, bootstrap_draws=bootstrap_draws, seed=seed)
     comparison = {
@@ -135,14 +137,17 @@ def compare_pairs(y_true, probabilities, metrics, *, bootstrap_draws, seed):
     pairs = []
     for first, second in itertools.combinations(predicted, 2):
         differences = draws[second] - draws[first]
-        pairs.append({
-            "run_a": first,
-            "run_b": second,
-            "balanced_accuracy_difference": metrics[second]["balanced_accuracy"] - metrics[first]["balanced_accuracy"],
-            "interval": bootstrap_interval(differences, seed=seed),
-            "p_value": bootstrap_p_value(differences),
-            "mcnemar": mcnemar_exact(predicted[first] == y_true, predicted[second] == y_true),
-        })
+        pairs.append(
+            {
+                "run_a": first,
+                "run_b": second,
+                "balanced_accuracy_difference": metrics[second]["balanced_accuracy"]
+                - metrics[first]["balanced_accuracy"],
+                "interval": bootstrap_interval(differences, seed=seed),
+                "p_value": bootstrap_p_value(differences),
+                "mcnemar": mcnemar_exact(predicted[first] == y_true, predicted[second] == y_true),
+            }
+        )
     return pairs
 
 
@@ -217,7 +222,8 @@ def render_comparison(comparison, figure_name):
     ]
     pair_rows = [
         (
-            pair["run_a"], pair["run_b"],
+            pair["run_a"],
+            pair["run_b"],
             f"{pair['balanced_accuracy_difference']:+.3f}",
             format_interval(pair["interval"]),
             format_p_value(pair["p_value"]),
@@ -236,14 +242,16 @@ def render_comparison(comparison, figure_name):
         "## Runs",
         markdown_table(
             ("run", *(metric.name for metric in metrics_shown(COMPARISON)), "parameters", "wall time"),
-            run_rows, align="l" + "r" * (len(metrics_shown(COMPARISON)) + 2),
+            run_rows,
+            align="l" + "r" * (len(metrics_shown(COMPARISON)) + 2),
         ),
     ]
     clinical_rows = [(run["label"], *clinical_cells(run)) for run in comparison["runs"] if run.get("clinical")]
     if clinical_rows:
         sections += [
             "## Clinical evaluation",
-            "From each run's own evaluation (metrics.json), each fitted on its validation predictions. " + clinical_metrics_text(),
+            "From each run's own evaluation (metrics.json), each fitted on its validation predictions. "
+            + clinical_metrics_text(),
             clinical_table("run", clinical_rows),
         ]
     sections += [
@@ -252,9 +260,18 @@ def render_comparison(comparison, figure_name):
         "and two-sided p-value. McNemar's exact test asks whether, among the images exactly one of the "
         "two runs classifies correctly, each run is that one as often as the other.",
         markdown_table(
-            ("first run", "second run", "Δ balanced accuracy", f"{level} interval", "bootstrap p",
-             "only first correct", "only second correct", "McNemar p"),
-            pair_rows, align="llrrrrrr",
+            (
+                "first run",
+                "second run",
+                "Δ balanced accuracy",
+                f"{level} interval",
+                "bootstrap p",
+                "only first correct",
+                "only second correct",
+                "McNemar p",
+            ),
+            pair_rows,
+            align="llrrrrrr",
         ),
         "## Confusion matrices and recall per class",
         f"![Row-normalised confusion matrices and recall per class]({figure_name})",

@@ -55,7 +55,9 @@ def resolve_configurations(study_dir, configuration):
         return list(choice["configurations"])
     names = configuration.split(CONFIGURATION_SEPARATOR)
     if len(names) != len(set(names)) or not all(names):
-        raise DataError(f"{study_dir}/{configuration}: name each configuration of an ensemble once, joined by {CONFIGURATION_SEPARATOR!r}")
+        raise DataError(
+            f"{study_dir}/{configuration}: name each configuration of an ensemble once, joined by {CONFIGURATION_SEPARATOR!r}"
+        )
     return names
 
 
@@ -98,7 +100,9 @@ def choose_ensemble(out_of_fold):
     reference = out_of_fold[labels[0]].index
     for label in labels[1:]:
         if set(out_of_fold[label].index) != set(reference):
-            raise DataError(f"{labels[0]} and {label} were validated on different images: an ensemble of them needs one split and fold assignment")
+            raise DataError(
+                f"{labels[0]} and {label} were validated on different images: an ensemble of them needs one split and fold assignment"
+            )
     y_true = class_indices(out_of_fold[labels[0]]["dx"])
     columns = list(range(len(CLASS_NAMES)))
     values = {label: out_of_fold[label].loc[reference, columns].to_numpy() for label in labels}
@@ -119,11 +123,20 @@ def choose_ensemble(out_of_fold):
             best = max((label for label in labels if label not in chosen), key=lambda label: score([*chosen, label]))
             chosen.append(best)
             candidates.append({"configurations": list(chosen), "balanced_accuracy": score(chosen)})
-    best = max(candidates, key=lambda candidate: (round(candidate["balanced_accuracy"], 12), -len(candidate["configurations"])))
-    return {"configurations": best["configurations"], "out_of_fold_balanced_accuracy": best["balanced_accuracy"], "candidates": candidates, "search": search}
+    best = max(
+        candidates, key=lambda candidate: (round(candidate["balanced_accuracy"], 12), -len(candidate["configurations"]))
+    )
+    return {
+        "configurations": best["configurations"],
+        "out_of_fold_balanced_accuracy": best["balanced_accuracy"],
+        "candidates": candidates,
+        "search": search,
+    }
 
 
-def write_configuration_ensemble(output_dir, configurations, ensembles, image_ids, y_true, write_ensemble, *, bootstrap_draws, seed):
+def write_configuration_ensemble(
+    output_dir, configurations, ensembles, image_ids, y_true, write_ensemble, *, bootstrap_draws, seed
+):
     """Chooses the study's ensemble of configurations and writes it beside the summary.
 
     Args:
@@ -138,10 +151,14 @@ def write_configuration_ensemble(output_dir, configurations, ensembles, image_id
         What `summary.json` holds under "configuration_ensemble", or None (with a "reason")
         where the study has fewer than two configurations with out-of-fold predictions.
     """
-    out_of_fold = {label: out_of_fold_probabilities(configuration["runs"]) for label, configuration in configurations.items()}
+    out_of_fold = {
+        label: out_of_fold_probabilities(configuration["runs"]) for label, configuration in configurations.items()
+    }
     out_of_fold = {label: table for label, table in out_of_fold.items() if table is not None}
     if len(out_of_fold) < 2:
-        return {"reason": "needs two or more configurations trained over folds (--folds), whose out-of-fold validation chooses it"}
+        return {
+            "reason": "needs two or more configurations trained over folds (--folds), whose out-of-fold validation chooses it"
+        }
     choice = choose_ensemble(out_of_fold)
     label = CONFIGURATION_SEPARATOR.join(choice["configurations"])
     probabilities = np.mean([ensembles[name] for name in choice["configurations"]], axis=0)
@@ -149,8 +166,11 @@ def write_configuration_ensemble(output_dir, configurations, ensembles, image_id
     write_ensemble(output_dir, label, image_ids, y_true, probabilities, metrics)
     best_single = max(out_of_fold, key=lambda name: configurations[name]["out_of_fold"]["balanced_accuracy"])
     (pair,) = compare_pairs(
-        y_true, {best_single: ensembles[best_single], label: probabilities},
-        {best_single: configurations[best_single]["ensemble"], label: metrics}, bootstrap_draws=bootstrap_draws, seed=seed,
+        y_true,
+        {best_single: ensembles[best_single], label: probabilities},
+        {best_single: configurations[best_single]["ensemble"], label: metrics},
+        bootstrap_draws=bootstrap_draws,
+        seed=seed,
     )
     result = {
         "label": label,
@@ -161,7 +181,9 @@ def write_configuration_ensemble(output_dir, configurations, ensembles, image_id
             "out_of_fold_balanced_accuracy": configurations[best_single]["out_of_fold"]["balanced_accuracy"],
             "test_balanced_accuracy": configurations[best_single]["ensemble"]["balanced_accuracy"],
         },
-        "against_best_single": {key: pair[key] for key in ("balanced_accuracy_difference", "interval", "p_value", "mcnemar")},
+        "against_best_single": {
+            key: pair[key] for key in ("balanced_accuracy_difference", "interval", "p_value", "mcnemar")
+        },
     }
     if Path(output_dir).name == SUMMARY_DIR:
         write_json(Path(output_dir) / CHOICE_FILENAME, {"configurations": choice["configurations"], "label": label})
@@ -177,16 +199,25 @@ def configuration_ensemble_section(result):
     best, pair = result["best_single"], result["against_best_single"]
     rows = [
         (
-            f"{result['label']} (chosen)", format_value(result["out_of_fold_balanced_accuracy"]),
+            f"{result['label']} (chosen)",
+            format_value(result["out_of_fold_balanced_accuracy"]),
             f"{format_value(result['test']['balanced_accuracy'])} {format_interval(result['test']['intervals'].get('balanced_accuracy'))}",
         ),
-        (f"{best['configuration']} (best single)", format_value(best["out_of_fold_balanced_accuracy"]), format_value(best["test_balanced_accuracy"])),
+        (
+            f"{best['configuration']} (best single)",
+            format_value(best["out_of_fold_balanced_accuracy"]),
+            format_value(best["test_balanced_accuracy"]),
+        ),
     ]
-    return "\n\n".join([
-        "## Ensemble of configurations",
-        f"The mean of configurations' fold ensembles, chosen by out-of-fold balanced accuracy ({result['search']}, "
-        f"{len(result['candidates'])} tried); `python main.py predict STUDY_DIR/ensemble ...` predicts with it.",
-        markdown_table(("ensemble", "out-of-fold balanced accuracy", "test balanced accuracy [95%]"), rows, align="lrr"),
-        f"Against the best single configuration on test: {pair['balanced_accuracy_difference']:+.3f} {format_interval(pair['interval'])}, "
-        f"paired bootstrap p {pair['p_value']:.3f}, McNemar p {pair['mcnemar']['p_value']:.3f}.",
-    ])
+    return "\n\n".join(
+        [
+            "## Ensemble of configurations",
+            f"The mean of configurations' fold ensembles, chosen by out-of-fold balanced accuracy ({result['search']}, "
+            f"{len(result['candidates'])} tried); `python main.py predict STUDY_DIR/ensemble ...` predicts with it.",
+            markdown_table(
+                ("ensemble", "out-of-fold balanced accuracy", "test balanced accuracy [95%]"), rows, align="lrr"
+            ),
+            f"Against the best single configuration on test: {pair['balanced_accuracy_difference']:+.3f} {format_interval(pair['interval'])}, "
+            f"paired bootstrap p {pair['p_value']:.3f}, McNemar p {pair['mcnemar']['p_value']:.3f}.",
+        ]
+    )

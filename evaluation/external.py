@@ -40,8 +40,19 @@ EXTERNAL_DIR = "external"
 
 
 def evaluate_external(
-    run_dir, data_dir, labels_path=None, output_dir=None, *,
-    batch_size=32, cache_dir=None, drop_missing=False, bootstrap_draws=BOOTSTRAP_DRAWS, seed=0, tta=False, image_size=None, verbose=True,
+    run_dir,
+    data_dir,
+    labels_path=None,
+    output_dir=None,
+    *,
+    batch_size=32,
+    cache_dir=None,
+    drop_missing=False,
+    bootstrap_draws=BOOTSTRAP_DRAWS,
+    seed=0,
+    tta=False,
+    image_size=None,
+    verbose=True,
 ):
     """Predicts a labelled image set with a run's model (or a study configuration's fold ensemble)
     and writes a full evaluation of it.
@@ -84,11 +95,15 @@ def evaluate_external(
     run = read_run_files(run_dir) if predictor.configuration is None else RunFiles(name=predictor.name)
     ensemble = predictor.configuration is not None and len(predictor.members) > 1
     image_paths = locate_images(list(labels["image_id"]), data_dir, drop_missing=drop_missing)
-    cache = load_images(image_paths, predictor.image_size, cache_dir=cache_dir, drop_unreadable=drop_missing, verbose=verbose)
+    cache = load_images(
+        image_paths, predictor.image_size, cache_dir=cache_dir, drop_unreadable=drop_missing, verbose=verbose
+    )
     rows = labels.set_index("image_id").loc[list(cache.image_ids)].reset_index()
     options = {"rows": cache.rows(rows["image_id"]), "batch_size": batch_size, "verbose": "auto" if verbose else 0}
     test_set = f"{len(rows):,} images of {data_dir}, labels from {labels_path}" + (
-        f" ({len(labels) - len(rows):,} labelled images left out: missing or unreadable)" if len(labels) > len(rows) else ""
+        f" ({len(labels) - len(rows):,} labelled images left out: missing or unreadable)"
+        if len(labels) > len(rows)
+        else ""
     )
     evaluated = f"{predictor.name}, the mean of its {len(predictor.members)} runs," if ensemble else run.name
     title = f"External evaluation of {evaluated} on {data_dir.name}"
@@ -96,15 +111,25 @@ def evaluate_external(
 
     probabilities = predictor.predict(cache.images, rows, **options)
     if output_dir is None:
-        output_dir = Path(run_dir) / EXTERNAL_DIR if predictor.configuration is None else predictor.folder / EXTERNAL_DIR / predictor.configuration
-        output_dir = output_dir / (data_dir.name + (f"-{image_size}px" if image_size and image_size != predictor.trained_image_size else ""))
+        output_dir = (
+            Path(run_dir) / EXTERNAL_DIR
+            if predictor.configuration is None
+            else predictor.folder / EXTERNAL_DIR / predictor.configuration
+        )
+        output_dir = output_dir / (
+            data_dir.name + (f"-{image_size}px" if image_size and image_size != predictor.trained_image_size else "")
+        )
     output_dir = new_folder(output_dir)
     clinical = external_clinical_inputs(predictor, rows, output_dir, ensemble)
     metrics = write_external_evaluation(output_dir, rows, probabilities, clinical=clinical, **report)
     if tta:
         metrics["tta"] = write_external_evaluation(
-            new_folder(output_dir / TTA_DIR), rows, predictor.predict(cache.images, rows, tta=True, **options), **{
-                **report, "title": f"{title} with test-time augmentation",
+            new_folder(output_dir / TTA_DIR),
+            rows,
+            predictor.predict(cache.images, rows, tta=True, **options),
+            **{
+                **report,
+                "title": f"{title} with test-time augmentation",
                 "test_set": test_set + "; each image predicted as the mean of its eight rotations and reflections",
             },
         )
@@ -149,7 +174,9 @@ def external_clinical_inputs(predictor, rows, output_dir, ensemble):
         pooled_out_of_fold([run for run in runs if run["configuration"] == configuration])
         for configuration in predictor.configuration.split(CONFIGURATION_SEPARATOR)
     ]
-    validation = None if any(part is None for part in pooled) else (pooled[0][0], np.mean([part[1] for part in pooled], axis=0))
+    validation = (
+        None if any(part is None for part in pooled) else (pooled[0][0], np.mean([part[1] for part in pooled], axis=0))
+    )
     return ClinicalInputs(tuple(image_ids), validation, POOLED_SOURCE, Path(output_dir), metadata)
 
 
@@ -158,5 +185,10 @@ def write_external_evaluation(folder, rows, probabilities, clinical=None, **repo
     y_true = class_indices(rows["dx"])
     write_predictions(folder / PREDICTIONS_FILENAME, predictions_frame(rows["image_id"], y_true, probabilities))
     return write_evaluation(
-        folder, y_true, probabilities, data=("Images per class:", class_counts(rows["dx"], "images")), clinical=clinical, **report
+        folder,
+        y_true,
+        probabilities,
+        data=("Images per class:", class_counts(rows["dx"], "images")),
+        clinical=clinical,
+        **report,
     )

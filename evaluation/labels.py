@@ -62,8 +62,6 @@ def _from_isic(frame, path):
         raise DataError(
             f"{path}, line {line_number(row)}: expected exactly one 1 and otherwise 0 among the class columns; got {values}"
         )
-    return pd.DataFrame({
-        "image_id": frame["image"],
-        "lesion_id": frame["image"],
-        "dx": one_hot.idxmax(axis=1).map(ISIC_COLUMNS),
-    })
+    return pd.DataFrame(
+        {"image_id": frame["image"], "lesion_id": frame["image"], "dx": one_hot.idxmax(axis=1).map(ISIC_COLUMNS)}
+    )

@@ -46,9 +46,7 @@ def compute_metrics(y_true, probabilities, *, bootstrap_draws=BOOTSTRAP_DRAWS, s
     y_pred = probabilities.argmax(axis=1)
     classes = np.arange(NUM_CLASSES)
     present = np.isin(classes, y_true)
-    precision, recall, f1, support = precision_recall_fscore_support(
-        y_true, y_pred, labels=classes, zero_division=0
-    )
+    precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=classes, zero_division=0)
     matrix = confusion_matrix(y_true, y_pred, labels=classes)
     class_auc = per_class_auc(y_true, probabilities)
     defined_auc = [value for value in class_auc if value is not None]

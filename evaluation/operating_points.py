@@ -82,7 +82,8 @@ def operating_points(val_y, val_probabilities, test_y, test_probabilities, *, bo
             if weights is not None:
                 draws = sensitivity_specificity(test_scores, test_positive, threshold, weights)
                 point["intervals"] = {
-                    name: bootstrap_interval(values, seed=seed) for name, values in zip(("sensitivity", "specificity"), draws)
+                    name: bootstrap_interval(values, seed=seed)
+                    for name, values in zip(("sensitivity", "specificity"), draws)
                 }
             points.append(point)
         result[screen] = {"classes": list(classes), "points": points}

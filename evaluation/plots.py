@@ -111,13 +111,19 @@ def plot_roc_curves(y_true, probabilities, path):
             continue  # no curve without both positives and negatives
         false_positive_rate, true_positive_rate, _ = roc_curve(positive, probabilities[:, index])
         axes.plot(
-            false_positive_rate, true_positive_rate, color=PALETTE[index],
+            false_positive_rate,
+            true_positive_rate,
+            color=PALETTE[index],
             label=f"{name} (AUC {auc(false_positive_rate, true_positive_rate):.3f})",
         )
     axes.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="chance")
     axes.set(
-        xlim=(0, 1), ylim=(0, 1.01), aspect="equal", title="One-vs-rest ROC curves",
-        xlabel="false positive rate (1 - specificity)", ylabel="true positive rate (sensitivity)",
+        xlim=(0, 1),
+        ylim=(0, 1.01),
+        aspect="equal",
+        title="One-vs-rest ROC curves",
+        xlabel="false positive rate (1 - specificity)",
+        ylabel="true positive rate (sensitivity)",
     )
     axes.legend(loc="lower right")
     return _save(figure, path)
@@ -188,9 +194,18 @@ def row_normalised(matrix):
 
 def _confusion_heatmap(axes, shares, *, annotations, fmt, colorbar, fontsize=9):
     sns.heatmap(
-        shares, ax=axes, vmin=0, vmax=1, cmap="Blues", square=True, cbar=colorbar,
-        annot=annotations, fmt=fmt, annot_kws={"fontsize": fontsize},
-        xticklabels=CLASS_NAMES, yticklabels=CLASS_NAMES,
+        shares,
+        ax=axes,
+        vmin=0,
+        vmax=1,
+        cmap="Blues",
+        square=True,
+        cbar=colorbar,
+        annot=annotations,
+        fmt=fmt,
+        annot_kws={"fontsize": fontsize},
+        xticklabels=CLASS_NAMES,
+        yticklabels=CLASS_NAMES,
     )
     axes.set(xlabel="predicted class", ylabel="true class")
     axes.tick_params(axis="y", labelrotation=0)

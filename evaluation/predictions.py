@@ -41,11 +41,9 @@ def predictions_frame(image_ids, true_labels, probabilities):
             f"{len(image_ids)} ids, {len(true_labels)} labels and probabilities of shape {probabilities.shape}"
         )
     names = np.array(CLASS_NAMES)
-    frame = pd.DataFrame({
-        "image_id": list(image_ids),
-        "dx": names[true_labels],
-        "pred": names[probabilities.argmax(axis=1)],
-    })
+    frame = pd.DataFrame(
+        {"image_id": list(image_ids), "dx": names[true_labels], "pred": names[probabilities.argmax(axis=1)]}
+    )
     return pd.concat([frame, pd.DataFrame(probabilities, columns=list(PROBABILITY_COLUMNS))], axis=1)
 
 
@@ -82,7 +80,10 @@ def read_predictions(path):
         (~dx.isin(CLASS_NAMES), lambda row: f"unknown dx {dx[row]!r} (expected one of {expected})"),
         (~pred.isin(CLASS_NAMES), lambda row: f"unknown pred {pred[row]!r} (expected one of {expected})"),
         (~np.isfinite(probabilities).all(axis=1), lambda row: "a probability is not a number"),
-        (pred != most_probable, lambda row: f"pred {pred[row]!r} is not the most probable class ({most_probable[row]!r})"),
+        (
+            pred != most_probable,
+            lambda row: f"pred {pred[row]!r} is not the most probable class ({most_probable[row]!r})",
+        ),
     )
     # In this order, so that a row reaching the last check has numbers to compare.
     for bad, describe in problems:

@@ -158,10 +158,18 @@ class Predictor:
         # of images of one size is fed to all.
         sizes = sorted({member.image_size for member in members})
         if len(sizes) > 1:
-            raise DataError(f"{study_dir}: the runs of {configuration} take images of different sizes ({', '.join(map(str, sizes))} px); they cannot be averaged")
+            raise DataError(
+                f"{study_dir}: the runs of {configuration} take images of different sizes ({', '.join(map(str, sizes))} px); they cannot be averaged"
+            )
         unit = "fold models" if any(run["fold"] is not None for run in planned_runs) else "seed models"
         predictor = cls(
-            f"{study_dir.resolve().name}/{configuration}", study_dir, tuple(members), configuration, tuple(weights), len(planned_runs), unit
+            f"{study_dir.resolve().name}/{configuration}",
+            study_dir,
+            tuple(members),
+            configuration,
+            tuple(weights),
+            len(planned_runs),
+            unit,
         )
         if predictor.incomplete:
             warnings.warn(f"{predictor.name}: {predictor.incomplete}", stacklevel=2)
@@ -169,7 +177,7 @@ class Predictor:
 
     @property
     def incomplete(self):
-        """"predicting with 1 of 2 fold models (...)" where some of the configuration's runs have not finished; else None."""
+        """ "predicting with 1 of 2 fold models (...)" where some of the configuration's runs have not finished; else None."""
         if self.planned is None or len(self.members) >= self.planned:
             return None
         return f"predicting with {len(self.members)} of {self.planned} {self.unit}, those finished (the others are training or stopped: the ensemble is incomplete)"
@@ -217,13 +225,21 @@ class Predictor:
         if self.configuration is None:
             metrics_path = self.members[0].run_dir / METRICS_FILENAME
         else:
-            metrics_path = self.folder / SUMMARY_DIR / ENSEMBLES_DIR / self.configuration.replace("/", "--") / METRICS_FILENAME
+            metrics_path = (
+                self.folder / SUMMARY_DIR / ENSEMBLES_DIR / self.configuration.replace("/", "--") / METRICS_FILENAME
+            )
         # The test metrics are those of the training size, not of another one the models were rebuilt for.
-        metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() and self.image_size == self.trained_image_size else {}
+        metrics = (
+            json.loads(metrics_path.read_text())
+            if metrics_path.is_file() and self.image_size == self.trained_image_size
+            else {}
+        )
         return {
             "run": self.name,
             # An ensemble of configurations has several architectures: it names them all.
-            "architecture": self.configuration if CONFIGURATION_SEPARATOR in (self.configuration or "") else config.get("model", self.members[0].model.name),
+            "architecture": self.configuration
+            if CONFIGURATION_SEPARATOR in (self.configuration or "")
+            else config.get("model", self.members[0].model.name),
             "models": len(self.members),
             "planned_models": self.planned or len(self.members),
             "metadata": self.takes_metadata,
@@ -259,7 +275,9 @@ class Predictor:
         steps = math.ceil(len(rows) / batch_size)
         progress = keras.utils.Progbar(steps * len(self.members), verbose=verbose) if verbose else None
         probabilities = [
-            predict_batches(member.model, member_batches(member, images, rows, metadata, batch_size), tta=tta, progress=progress)
+            predict_batches(
+                member.model, member_batches(member, images, rows, metadata, batch_size), tta=tta, progress=progress
+            )
             for member in self.members
         ]
         return np.average(probabilities, axis=0, weights=self.weights)
@@ -276,7 +294,9 @@ def study_configuration(study_dir, configuration):
     runs = finished_runs(study_dir)
     configurations = list(dict.fromkeys(run["configuration"] for run in runs))
     if not configurations:
-        raise DataError(f"{study_dir}: no finished run to predict with yet (wait for its first run if it is training; if it has stopped, continue it with --resume)")
+        raise DataError(
+            f"{study_dir}: no finished run to predict with yet (wait for its first run if it is training; if it has stopped, continue it with --resume)"
+        )
     if configuration is None and len(configurations) > 1:
         raise DataError(
             f"{study_dir} holds {len(configurations)} configurations ({', '.join(configurations)}): "
@@ -284,7 +304,9 @@ def study_configuration(study_dir, configuration):
         )
     configuration = configuration or configurations[0]
     if configuration not in configurations:
-        raise DataError(f"{study_dir} has no finished run of a configuration {configuration!r} (it holds {', '.join(configurations)})")
+        raise DataError(
+            f"{study_dir} has no finished run of a configuration {configuration!r} (it holds {', '.join(configurations)})"
+        )
     planned = [run for run in read_study(study_dir)["runs"] if run["configuration"] == configuration]
     return configuration, [run["run_dir"] for run in runs if run["configuration"] == configuration], planned
 
@@ -314,7 +336,9 @@ def predict_batches(model, batches, *, tta=False, progress=None):
             views = np.ascontiguousarray(transform(images))
             # predict_on_batch, not predict: no per-call data pipeline, so one image (a served
             # request) takes milliseconds, not tens of them.
-            total = total + np.asarray(model.predict_on_batch(views if metadata is None else {"image": views, "metadata": metadata}))
+            total = total + np.asarray(
+                model.predict_on_batch(views if metadata is None else {"image": views, "metadata": metadata})
+            )
         probabilities.append(total / len(transforms))
         if progress is not None:
             progress.add(1)
@@ -360,7 +384,9 @@ def load_run_model(run_dir):
         raise DataError(f"{model_path}: model file not found (is {Path(run_dir).name} a finished training run?)")
     if not zipfile.is_zipfile(model_path):
         # Keras would call an empty, truncated or overwritten file "not found".
-        raise DataError(f"{model_path}: damaged, not a .keras archive (copy the run's model.keras again, or train the run again)")
+        raise DataError(
+            f"{model_path}: damaged, not a .keras archive (copy the run's model.keras again, or train the run again)"
+        )
     return networks.let_augmentation_compile(keras.saving.load_model(model_path, compile=False))
 
 

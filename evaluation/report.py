@@ -47,10 +47,14 @@ def evaluate_tta(run_dir, tta_dir, *, bootstrap_draws=BOOTSTRAP_DRAWS, seed=0):
     run = read_run_files(run_dir)
     _, y_true, probabilities = read_predictions(Path(tta_dir) / PREDICTIONS_FILENAME)
     return write_evaluation(
-        tta_dir, y_true, probabilities,
+        tta_dir,
+        y_true,
+        probabilities,
         title=f"Evaluation of {run.name} with test-time augmentation",
         test_set=f"the {len(y_true):,} test images of the run's split, each predicted as the mean of its eight rotations and reflections",
-        run=run, bootstrap_draws=bootstrap_draws, seed=seed,
+        run=run,
+        bootstrap_draws=bootstrap_draws,
+        seed=seed,
     )
 
 
@@ -79,17 +83,32 @@ def evaluate_run(run_dir, *, bootstrap_draws=BOOTSTRAP_DRAWS, seed=0):
         data = ("Images per class in each subset of the run's split:", split_summary(run.split))
     image_ids = frame["image_id"].tolist()
     return write_evaluation(
-        run_dir, y_true, probabilities,
+        run_dir,
+        y_true,
+        probabilities,
         title=f"Evaluation of {run.name}",
         test_set=f"the {len(y_true):,} test images of the run's split",
-        run=run, history=run.history, data=data,
-        bootstrap_draws=bootstrap_draws, seed=seed,
+        run=run,
+        history=run.history,
+        data=data,
+        bootstrap_draws=bootstrap_draws,
+        seed=seed,
         clinical=ClinicalInputs.for_run(run_dir, image_ids, test_metadata(image_ids, run.config.get("data_dir"))),
     )
 
 
 def write_evaluation(
-    output_dir, y_true, probabilities, *, title, test_set, run, history=None, data=None, bootstrap_draws=BOOTSTRAP_DRAWS, seed=0,
+    output_dir,
+    y_true,
+    probabilities,
+    *,
+    title,
+    test_set,
+    run,
+    history=None,
+    data=None,
+    bootstrap_draws=BOOTSTRAP_DRAWS,
+    seed=0,
     clinical=None,
 ):
     """Computes the metrics and writes `metrics.json`, the plots and `report.md` into a folder.
@@ -112,10 +131,14 @@ def write_evaluation(
         The metrics.
     """
     output_dir = Path(output_dir)
-    metrics = compute_metrics(y_true, probabilities, bootstrap_draws=bootstrap_draws, seed=seed) | robustness_metrics(output_dir)
+    metrics = compute_metrics(y_true, probabilities, bootstrap_draws=bootstrap_draws, seed=seed) | robustness_metrics(
+        output_dir
+    )
     clinical_plots = {}
     if clinical is not None:
-        metrics["clinical"], clinical_plots = write_clinical(output_dir, y_true, probabilities, clinical, bootstrap_draws=bootstrap_draws, seed=seed)
+        metrics["clinical"], clinical_plots = write_clinical(
+            output_dir, y_true, probabilities, clinical, bootstrap_draws=bootstrap_draws, seed=seed
+        )
     write_json(output_dir / METRICS_FILENAME, metrics)
     plots = {
         "Confusion matrix": plot_confusion_matrix(metrics["confusion_matrix"], output_dir / "confusion_matrix.png"),
@@ -124,12 +147,23 @@ def write_evaluation(
     }
     if history is not None:
         plots["Training curves"] = plot_training_curves(
-            history, output_dir / "training_curves.png",
-            best_epoch=run.training.get("best_epoch"), stage_boundaries=run.training.get("stage_boundaries", ()),
+            history,
+            output_dir / "training_curves.png",
+            best_epoch=run.training.get("best_epoch"),
+            stage_boundaries=run.training.get("stage_boundaries", ()),
         )
     write_text(
         output_dir / REPORT_FILENAME,
-        render_report(metrics, title=title, test_set=test_set, run=run, plots=plots, data=data, output_dir=output_dir, clinical_plots=clinical_plots),
+        render_report(
+            metrics,
+            title=title,
+            test_set=test_set,
+            run=run,
+            plots=plots,
+            data=data,
+            output_dir=output_dir,
+            clinical_plots=clinical_plots,
+        ),
     )
     return metrics
 
@@ -139,10 +173,7 @@ def render_report(metrics, *, title, test_set, run, plots, data, output_dir, cli
     files = [
         name for name in (METRICS_FILENAME, PREDICTIONS_FILENAME, CONFIG_FILENAME) if (output_dir / name).is_file()
     ]
-    sections = [
-        f"# {title}",
-        f"Evaluated on {test_set}. Files: {', '.join(f'[{name}]({name})' for name in files)}.",
-    ]
+    sections = [f"# {title}", f"Evaluated on {test_set}. Files: {', '.join(f'[{name}]({name})' for name in files)}."]
     configuration = configuration_rows(run.config, run.training)
     if configuration:
         sections += ["## Configuration", markdown_table(("setting", "value"), configuration, align="ll")]
@@ -185,7 +216,9 @@ def gallery_table(entries):
         "it predicted as another class with the highest probability; the overlay is the Grad-CAM of "
         "the predicted class (red: where its evidence lies)."
     )
-    return note + "\n\n" + markdown_table(("class", "most confident correct", "most confident wrong"), rows, align="lll")
+    return (
+        note + "\n\n" + markdown_table(("class", "most confident correct", "most confident wrong"), rows, align="lll")
+    )
 
 
 def configuration_rows(config, training):
@@ -202,7 +235,11 @@ def configuration_rows(config, training):
         ("seed", config.get("seed")),
         ("wall time", format_duration(training.get("wall_time_s"))),
         ("parameters", parameter_count(training)),
-        *((f"stage {stage['stage']} (epochs {stage_epochs(stage)})", stage["trains"]) for stage in training.get("stages") or () if len(training["stages"]) > 1),
+        *(
+            (f"stage {stage['stage']} (epochs {stage_epochs(stage)})", stage["trains"])
+            for stage in training.get("stages") or ()
+            if len(training["stages"]) > 1
+        ),
     )
     return [(name, str(value)) for name, value in rows if value is not None]
 
@@ -256,7 +293,8 @@ def metric_notes(metrics):
 def per_class_table(metrics):
     rows = [
         (
-            name, CLASS_DESCRIPTIONS[name],
+            name,
+            CLASS_DESCRIPTIONS[name],
             *(format_value(row[key]) for key in ("precision", "recall", "f1", "auc")),
             f"{row['support']:,}",
         )

@@ -48,7 +48,9 @@ def balanced_accuracy(y_true, predicted):
     return float(np.mean([np.mean(predicted[y_true == label] == label) for label in present]))
 
 
-def predict_corrupted(predictor, images, image_ids, metadata=None, *, seed=0, batch_size=32, image_labels=None, verbose=True):
+def predict_corrupted(
+    predictor, images, image_ids, metadata=None, *, seed=0, batch_size=32, image_labels=None, verbose=True
+):
     """A model's probabilities for images, clean and under every corruption at every severity.
 
     Args:
@@ -75,7 +77,9 @@ def predict_corrupted(predictor, images, image_ids, metadata=None, *, seed=0, ba
             views = corrupt_images(images, name, severity, seed=seed, keys=keys)
             corrupted[index, level] = predictor.predict(views, metadata, batch_size=batch_size)
         if verbose and image_labels is not None:
-            shown = ", ".join(f"{balanced_accuracy(image_labels, values.argmax(axis=1)):.3f}" for values in corrupted[index])
+            shown = ", ".join(
+                f"{balanced_accuracy(image_labels, values.argmax(axis=1)):.3f}" for values in corrupted[index]
+            )
             print(f"  {name}: balanced accuracy {shown} at severities {', '.join(map(str, SEVERITIES))}", flush=True)
     return clean, corrupted
 
@@ -90,7 +94,10 @@ def score_robustness(y_true, clean, corrupted):
     """
     clean_score = balanced_accuracy(y_true, clean.argmax(axis=1))
     scores = {
-        name: {str(severity): balanced_accuracy(y_true, corrupted[index, level].argmax(axis=1)) for level, severity in enumerate(SEVERITIES)}
+        name: {
+            str(severity): balanced_accuracy(y_true, corrupted[index, level].argmax(axis=1))
+            for level, severity in enumerate(SEVERITIES)
+        }
         for index, name in enumerate(CORRUPTIONS)
     }
     mean = float(np.mean([value for severities in scores.values() for value in severities.values()]))
@@ -100,7 +107,11 @@ def score_robustness(y_true, clean, corrupted):
         "mean_corrupted_balanced_accuracy": mean,
         "relative_balanced_accuracy": _ratio(mean, clean_score),
         "corruptions": {
-            name: {"mean": float(np.mean(list(severities.values()))), "relative": _ratio(np.mean(list(severities.values())), clean_score), "severities": severities}
+            name: {
+                "mean": float(np.mean(list(severities.values()))),
+                "relative": _ratio(np.mean(list(severities.values())), clean_score),
+                "severities": severities,
+            }
             for name, severities in scores.items()
         },
     }
@@ -131,7 +142,9 @@ def read_robustness_predictions(folder, stem=ROBUSTNESS_STEM):
         return {}
     with np.load(path, allow_pickle=False) as arrays:
         if list(arrays["corruptions"]) != list(CORRUPTIONS):
-            raise DataError(f"{path}: scored with other corruptions ({', '.join(arrays['corruptions'])}); score the benchmark again into a new file (--seed)")
+            raise DataError(
+                f"{path}: scored with other corruptions ({', '.join(arrays['corruptions'])}); score the benchmark again into a new file (--seed)"
+            )
         return {
             subset: tuple(arrays[f"{subset}_{part}"] for part in ("image_ids", "labels", "clean", "corrupted"))
             for subset in SUBSETS
@@ -145,16 +158,24 @@ def write_robustness(folder, subset, image_ids, y_true, clean, corrupted, *, set
     folder = Path(folder)
     scores = score_robustness(y_true, clean, corrupted)
     existing = read_robustness(folder, stem) or {}
-    write_json(folder / f"{stem}.json", {**existing, **settings, "subsets": {**existing.get("subsets", {}), subset: scores}})
+    write_json(
+        folder / f"{stem}.json", {**existing, **settings, "subsets": {**existing.get("subsets", {}), subset: scores}}
+    )
     arrays = {
         f"{name}_{part}": values
         for name, (ids, labels, clean_values, corrupted_values) in read_robustness_predictions(folder, stem).items()
-        for part, values in zip(("image_ids", "labels", "clean", "corrupted"), (ids, labels, clean_values, corrupted_values))
+        for part, values in zip(
+            ("image_ids", "labels", "clean", "corrupted"), (ids, labels, clean_values, corrupted_values)
+        )
     }
-    arrays.update({
-        f"{subset}_image_ids": np.asarray(image_ids, dtype=str), f"{subset}_labels": np.asarray(y_true),
-        f"{subset}_clean": np.asarray(clean, dtype=np.float32), f"{subset}_corrupted": np.asarray(corrupted, dtype=np.float32),
-    })
+    arrays.update(
+        {
+            f"{subset}_image_ids": np.asarray(image_ids, dtype=str),
+            f"{subset}_labels": np.asarray(y_true),
+            f"{subset}_clean": np.asarray(clean, dtype=np.float32),
+            f"{subset}_corrupted": np.asarray(corrupted, dtype=np.float32),
+        }
+    )
     with atomic_path(folder / f"{stem}.npz") as temporary, open(temporary, "wb") as handle:
         np.savez_compressed(handle, corruptions=np.array(list(CORRUPTIONS)), **arrays)
     return scores
@@ -182,7 +203,9 @@ def pool_predictions(parts):
     for part_ids, part_labels, part_clean, part_corrupted in parts:
         positions = ids.get_indexer(part_ids)
         if np.any((labels[positions] >= 0) & (labels[positions] != part_labels)):
-            raise DataError("two models' benchmark files give one image different true classes: were they trained on one split?")
+            raise DataError(
+                "two models' benchmark files give one image different true classes: were they trained on one split?"
+            )
         labels[positions] = part_labels
         np.add.at(clean, positions, part_clean)
         np.add.at(counts, positions, 1)
@@ -204,8 +227,15 @@ def robustness_metrics(folder):
     return {
         "robustness": {
             subset: {
-                key: scores[key] for key in ("n_images", "clean_balanced_accuracy", "mean_corrupted_balanced_accuracy", "relative_balanced_accuracy")
-            } | {"corruptions": {name: values["mean"] for name, values in scores["corruptions"].items()}}
+                key: scores[key]
+                for key in (
+                    "n_images",
+                    "clean_balanced_accuracy",
+                    "mean_corrupted_balanced_accuracy",
+                    "relative_balanced_accuracy",
+                )
+            }
+            | {"corruptions": {name: values["mean"] for name, values in scores["corruptions"].items()}}
             for subset, scores in robustness["subsets"].items()
         }
     }
@@ -224,7 +254,10 @@ def robustness_section(folder, stem=ROBUSTNESS_STEM):
     for subset in SUBSETS:
         scores = robustness["subsets"].get(subset)
         if scores is not None:
-            lines += [f"### {SUBSET_NAMES[subset].capitalize()} ({scores['n_images']:,} images)", robustness_table(scores)]
+            lines += [
+                f"### {SUBSET_NAMES[subset].capitalize()} ({scores['n_images']:,} images)",
+                robustness_table(scores),
+            ]
     return "\n\n".join(lines)
 
 
@@ -233,13 +266,22 @@ def robustness_table(scores):
     header = ("corruption", *(f"severity {severity}" for severity in SEVERITIES), "mean", "relative")
     rows = [("clean", *[""] * len(SEVERITIES), format_value(scores["clean_balanced_accuracy"]), "")]
     rows += [
-        (name.replace("_", " "), *(format_value(values["severities"][str(severity)]) for severity in SEVERITIES), format_value(values["mean"]), format_value(values["relative"]))
+        (
+            name.replace("_", " "),
+            *(format_value(values["severities"][str(severity)]) for severity in SEVERITIES),
+            format_value(values["mean"]),
+            format_value(values["relative"]),
+        )
         for name, values in scores["corruptions"].items()
     ]
-    rows.append((
-        "**all corruptions**", *[""] * len(SEVERITIES), f"**{format_value(scores['mean_corrupted_balanced_accuracy'])}**",
-        f"**{format_value(scores['relative_balanced_accuracy'])}**",
-    ))
+    rows.append(
+        (
+            "**all corruptions**",
+            *[""] * len(SEVERITIES),
+            f"**{format_value(scores['mean_corrupted_balanced_accuracy'])}**",
+            f"**{format_value(scores['relative_balanced_accuracy'])}**",
+        )
+    )
     return markdown_table(header, rows, align="l" + "r" * (len(SEVERITIES) + 2))
 
 
@@ -279,10 +321,12 @@ def study_robustness_section(robustness):
         if subset == "test"
     ]
     note = "; ".join(f"{label}: {name.replace('_', ' ')} ({values['mean']:.3f})" for label, _, (name, values) in worst)
-    return "\n\n".join([
-        "## Robustness",
-        "Fold ensembles' balanced accuracy under the dermatology-specific corruptions of `dataset/corruptions.py` "
-        f"(11 corruptions x 3 severities; validation pooled out of fold). Per corruption: [{STUDY_ROBUSTNESS_DIR}/](../{STUDY_ROBUSTNESS_DIR}/).",
-        markdown_table(header, rows, align="l" + "r" * (len(header) - 1)),
-        *([f"Worst corruption on test: {note}."] if note else []),
-    ])
+    return "\n\n".join(
+        [
+            "## Robustness",
+            "Fold ensembles' balanced accuracy under the dermatology-specific corruptions of `dataset/corruptions.py` "
+            f"(11 corruptions x 3 severities; validation pooled out of fold). Per corruption: [{STUDY_ROBUSTNESS_DIR}/](../{STUDY_ROBUSTNESS_DIR}/).",
+            markdown_table(header, rows, align="l" + "r" * (len(header) - 1)),
+            *([f"Worst corruption on test: {note}."] if note else []),
+        ]
+    )

@@ -85,7 +85,11 @@ def set_evaluation(y_true, sets):
     def summary(mask):
         if not mask.any():
             return {"coverage": None, "mean_size": None, "n_images": 0}
-        return {"coverage": float(covered[mask].mean()), "mean_size": float(sizes[mask].mean()), "n_images": int(mask.sum())}
+        return {
+            "coverage": float(covered[mask].mean()),
+            "mean_size": float(sizes[mask].mean()),
+            "n_images": int(mask.sum()),
+        }
 
     return {
         **summary(np.ones(len(y_true), dtype=bool)),

@@ -65,7 +65,13 @@ def summarize_study(study_dir, *, bootstrap_draws=BOOTSTRAP_DRAWS, seed=0, verbo
         raise DataError(f"{study_dir}: no finished run to summarise yet (continue it with --resume)")
     title = f"Study {study_dir.name}"
     return write_summary(
-        runs, study_dir / SUMMARY_DIR, title, bootstrap_draws=bootstrap_draws, seed=seed, verbose=verbose, robustness=read_study_robustness(study_dir)
+        runs,
+        study_dir / SUMMARY_DIR,
+        title,
+        bootstrap_draws=bootstrap_draws,
+        seed=seed,
+        verbose=verbose,
+        robustness=read_study_robustness(study_dir),
     )
 
 
@@ -88,11 +94,27 @@ def compare_studies(study_dirs, output_dir, *, bootstrap_draws=BOOTSTRAP_DRAWS, 
     same_split = all(split.equals(splits[0]) for split in splits[1:])
     title = f"Comparison of studies {', '.join(study_dir.name for study_dir in study_dirs)}"
     return write_summary(
-        runs, output_dir, title, paired_over_runs=same_split, bootstrap_draws=bootstrap_draws, seed=seed, verbose=verbose
+        runs,
+        output_dir,
+        title,
+        paired_over_runs=same_split,
+        bootstrap_draws=bootstrap_draws,
+        seed=seed,
+        verbose=verbose,
     )
 
 
-def write_summary(runs, output_dir, title, *, paired_over_runs=True, bootstrap_draws=BOOTSTRAP_DRAWS, seed=0, verbose=True, robustness=None):
+def write_summary(
+    runs,
+    output_dir,
+    title,
+    *,
+    paired_over_runs=True,
+    bootstrap_draws=BOOTSTRAP_DRAWS,
+    seed=0,
+    verbose=True,
+    robustness=None,
+):
     """Summarises runs grouped by configuration into a new `output_dir`.
 
     Writes `summary.json`, `summary.md`, `spread.png` (every run's score, and the mean per
@@ -114,7 +136,10 @@ def write_summary(runs, output_dir, title, *, paired_over_runs=True, bootstrap_d
     y_true, probabilities = shared_test_set(predictions)
     image_ids = next(iter(predictions.values()))[0]["image_id"].to_numpy()
     groups = scored_groups(runs, y_true, probabilities)
-    ensembles = {label: np.mean([probabilities[member["run_dir"]] for member in members], axis=0) for label, members in groups.items()}
+    ensembles = {
+        label: np.mean([probabilities[member["run_dir"]] for member in members], axis=0)
+        for label, members in groups.items()
+    }
     configurations = {
         label: {
             "runs": members,
@@ -133,11 +158,20 @@ def write_summary(runs, output_dir, title, *, paired_over_runs=True, bootstrap_d
     metadata = test_metadata(image_ids)
     for folder, (label, configuration) in zip(ensemble_dirs, configurations.items()):
         configuration["clinical"] = ensemble_clinical(
-            folder, pooled_out_of_fold(groups[label]), image_ids, y_true, ensembles[label], metadata, bootstrap_draws=bootstrap_draws, seed=seed
+            folder,
+            pooled_out_of_fold(groups[label]),
+            image_ids,
+            y_true,
+            ensembles[label],
+            metadata,
+            bootstrap_draws=bootstrap_draws,
+            seed=seed,
         )
     comparison = None
     if len(configurations) > 1:
-        comparison = compare_runs(ensemble_dirs, output_dir / COMPARISON_DIR, bootstrap_draws=bootstrap_draws, seed=seed, verbose=False)
+        comparison = compare_runs(
+            ensemble_dirs, output_dir / COMPARISON_DIR, bootstrap_draws=bootstrap_draws, seed=seed, verbose=False
+        )
     summary = {
         "title": title,
         "n_test_images": len(y_true),
@@ -145,13 +179,24 @@ def write_summary(runs, output_dir, title, *, paired_over_runs=True, bootstrap_d
         "pairs": paired_tests(groups, comparison, ensemble_dirs, len(y_true), over_runs=paired_over_runs),
         "paired_over_runs": paired_over_runs,
         "configuration_ensemble": write_configuration_ensemble(
-            output_dir, configurations, ensembles, image_ids, y_true, write_ensemble, bootstrap_draws=bootstrap_draws, seed=seed
+            output_dir,
+            configurations,
+            ensembles,
+            image_ids,
+            y_true,
+            write_ensemble,
+            bootstrap_draws=bootstrap_draws,
+            seed=seed,
         ),
         "robustness": robustness or None,
     }
     markdown_path, json_path, figure_path = (output_dir / name for name in SUMMARY_FILENAMES)
     write_json(json_path, summary)
-    plot_study_spread({label: configuration["runs"] for label, configuration in configurations.items()}, metrics_shown(STUDY), figure_path)
+    plot_study_spread(
+        {label: configuration["runs"] for label, configuration in configurations.items()},
+        metrics_shown(STUDY),
+        figure_path,
+    )
     write_text(markdown_path, render_summary(summary, figure_path.name))
     if verbose:
         print(f"Wrote the summary of {len(runs)} runs of {len(configurations)} configurations to {output_dir}")
@@ -272,7 +317,9 @@ def paired_tests(groups, comparison, ensemble_dirs, n_test, over_runs=True):
         by_ensemble = {(names[pair["run_a"]], names[pair["run_b"]]): pair for pair in comparison["pairs"]}
     pairs = []
     for first, second in itertools.combinations(groups, 2):
-        scores = [{(run["fold"], run["seed"]): run["balanced_accuracy"] for run in groups[label]} for label in (first, second)]
+        scores = [
+            {(run["fold"], run["seed"]): run["balanced_accuracy"] for run in groups[label]} for label in (first, second)
+        ]
         matched = sorted(set(scores[0]) & set(scores[1]), key=str) if over_runs else []
         differences = [scores[1][key] - scores[0][key] for key in matched]
         folds = any(fold is not None for fold, _ in matched)
@@ -280,18 +327,26 @@ def paired_tests(groups, comparison, ensemble_dirs, n_test, over_runs=True):
             test = None
         elif folds:
             ratio = size_ratio(groups[first][0], n_test)
-            test = {"name": "corrected resampled t-test (Nadeau & Bengio)", "test_train_ratio": ratio, **nadeau_bengio_test(differences, ratio)}
+            test = {
+                "name": "corrected resampled t-test (Nadeau & Bengio)",
+                "test_train_ratio": ratio,
+                **nadeau_bengio_test(differences, ratio),
+            }
         else:
             test = {"name": "paired t-test over seeds", **paired_t_test(differences)}
         ensemble = by_ensemble.get((first, second))
-        pairs.append({
-            "configuration_a": first,
-            "configuration_b": second,
-            "matched_runs": [{"fold": fold, "seed": seed} for fold, seed in matched],
-            "balanced_accuracy_differences": differences,
-            "paired_over_runs": test,
-            "ensembles": None if ensemble is None else {key: ensemble[key] for key in ("balanced_accuracy_difference", "interval", "p_value", "mcnemar")},
-        })
+        pairs.append(
+            {
+                "configuration_a": first,
+                "configuration_b": second,
+                "matched_runs": [{"fold": fold, "seed": seed} for fold, seed in matched],
+                "balanced_accuracy_differences": differences,
+                "paired_over_runs": test,
+                "ensembles": None
+                if ensemble is None
+                else {key: ensemble[key] for key in ("balanced_accuracy_difference", "interval", "p_value", "mcnemar")},
+            }
+        )
     return pairs
 
 
@@ -319,7 +374,11 @@ def render_summary(summary, figure_name):
         "The mean of the runs' test probabilities, with 95% bootstrap intervals over the test images.",
         markdown_table(("configuration", *names), ensemble_rows, align="l" + "r" * len(SUMMARY_METRICS)),
     ]
-    out_of_fold = [(label, *(with_interval(c["out_of_fold"], key) for key in SUMMARY_METRICS)) for label, c in configurations.items() if c["out_of_fold"]]
+    out_of_fold = [
+        (label, *(with_interval(c["out_of_fold"], key) for key in SUMMARY_METRICS))
+        for label, c in configurations.items()
+        if c["out_of_fold"]
+    ]
     if out_of_fold:
         sections += [
             "## Out-of-fold validation",
@@ -329,26 +388,40 @@ def render_summary(summary, figure_name):
     sections += clinical_summary_sections(configurations, ENSEMBLES_DIR)
     if summary["pairs"]:
         sections += paired_tests_section(summary["pairs"], summary["paired_over_runs"])
-    sections += [configuration_ensemble_section(summary.get("configuration_ensemble")), study_robustness_section(summary.get("robustness"))]
+    sections += [
+        configuration_ensemble_section(summary.get("configuration_ensemble")),
+        study_robustness_section(summary.get("robustness")),
+    ]
     return "\n\n".join(section for section in sections if section) + "\n"
 
 
 def paired_tests_section(pairs, paired_over_runs):
     """The "Paired tests" section of `summary.md`: its heading, explanation and table."""
-    unpaired = "" if paired_over_runs else (
-        " The studies do not share their split (and folds), so their runs are not paired over folds or seeds."
+    unpaired = (
+        ""
+        if paired_over_runs
+        else (" The studies do not share their split (and folds), so their runs are not paired over folds or seeds.")
     )
     rows = []
     for pair in pairs:
         test, ensembles = pair["paired_over_runs"], pair["ensembles"]
-        rows.append((
-            pair["configuration_a"], pair["configuration_b"],
-            f"{np.mean(pair['balanced_accuracy_differences']):+.3f}" if pair["balanced_accuracy_differences"] else "–",
-            "–" if test is None else f"{test['name']}: t {format_value(test['t'])}, p {format_value(test['p_value'])}",
-            "–" if ensembles is None else f"{ensembles['balanced_accuracy_difference']:+.3f} {format_interval(ensembles['interval'])}",
-            "–" if ensembles is None else f"{ensembles['p_value']:.3f}",
-            "–" if ensembles is None else f"{ensembles['mcnemar']['p_value']:.3f}",
-        ))
+        rows.append(
+            (
+                pair["configuration_a"],
+                pair["configuration_b"],
+                f"{np.mean(pair['balanced_accuracy_differences']):+.3f}"
+                if pair["balanced_accuracy_differences"]
+                else "–",
+                "–"
+                if test is None
+                else f"{test['name']}: t {format_value(test['t'])}, p {format_value(test['p_value'])}",
+                "–"
+                if ensembles is None
+                else f"{ensembles['balanced_accuracy_difference']:+.3f} {format_interval(ensembles['interval'])}",
+                "–" if ensembles is None else f"{ensembles['p_value']:.3f}",
+                "–" if ensembles is None else f"{ensembles['mcnemar']['p_value']:.3f}",
+            )
+        )
     return [
         "## Paired tests",
         "Second minus first. Over runs matched on (fold, seed): the corrected resampled t-test of Nadeau & Bengio "
@@ -356,8 +429,17 @@ def paired_tests_section(pairs, paired_over_runs):
         "training images), or the paired t-test over seeds. On the ensembles' test predictions: the paired "
         f"bootstrap interval and p-value, and McNemar's exact test ([{COMPARISON_DIR}/]({COMPARISON_DIR}/comparison.md)).{unpaired}",
         markdown_table(
-            ("first", "second", "mean Δ over runs", "paired over runs", "Δ ensembles [95%]", "bootstrap p", "McNemar p"),
-            rows, align="llrlrrr",
+            (
+                "first",
+                "second",
+                "mean Δ over runs",
+                "paired over runs",
+                "Δ ensembles [95%]",
+                "bootstrap p",
+                "McNemar p",
+            ),
+            rows,
+            align="llrlrrr",
         ),
     ]
 

@@ -51,19 +51,20 @@ def site_group(localization):
 def subgroup_table(metadata):
     """Each image's sex, age band and site group, from its `age, sex, localization`."""
     metadata = metadata.reset_index(drop=True)
-    return pd.DataFrame({
-        "sex": metadata["sex"].fillna(UNKNOWN).astype(str),
-        "age": metadata["age"].map(age_band),
-        "site": metadata["localization"].fillna(UNKNOWN).map(site_group),
-    })
+    return pd.DataFrame(
+        {
+            "sex": metadata["sex"].fillna(UNKNOWN).astype(str),
+            "age": metadata["age"].map(age_band),
+            "site": metadata["localization"].fillna(UNKNOWN).map(site_group),
+        }
+    )
 
 
 def group_order(attribute, values):
     """An attribute's groups in reading order: the bands and site groups as defined, unknown last."""
-    defined = {
-        "age": [label for *_, label in AGE_BANDS] + [UNKNOWN],
-        "site": list(SITE_GROUPS) + [OTHER_SITE],
-    }.get(attribute) or sorted(set(values) - {UNKNOWN}) + [UNKNOWN]
+    defined = {"age": [label for *_, label in AGE_BANDS] + [UNKNOWN], "site": list(SITE_GROUPS) + [OTHER_SITE]}.get(
+        attribute
+    ) or sorted(set(values) - {UNKNOWN}) + [UNKNOWN]
     return [group for group in defined if group in set(values)]
 
 
@@ -73,7 +74,9 @@ def group_scores(y_true, y_pred, weights):
     return mean_of_ratios(hits, totals), mean_of_ratios(hits[:, [MELANOMA]], totals[:, [MELANOMA]])
 
 
-def subgroup_metrics(y_true, probabilities, metadata, *, bootstrap_draws=BOOTSTRAP_DRAWS, permutations=PERMUTATIONS, seed=0):
+def subgroup_metrics(
+    y_true, probabilities, metadata, *, bootstrap_draws=BOOTSTRAP_DRAWS, permutations=PERMUTATIONS, seed=0
+):
     """Per attribute and group: image count, balanced accuracy and melanoma sensitivity with intervals;
     per attribute: the largest balanced-accuracy gap among the comparable groups, with its bootstrap
     interval (the same two groups in every draw) and permutation p-value.
@@ -94,22 +97,33 @@ def subgroup_metrics(y_true, probabilities, metadata, *, bootstrap_draws=BOOTSTR
         for group in group_order(attribute, values):
             mask = (values == group).astype(np.float64)[None, :]
             (balanced,), (melanoma,) = group_scores(y_true, y_pred, mask)
-            entry = {"n_images": int(mask.sum()), "balanced_accuracy": finite(balanced), "melanoma_sensitivity": finite(melanoma)}
+            entry = {
+                "n_images": int(mask.sum()),
+                "balanced_accuracy": finite(balanced),
+                "melanoma_sensitivity": finite(melanoma),
+            }
             if weights is not None:
                 draws = group_scores(y_true, y_pred, weights * mask)
                 entry["intervals"] = {
-                    key: bootstrap_interval(draw, seed=seed) for key, draw in zip(("balanced_accuracy", "melanoma_sensitivity"), draws)
+                    key: bootstrap_interval(draw, seed=seed)
+                    for key, draw in zip(("balanced_accuracy", "melanoma_sensitivity"), draws)
                 }
             groups[group] = entry
-        result[attribute] = {"groups": groups, "gap": largest_gap(y_true, y_pred, values, groups, weights, rng, permutations, seed)}
+        result[attribute] = {
+            "groups": groups,
+            "gap": largest_gap(y_true, y_pred, values, groups, weights, rng, permutations, seed),
+        }
     return result
 
 
 def largest_gap(y_true, y_pred, values, groups, weights, rng, permutations, seed):
     """The best minus the worst comparable group's balanced accuracy; None with fewer than two such groups."""
     comparable = [
-        group for group, entry in groups.items()
-        if group not in (UNKNOWN, OTHER_SITE) and entry["n_images"] >= MIN_GROUP_IMAGES and entry["balanced_accuracy"] is not None
+        group
+        for group, entry in groups.items()
+        if group not in (UNKNOWN, OTHER_SITE)
+        and entry["n_images"] >= MIN_GROUP_IMAGES
+        and entry["balanced_accuracy"] is not None
     ]
     if len(comparable) < 2:
         return None
@@ -129,15 +143,18 @@ def largest_gap(y_true, y_pred, values, groups, weights, rng, permutations, seed
         "best": best,
         "worst": worst,
         "balanced_accuracy_gap": gap,
-        "p_value": (1 + int(np.sum(np.array(shuffled_gaps) >= gap - 1e-12))) / (1 + permutations) if permutations else None,
+        "p_value": (1 + int(np.sum(np.array(shuffled_gaps) >= gap - 1e-12))) / (1 + permutations)
+        if permutations
+        else None,
         "permutations": permutations,
     }
     if weights is not None:
-        (best_draws, _), (worst_draws, _) = (group_scores(y_true, y_pred, weights * (values == group)) for group in (best, worst))
+        (best_draws, _), (worst_draws, _) = (
+            group_scores(y_true, y_pred, weights * (values == group)) for group in (best, worst)
+        )
         result["interval"] = bootstrap_interval(best_draws - worst_draws, seed=seed)
     return result
 
 
 def finite(value):
     return None if np.isnan(value) else float(value)
-

@@ -44,7 +44,9 @@ PAGE = Path(__file__).with_name("static") / "index.html"
 OVERLAY_SIZE = 256
 
 
-def create_app(run_dir, *, max_upload_bytes=MAX_UPLOAD_BYTES, max_pixels=MAX_IMAGE_PIXELS, image_size=None, engine=None):
+def create_app(
+    run_dir, *, max_upload_bytes=MAX_UPLOAD_BYTES, max_pixels=MAX_IMAGE_PIXELS, image_size=None, engine=None
+):
     """The FastAPI application serving a run's model, or a study configuration's fold ensemble
     (`STUDY_DIR/<configuration>`), or an ensemble of configurations (`STUDY_DIR/<a>+<b>`,
     `STUDY_DIR/ensemble`); see `evaluation.Predictor.load`. With `image_size`, at that size
@@ -67,7 +69,11 @@ def create_app(run_dir, *, max_upload_bytes=MAX_UPLOAD_BYTES, max_pixels=MAX_IMA
     app = FastAPI(
         title=f"HAM10000 classifier: {description['run']}",
         description=f"{description['architecture']} at {predictor.image_size} px"
-        + (f", the mean of {predictor.model_count} {getattr(predictor, 'unit', 'models')}" if predictor.model_count > 1 else "")
+        + (
+            f", the mean of {predictor.model_count} {getattr(predictor, 'unit', 'models')}"
+            if predictor.model_count > 1
+            else ""
+        )
         + (f" ({predictor.incomplete})" if getattr(predictor, "incomplete", None) else "")
         + (", with age, sex and site" if predictor.takes_metadata else "")
         + (f", served by {predictor.info['runtime']} from its {predictor.info['format']} export" if exported else "")
@@ -95,9 +101,16 @@ def create_app(run_dir, *, max_upload_bytes=MAX_UPLOAD_BYTES, max_pixels=MAX_IMA
         sex: Annotated[str | None, Form(description="male, female or unknown")] = None,
         site: Annotated[str | None, Form(description="anatomical site, one of GET /model's sites")] = None,
         explain: Annotated[bool, Form(description="also return a Grad-CAM overlay (PNG data URL)")] = False,
-        calibrated: Annotated[bool, Form(description="also return the probabilities with the temperature fitted on validation")] = False,
-        conformal: Annotated[float | None, Form(gt=0, lt=1, description="also return the conformal prediction set at this level (0.9 or 0.95)")] = None,
-        conformal_kind: Annotated[str, Form(description="marginal, or class_conditional (one threshold per class)")] = "marginal",
+        calibrated: Annotated[
+            bool, Form(description="also return the probabilities with the temperature fitted on validation")
+        ] = False,
+        conformal: Annotated[
+            float | None,
+            Form(gt=0, lt=1, description="also return the conformal prediction set at this level (0.9 or 0.95)"),
+        ] = None,
+        conformal_kind: Annotated[
+            str, Form(description="marginal, or class_conditional (one threshold per class)")
+        ] = "marginal",
     ):
         """The class probabilities of one image; age, sex and site are used by metadata models."""
         if calibrated or conformal is not None:
@@ -196,14 +209,19 @@ def check_calibration(calibration, level, kind):
 def calibrated_answer(calibration, probabilities):
     """The calibrated probabilities of one image, with the temperature that made them."""
     calibrated = calibration.probabilities(probabilities[None])[0]
-    return {"temperature": calibration.temperature, "probabilities": {name: float(value) for name, value in zip(CLASS_NAMES, calibrated)}}
+    return {
+        "temperature": calibration.temperature,
+        "probabilities": {name: float(value) for name, value in zip(CLASS_NAMES, calibrated)},
+    }
 
 
 def conformal_answer(calibration, probabilities, level, kind):
     """One image's conformal prediction set: its class codes (possibly none), the level, kind and threshold."""
     kind = kind.replace("-", "_")
     return {
-        "level": level, "kind": kind, "threshold": calibration.threshold(level, kind),
+        "level": level,
+        "kind": kind,
+        "threshold": calibration.threshold(level, kind),
         "set": calibration.sets(probabilities[None], level, kind)[0],
     }
 
@@ -247,7 +265,9 @@ def check_pixels(data, limit):
         size = ""
     except (OSError, SyntaxError, ValueError):
         return
-    raise HTTPException(413, f"the image has more than the {limit / 1e6:g} megapixels this server decodes{size}; send a smaller image")
+    raise HTTPException(
+        413, f"the image has more than the {limit / 1e6:g} megapixels this server decodes{size}; send a smaller image"
+    )
 
 
 def too_large(limit):
@@ -274,4 +294,6 @@ def check_address(host, port):
         try:
             probe.bind((host, port))
         except OSError as error:
-            raise UserError(f"{host}:{port}: cannot listen there ({error.strerror}); pass another --port (0 picks a free one) or --host") from None
+            raise UserError(
+                f"{host}:{port}: cannot listen there ({error.strerror}); pass another --port (0 picks a free one) or --host"
+            ) from None

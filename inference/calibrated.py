@@ -49,13 +49,19 @@ class Calibration:
         """
         if not hasattr(predictor, "calibration_dir"):
             # An export's graph gives the raw probabilities; its run holds the calibration.
-            raise DataError(f"{predictor.name}: an export carries no calibration; predict or serve its run folder for calibrated probabilities or conformal sets")
+            raise DataError(
+                f"{predictor.name}: an export carries no calibration; predict or serve its run folder for calibrated probabilities or conformal sets"
+            )
         path = Path(predictor.calibration_dir) / CALIBRATION_FILENAME
         if len(predictor.members) == 1:
-            remedy = f"`python main.py evaluate {predictor.members[0].run_dir}` fits it on the run's validation predictions"
+            remedy = (
+                f"`python main.py evaluate {predictor.members[0].run_dir}` fits it on the run's validation predictions"
+            )
         else:
             remedy = "the study summary fits it on the fold runs' pooled validation predictions (a summary made before calibration has none: make it again)"
-        content = read_json(path, f"{path}: not found, so there are no calibrated probabilities or conformal sets; {remedy}")
+        content = read_json(
+            path, f"{path}: not found, so there are no calibrated probabilities or conformal sets; {remedy}"
+        )
         try:
             return cls(path, float(content["temperature"]), dict(content["conformal"]))
         except (KeyError, TypeError, ValueError):

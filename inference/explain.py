@@ -32,7 +32,10 @@ def explain_images(predictor, images, files, probabilities, metadata, output_dir
     heatmaps = PredictorGradCAM(predictor).heatmaps(images, probabilities.argmax(axis=1), metadata)
     folder = new_folder(output_dir)
     if folder != Path(output_dir):
-        warnings.warn(f"{output_dir} exists: the Grad-CAM figures go to {folder} (an existing folder is never written into)", stacklevel=2)
+        warnings.warn(
+            f"{output_dir} exists: the Grad-CAM figures go to {folder} (an existing folder is never written into)",
+            stacklevel=2,
+        )
     names = unique_names([Path(path).stem for path in files])
     for path, name, heatmap, probability in zip(files, names, heatmaps, probabilities):
         write_figure(folder / f"{name}.png", read_image(path, DISPLAY_SIZE), heatmap, probability, Path(path).name)
@@ -40,7 +43,9 @@ def explain_images(predictor, images, files, probabilities, metadata, output_dir
 
 
 def write_figure(path, image, heatmap, probabilities, title):
-    figure, axes = plt.subplots(1, 4, figsize=(12, 3.2), layout="constrained", gridspec_kw={"width_ratios": [1, 1, 1, 1.5]})
+    figure, axes = plt.subplots(
+        1, 4, figsize=(12, 3.2), layout="constrained", gridspec_kw={"width_ratios": [1, 1, 1, 1.5]}
+    )
     axes[0].imshow(image)
     axes[0].set_title(title, fontsize=9)
     axes[1].imshow(heatmap, cmap="jet", vmin=0, vmax=1, interpolation="bilinear")
@@ -56,7 +61,9 @@ def write_figure(path, image, heatmap, probabilities, title):
     axes[3].set_xlim(0, 1)
     axes[3].set_title("top-3 probabilities", fontsize=9)
     for rank, index in enumerate(top):
-        axes[3].text(min(probabilities[index] + 0.02, 0.8), 2 - rank, f"{probabilities[index]:.2f}", va="center", fontsize=8)
+        axes[3].text(
+            min(probabilities[index] + 0.02, 0.8), 2 - rank, f"{probabilities[index]:.2f}", va="center", fontsize=8
+        )
     with atomic_path(path) as temporary:
         figure.savefig(temporary, dpi=100)
     plt.close(figure)

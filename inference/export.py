@@ -121,7 +121,9 @@ def check_format(format, quantize):
         )
     if quantize is not None and quantize not in QUANTIZATIONS.get(format, ()):
         formats = ", ".join(f"{name} ({' or '.join(kinds)})" for name, kinds in QUANTIZATIONS.items())
-        raise ConfigError(f"--quantize {quantize}: {format} exports are not quantised here; quantisation is for {formats}")
+        raise ConfigError(
+            f"--quantize {quantize}: {format} exports are not quantised here; quantisation is for {formats}"
+        )
 
 
 def export_destination(predictor, format, quantize, output):
@@ -153,7 +155,9 @@ def inference_graph(predictor):
     image = keras.Input((size, size, 3), name="image", dtype="float32")
     inputs = [image]
     if predictor.takes_metadata:
-        metadata = keras.Input((len(metadata_features(predictor.sexes, predictor.sites)),), name="metadata", dtype="float32")
+        metadata = keras.Input(
+            (len(metadata_features(predictor.sexes, predictor.sites)),), name="metadata", dtype="float32"
+        )
         inputs.append(metadata)
     outputs = []
     for index, member in enumerate(predictor.members):
@@ -245,10 +249,15 @@ def litert_quantization(quantize, data, calibration, predictor):
 def compare_with_keras(predictor, graph, runtime, images, rows, cache_rows, data, features, labels):
     """The export against the Keras model on the test images: probabilities, classes, balanced accuracy, latency."""
     keras_probabilities = predictor.predict(data.cache.images, rows, rows=cache_rows)
-    exported = np.concatenate([
-        runtime.run(images[start : start + LATENCY_BATCH], None if features is None else features[start : start + LATENCY_BATCH])
-        for start in range(0, len(images), LATENCY_BATCH)
-    ])
+    exported = np.concatenate(
+        [
+            runtime.run(
+                images[start : start + LATENCY_BATCH],
+                None if features is None else features[start : start + LATENCY_BATCH],
+            )
+            for start in range(0, len(images), LATENCY_BATCH)
+        ]
+    )
     single = (images[:1], None if features is None else features[:1])
     batch = (images[:LATENCY_BATCH], None if features is None else features[:LATENCY_BATCH])
     keras_inputs = (lambda x, m: x) if features is None else (lambda x, m: [x, m])
@@ -256,7 +265,10 @@ def compare_with_keras(predictor, graph, runtime, images, rows, cache_rows, data
         "images": len(labels),
         "max_abs_difference": float(np.abs(exported - keras_probabilities).max()),
         "class_agreement": float(np.mean(exported.argmax(axis=1) == keras_probabilities.argmax(axis=1))),
-        "balanced_accuracy": {"export": balanced_accuracy(labels, exported), "keras": balanced_accuracy(labels, keras_probabilities)},
+        "balanced_accuracy": {
+            "export": balanced_accuracy(labels, exported),
+            "keras": balanced_accuracy(labels, keras_probabilities),
+        },
         "latency_ms": {
             "export": latency(lambda x, m: runtime.run(x, m), single, batch),
             "keras": latency(lambda x, m: graph.predict_on_batch(keras_inputs(x, m)), single, batch),
@@ -306,20 +318,29 @@ def file_bytes(path):
 def export_info(predictor, graph, runtime, format, quantize, check, calibration):
     """`export.json`: what the graph takes and gives, where it came from, and its check."""
     size = predictor.image_size
-    inputs = [{
-        "name": "image", "shape": [None, size, size, 3], "dtype": "float32",
-        "description": f"RGB, values 0 to 255, resized by the caller to {size} x {size} (HAM10000's 4:3 frames were squashed "
-        "to a square); the pixel scaling and normalisation are inside the graph",
-    }]
+    inputs = [
+        {
+            "name": "image",
+            "shape": [None, size, size, 3],
+            "dtype": "float32",
+            "description": f"RGB, values 0 to 255, resized by the caller to {size} x {size} (HAM10000's 4:3 frames were squashed "
+            "to a square); the pixel scaling and normalisation are inside the graph",
+        }
+    ]
     metadata, description = None, predictor.describe()
     if predictor.takes_metadata:
         features = metadata_features(predictor.sexes, predictor.sites)
         metadata = {"features": features, "sexes": list(predictor.sexes), "sites": list(predictor.sites)}
-        inputs.append({
-            "name": "metadata", "shape": [None, len(features)], "dtype": "float32", "features": features,
-            "description": "age in years (0 where unknown), age_missing 1 where the age is unknown, then sex and site one-hot "
-            "over the listed categories (a value not listed is 'unknown'); each fold model's own scaling is inside the graph",
-        })
+        inputs.append(
+            {
+                "name": "metadata",
+                "shape": [None, len(features)],
+                "dtype": "float32",
+                "features": features,
+                "description": "age in years (0 where unknown), age_missing 1 where the age is unknown, then sex and site one-hot "
+                "over the listed categories (a value not listed is 'unknown'); each fold model's own scaling is inside the graph",
+            }
+        )
     return {
         "format": format,
         "quantize": quantize,
@@ -327,18 +348,29 @@ def export_info(predictor, graph, runtime, format, quantize, check, calibration)
         "runtime": RUNTIMES[format],
         "image_size": size,
         "inputs": inputs,
-        "outputs": [{"name": output_name(runtime), "shape": [None, len(CLASS_NAMES)], "dtype": "float32", "description": "class probabilities, in the order of classes"}],
+        "outputs": [
+            {
+                "name": output_name(runtime),
+                "shape": [None, len(CLASS_NAMES)],
+                "dtype": "float32",
+                "description": "class probabilities, in the order of classes",
+            }
+        ],
         "classes": [{"code": name, "name": CLASS_DESCRIPTIONS[name]} for name in CLASS_NAMES],
         "metadata": metadata,
         "source": {
             "name": predictor.name,
-            "path": str(predictor.folder if predictor.configuration is None else predictor.folder / predictor.configuration),
+            "path": str(
+                predictor.folder if predictor.configuration is None else predictor.folder / predictor.configuration
+            ),
             "configuration": predictor.configuration,
             "runs": [str(member.run_dir) for member in predictor.members],
             "architecture": description["architecture"],
             "test_metrics": description["test_metrics"],
         },
-        "calibration": None if calibration is None else {"subset": "train", "images": len(calibration), "image_ids": calibration},
+        "calibration": None
+        if calibration is None
+        else {"subset": "train", "images": len(calibration), "image_ids": calibration},
         "versions": package_versions(),
         "check": check,
         "cpu": cpu_name(),

@@ -52,10 +52,14 @@ def load_predictor(path, engine=None, image_size=None):
     """
     if is_export_dir(path):
         if image_size is not None:
-            raise UserError(f"{path} is an export, whose graph takes images at the size it was exported at: leave out --image-size")
+            raise UserError(
+                f"{path} is an export, whose graph takes images at the size it was exported at: leave out --image-size"
+            )
         return ExportedModel.load(path, None if engine is None else engine)
     if engine not in (None, "keras"):
-        raise UserError(f"--engine {engine} serves an export folder; export the run first: python main.py export {path} --format {engine}")
+        raise UserError(
+            f"--engine {engine} serves an export folder; export the run first: python main.py export {path} --format {engine}"
+        )
     from evaluation.predictor import Predictor
 
     return Predictor.load(path, image_size=image_size)
@@ -160,7 +164,12 @@ class OpenVinoRuntime(Runtime):
         return np.asarray(self.compiled(feeds)[self.compiled.outputs[0]])
 
 
-RUNTIME_CLASSES = {"onnx": OnnxRuntime, "litert": LiteRtRuntime, "saved_model": SavedModelRuntime, "openvino": OpenVinoRuntime}
+RUNTIME_CLASSES = {
+    "onnx": OnnxRuntime,
+    "litert": LiteRtRuntime,
+    "saved_model": SavedModelRuntime,
+    "openvino": OpenVinoRuntime,
+}
 
 
 def load_runtime(format, path):
@@ -172,7 +181,9 @@ def load_runtime(format, path):
     """
     path = Path(path)
     if not path.exists():
-        raise DataError(f"{path}: the exported model is missing (export the run again: python main.py export RUN --format {format})")
+        raise DataError(
+            f"{path}: the exported model is missing (export the run again: python main.py export RUN --format {format})"
+        )
     try:
         return RUNTIME_CLASSES[format](path)
     except ModuleNotFoundError as error:
@@ -209,7 +220,9 @@ class ExportedModel:
         folder = Path(folder)
         path = folder / EXPORT_FILENAME
         if not path.is_file():
-            raise DataError(f"{folder}: not an export folder (no {EXPORT_FILENAME}; make one with python main.py export RUN --format onnx)")
+            raise DataError(
+                f"{folder}: not an export folder (no {EXPORT_FILENAME}; make one with python main.py export RUN --format onnx)"
+            )
         try:
             info = json.loads(path.read_text(encoding="utf-8"))
             format, file = info["format"], info["file"]
@@ -218,9 +231,13 @@ class ExportedModel:
         if format not in RUNTIME_CLASSES:
             raise DataError(f"{path}: unknown format {format!r} (expected one of {', '.join(RUNTIME_CLASSES)})")
         if engine == "keras":
-            raise UserError(f"{folder} is an export ({format}); --engine keras serves the run it came from, {info.get('source', {}).get('path')}")
+            raise UserError(
+                f"{folder} is an export ({format}); --engine keras serves the run it came from, {info.get('source', {}).get('path')}"
+            )
         if engine is not None and engine != format:
-            raise UserError(f"{folder} holds the {format} export, not {engine}: pass --engine {format}, or export the run with --format {engine}")
+            raise UserError(
+                f"{folder} holds the {format} export, not {engine}: pass --engine {format}, or export the run with --format {engine}"
+            )
         return cls(folder, info, load_runtime(format, folder / file))
 
     @property
@@ -281,9 +298,13 @@ class ExportedModel:
         for start in range(0, len(rows), batch_size):
             batch = np.asarray(images[rows[start : start + batch_size]], dtype=np.float32)
             batch_features = None if features is None else features[start : start + batch_size]
-            total = sum(self.runtime.run(np.ascontiguousarray(transform(batch)), batch_features) for transform in transforms)
+            total = sum(
+                self.runtime.run(np.ascontiguousarray(transform(batch)), batch_features) for transform in transforms
+            )
             probabilities.append(np.asarray(total, dtype=np.float32) / len(transforms))
         probabilities = np.concatenate(probabilities) if probabilities else np.zeros((0, len(CLASS_NAMES)), np.float32)
         if probabilities.shape[1:] != (len(CLASS_NAMES),) or not np.isfinite(probabilities).all():
-            raise DataError(f"{self.folder}: the export answers {probabilities.shape} values, not finite class probabilities; export the run again")
+            raise DataError(
+                f"{self.folder}: the export answers {probabilities.shape} values, not finite class probabilities; export the run again"
+            )
         return probabilities

@@ -47,13 +47,21 @@ def write_gallery(run_dir, data, predictor=None):
 
     entries = []
     for (name, kind, row), image_id, heatmap, pred in zip(chosen, image_ids, heatmaps, predicted):
-        thumbnail = read_image(paths[image_id], THUMBNAIL_SIZE) if image_id in paths else images[image_ids.index(image_id)]
+        thumbnail = (
+            read_image(paths[image_id], THUMBNAIL_SIZE) if image_id in paths else images[image_ids.index(image_id)]
+        )
         file = f"{GALLERY_DIR}/{name}-{kind}.png"
         files.write_bytes(run_dir / file, png_bytes(overlay_heatmap(thumbnail, heatmap)))
-        entries.append({
-            "class": name, "kind": kind, "image_id": image_id, "pred": CLASS_NAMES[pred],
-            "probability": round(float(probabilities[row, pred]), 4), "file": file,
-        })
+        entries.append(
+            {
+                "class": name,
+                "kind": kind,
+                "image_id": image_id,
+                "pred": CLASS_NAMES[pred],
+                "probability": round(float(probabilities[row, pred]), 4),
+                "file": file,
+            }
+        )
     files.write_json(run_dir / GALLERY_DIR / GALLERY_FILENAME, entries)
     return entries
 

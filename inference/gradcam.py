@@ -60,11 +60,16 @@ class GradCAM:
             self.to_backbone_output = None
             self.head = keras.Model([feature_map, *self.other_inputs], model.output)
         else:
-            self.to_backbone_output = None if feature_map is searched.output else keras.Model(feature_map, searched.output)
+            self.to_backbone_output = (
+                None if feature_map is searched.output else keras.Model(feature_map, searched.output)
+            )
             # The head starts at the last 4-D tensor the top level passes on: the backbone's output.
             head_start = [
-                tensor for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)
-                for tensor in keras.tree.flatten(layer.input) if len(tensor.shape) == 4
+                tensor
+                for layer in model.layers
+                if not isinstance(layer, keras.layers.InputLayer)
+                for tensor in keras.tree.flatten(layer.input)
+                if len(tensor.shape) == 4
             ][-1]
             self.head = keras.Model([head_start, *self.other_inputs], model.output)
         self._maps = self._class_activation_maps
@@ -135,7 +140,9 @@ class PredictorGradCAM:
             metadata: the images' `age, sex, localization` table for metadata models; None: unknown.
         """
         maps = [
-            cam.heatmaps(images, class_indices, [] if member.encoder is None else [member.encode(metadata, len(images))])
+            cam.heatmaps(
+                images, class_indices, [] if member.encoder is None else [member.encode(metadata, len(images))]
+            )
             for member, cam in self.members
         ]
         if len(maps) == 1:
@@ -153,11 +160,16 @@ def last_feature_map_layer(model):
     of a multi-branch block (Inception's) is no such map: its siblings reach the output around it.
     """
     maps = [
-        layer for layer in model.layers
+        layer
+        for layer in model.layers
         if not isinstance(layer, keras.layers.InputLayer) and len(layer.output.shape) == 4
     ]
     for smallest in (MIN_SIDE, 2):
-        wide_enough = [layer for layer in maps if min(layer.output.shape[1] or smallest, layer.output.shape[2] or smallest) >= smallest]
+        wide_enough = [
+            layer
+            for layer in maps
+            if min(layer.output.shape[1] or smallest, layer.output.shape[2] or smallest) >= smallest
+        ]
         for layer in reversed(wide_enough):
             if _cuts(model, layer):
                 return layer

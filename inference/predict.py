@@ -39,7 +39,9 @@ def collect_images(paths):
     files = []
     for path in map(Path, paths):
         if path.is_dir():
-            found = sorted(entry for entry in path.iterdir() if entry.is_file() and entry.suffix.lower() in IMAGE_SUFFIXES)
+            found = sorted(
+                entry for entry in path.iterdir() if entry.is_file() and entry.suffix.lower() in IMAGE_SUFFIXES
+            )
             if not found:
                 raise DataError(f"{path}: no images in this folder (looked for {', '.join(IMAGE_SUFFIXES)} files)")
             files.extend(found)
@@ -65,7 +67,9 @@ def decode_images(files, size, *, skip_unreadable=False):
         except DataError:
             unreadable.append(path)
     if unreadable:
-        summary = f"{len(unreadable)} of {len(files)} files are not readable JPEG or PNG images: {first_few(unreadable)}"
+        summary = (
+            f"{len(unreadable)} of {len(files)} files are not readable JPEG or PNG images: {first_few(unreadable)}"
+        )
         if not skip_unreadable:
             raise DataError(f"{summary} (pass --skip-unreadable to leave them out)")
         warnings.warn(f"{summary}; leaving them out", stacklevel=2)
@@ -130,8 +134,16 @@ def metadata_for(files, table):
 
 
 def predict_files(
-    predictor, paths, *, metadata_path=None, tta=False, skip_unreadable=False, explain_dir=None,
-    calibrated=False, conformal=None, conformal_kind="marginal",
+    predictor,
+    paths,
+    *,
+    metadata_path=None,
+    tta=False,
+    skip_unreadable=False,
+    explain_dir=None,
+    calibrated=False,
+    conformal=None,
+    conformal_kind="marginal",
 ):
     """Predicts image files and folders with a loaded run.
 
@@ -164,7 +176,9 @@ def predict_files(
     # The metadata file is checked before the images are decoded, so a bad one fails fast.
     table = read_image_metadata(metadata_path) if metadata_path is not None else None
     if table is not None and not predictor.takes_metadata:
-        warnings.warn(f"{predictor.name} is an image-only model: the metadata in {metadata_path} is not used", stacklevel=2)
+        warnings.warn(
+            f"{predictor.name} is an image-only model: the metadata in {metadata_path} is not used", stacklevel=2
+        )
     if table is not None and predictor.takes_metadata:
         check_known_values(table, [path.stem for path in files], predictor, metadata_path)
     images, files = decode_images(files, predictor.image_size, skip_unreadable=skip_unreadable)
@@ -184,18 +198,24 @@ def predict_files(
     table = predictions_table(files, probabilities, predictor.model_count)
     if calibration is None:
         return table
-    extra = calibrated_columns(calibration, probabilities, calibrated=calibrated, conformal=conformal, kind=conformal_kind)
+    extra = calibrated_columns(
+        calibration, probabilities, calibrated=calibrated, conformal=conformal, kind=conformal_kind
+    )
     return pd.concat([table, extra], axis=1)
 
 
 def predictions_table(files, probabilities, models):
     predicted = np.array(CLASS_NAMES)[probabilities.argmax(axis=1)]
-    frame = pd.DataFrame({
-        "image": [str(path) for path in files],
-        "pred": predicted,
-        "pred_name": [CLASS_DESCRIPTIONS[name] for name in predicted],
-    })
-    return pd.concat([frame, pd.DataFrame(probabilities, columns=list(PROBABILITY_COLUMNS))], axis=1).assign(models=models)
+    frame = pd.DataFrame(
+        {
+            "image": [str(path) for path in files],
+            "pred": predicted,
+            "pred_name": [CLASS_DESCRIPTIONS[name] for name in predicted],
+        }
+    )
+    return pd.concat([frame, pd.DataFrame(probabilities, columns=list(PROBABILITY_COLUMNS))], axis=1).assign(
+        models=models
+    )
 
 
 def check_output_path(path):

@@ -1,7 +1,7 @@
 """`main.py serve` in a child process, for code that talks HTTP to it (tests, the latency benchmark).
 
-    with served("results/runs/RUN") as url:
-        urllib.request.urlopen(f"{url}/health")
+with served("results/runs/RUN") as url:
+    urllib.request.urlopen(f"{url}/health")
 """
 
 import contextlib
@@ -27,7 +27,10 @@ def served(run_dir, *, timeout=120):
     """
     process = subprocess.Popen(
         [sys.executable, "main.py", "serve", str(run_dir), "--port", "0"],
-        cwd=REPO_ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+        cwd=REPO_ROOT,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
     )
     # uvicorn announces its address on stderr; a thread drains it so that the pipe never fills.
     lines = queue.Queue()

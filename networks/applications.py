@@ -74,7 +74,9 @@ class ImageNetPreprocessing(layers.Layer):
     def __init__(self, mode, **kwargs):
         super().__init__(**kwargs)
         if mode not in PREPROCESSING_MODES[:-1]:
-            raise ValueError(f"unknown preprocessing mode {mode!r} (expected one of {', '.join(PREPROCESSING_MODES[:-1])})")
+            raise ValueError(
+                f"unknown preprocessing mode {mode!r} (expected one of {', '.join(PREPROCESSING_MODES[:-1])})"
+            )
         self.mode = mode
 
     def call(self, images):
@@ -128,12 +130,22 @@ def application_backbone(constructor, image_size, weights, preprocessing=None, l
 
 def _register(name, entry):
     @register_backbone(
-        name, options=ApplicationOptions, pretrained=True, min_image_size=entry.min_image_size, blocks=entry.blocks,
+        name,
+        options=ApplicationOptions,
+        pretrained=True,
+        min_image_size=entry.min_image_size,
+        blocks=entry.blocks,
         description=f"{entry.constructor} from keras.applications; ImageNet (download), local or no weights",
     )
     def backbone(image_size, options, weights):
-        preprocessing = None if entry.preprocessing == "none" else ImageNetPreprocessing(entry.preprocessing, name="imagenet_preprocessing")
-        return application_backbone(getattr(keras.applications, entry.constructor), image_size, weights, preprocessing, entry.constructor)
+        preprocessing = (
+            None
+            if entry.preprocessing == "none"
+            else ImageNetPreprocessing(entry.preprocessing, name="imagenet_preprocessing")
+        )
+        return application_backbone(
+            getattr(keras.applications, entry.constructor), image_size, weights, preprocessing, entry.constructor
+        )
 
     return backbone
 

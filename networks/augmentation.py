@@ -65,7 +65,18 @@ class AugmentationOptions:
 
     @property
     def active(self):
-        return any((self.rotation, self.zoom, self.aspect, self.brightness, self.contrast, self.saturation, self.hue, self.rand_augment))
+        return any(
+            (
+                self.rotation,
+                self.zoom,
+                self.aspect,
+                self.brightness,
+                self.contrast,
+                self.saturation,
+                self.hue,
+                self.rand_augment,
+            )
+        )
 
 
 AUGMENTATION_NAME = "augmentation"
@@ -82,12 +93,17 @@ def build_augmentation(options, seed=None):
         return None
     transforms = []
     if options.rotation:
-        transforms.append(layers.RandomRotation(options.rotation, fill_mode="reflect", seed=seed, name="random_rotation"))
+        transforms.append(
+            layers.RandomRotation(options.rotation, fill_mode="reflect", seed=seed, name="random_rotation")
+        )
     if options.zoom or options.aspect:
         # Keras's negative factors zoom in: a width factor of -0.25 shows the central 75% of the width.
         transforms.append(
             layers.RandomZoom(
-                (-options.zoom, options.zoom), (-options.zoom - options.aspect, options.zoom), fill_mode="reflect", seed=seed,
+                (-options.zoom, options.zoom),
+                (-options.zoom - options.aspect, options.zoom),
+                fill_mode="reflect",
+                seed=seed,
                 name="random_zoom",
             )
         )
@@ -106,7 +122,11 @@ def build_augmentation(options, seed=None):
     if options.rand_augment:
         transforms.append(
             layers.RandAugment(
-                value_range=(0, 255), num_ops=options.rand_augment_ops, factor=options.rand_augment, seed=seed, name="rand_augment"
+                value_range=(0, 255),
+                num_ops=options.rand_augment_ops,
+                factor=options.rand_augment,
+                seed=seed,
+                name="rand_augment",
             )
         )
     return keras.Sequential(transforms, name=AUGMENTATION_NAME)

@@ -77,18 +77,30 @@ def conv_block_backbone(image_size, blocks, batch_norm_momentum):
 
 
 @register_backbone(
-    "cnn", options=CNNOptions, description="plain deep CNN (conv-BN-ReLU blocks), trained from scratch",
-    width=Width("filters"), toy_options={"filters": [8, 16, 16, 32, 32]}, parameters=5_805_759,
+    "cnn",
+    options=CNNOptions,
+    description="plain deep CNN (conv-BN-ReLU blocks), trained from scratch",
+    width=Width("filters"),
+    toy_options={"filters": [8, 16, 16, 32, 32]},
+    parameters=5_805_759,
 )
 def cnn_backbone(image_size, options):
-    return conv_block_backbone(image_size, [(options.convs_per_block, filters) for filters in options.filters], options.batch_norm_momentum)
+    return conv_block_backbone(
+        image_size, [(options.convs_per_block, filters) for filters in options.filters], options.batch_norm_momentum
+    )
 
 
 @register_backbone(
-    "vgg16_bn", options=VGG16BNOptions,
+    "vgg16_bn",
+    options=VGG16BNOptions,
     description="VGG16 layout with batch norm and a width option, trained from scratch",
-    width=Width("width", maximum=4.0), toy_options={"width": 0.125}, parameters=14_860_487,
+    width=Width("width", maximum=4.0),
+    toy_options={"width": 0.125},
+    parameters=14_860_487,
 )
 def vgg16_bn_backbone(image_size, options):
-    blocks = [(convs, max(8, round(filters * options.width))) for convs, filters in zip(VGG16_BLOCK_CONVS, VGG16_BLOCK_FILTERS)]
+    blocks = [
+        (convs, max(8, round(filters * options.width)))
+        for convs, filters in zip(VGG16_BLOCK_CONVS, VGG16_BLOCK_FILTERS)
+    ]
     return conv_block_backbone(image_size, blocks, options.batch_norm_momentum)

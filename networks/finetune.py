@@ -47,7 +47,10 @@ class Blocks:
             # A match without a number (MobileNetV3's first "expanded_conv_") is block 0 before the offset.
             found.append(int(match.group(1) or 0) + self.offset if match else None)
         ordered = found if self.unnamed == "previous" else found[::-1]
-        numbers, current = [], 0 if self.unnamed == "previous" else max([n for n in found if n is not None], default=0) + 1
+        numbers, current = (
+            [],
+            0 if self.unnamed == "previous" else max([n for n in found if n is not None], default=0) + 1,
+        )
         for number in ordered:
             current = number if number is not None else current
             numbers.append(current)

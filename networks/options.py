@@ -28,7 +28,9 @@ def check_positive(options, what, *names):
     for name in names:
         value = getattr(options, name)
         if any(item < 1 for item in (value if isinstance(value, tuple) else (value,))):
-            raise ValueError(f"{what} {name} must be {'whole numbers' if isinstance(value, tuple) else 'a whole number'} of at least 1; got {_shown(value)}")
+            raise ValueError(
+                f"{what} {name} must be {'whole numbers' if isinstance(value, tuple) else 'a whole number'} of at least 1; got {_shown(value)}"
+            )
 
 
 def _is_a(value, kind):

@@ -150,6 +150,6 @@ def _view(storage, ref, name):
             raise ValueError(f"tensor {name} reaches element {last} of a storage of {storage.size}")
     itemsize = storage.itemsize
     view = np.lib.stride_tricks.as_strided(
-        storage[ref.offset:], shape=ref.shape, strides=[stride * itemsize for stride in ref.strides]
+        storage[ref.offset :], shape=ref.shape, strides=[stride * itemsize for stride in ref.strides]
     )
     return np.array(view)  # a contiguous copy that owns its memory

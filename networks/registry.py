@@ -135,13 +135,23 @@ def check_input(name, image_size, weights=None):
     """Raises ValueError where model `name` cannot take `image_size`, or takes no `weights`."""
     entry = get_model_entry(name)
     if image_size < entry.min_image_size:
-        raise ValueError(f"image_size {image_size} is too small for model {name!r} (it needs at least {entry.min_image_size})")
+        raise ValueError(
+            f"image_size {image_size} is too small for model {name!r} (it needs at least {entry.min_image_size})"
+        )
     if weights is not None and not entry.pretrained:
         raise ValueError(f"model {name!r} is trained from scratch and takes no weights; got weights={weights!r}")
 
 
 def create_model(
-    name, image_size, *, num_classes=7, metadata_features=0, head=None, options=None, weights=None, augmentation=None,
+    name,
+    image_size,
+    *,
+    num_classes=7,
+    metadata_features=0,
+    head=None,
+    options=None,
+    weights=None,
+    augmentation=None,
     colour_constancy=0,
 ):
     """Builds a registered model: its backbone, then the shared head.
@@ -175,7 +185,12 @@ def create_model(
     if backbone.name != BACKBONE:
         backbone = keras.Model(backbone.input, backbone.output, name=BACKBONE)
     return build_classifier(
-        backbone, image_size=image_size, num_classes=num_classes, metadata_features=metadata_features,
-        head=head or HeadOptions(), name=f"{name}_meta" if metadata_features else name, augmentation=augmentation,
+        backbone,
+        image_size=image_size,
+        num_classes=num_classes,
+        metadata_features=metadata_features,
+        head=head or HeadOptions(),
+        name=f"{name}_meta" if metadata_features else name,
+        augmentation=augmentation,
         colour_constancy=colour_constancy,
     )

@@ -32,7 +32,9 @@ def with_image_size(model, image_size):
         resized = keras.saving.deserialize_keras_object(config)
         resized.set_weights(model.get_weights())
     except ValueError as error:
-        raise ValueError(f"the model's weights depend on its input size, so it cannot take {image_size} px images ({error})") from None
+        raise ValueError(
+            f"the model's weights depend on its input size, so it cannot take {image_size} px images ({error})"
+        ) from None
     return let_augmentation_compile(resized)
 
 

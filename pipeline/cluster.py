@@ -80,7 +80,9 @@ class RunJob(submitit.helpers.Checkpointable):
                 changes = check_resume_overrides(self.overrides)
                 config = TrainConfig.from_dict({**run["config"], **changes}, study_dir / STUDY_FILENAME)
                 print(f"run {self.index + 1} ({describe(run)}) of {study_dir}")
-                trained = train_planned_run(study_dir, run, config, changes, lambda run_dir: self._update(run_dir=str(run_dir)))
+                trained = train_planned_run(
+                    study_dir, run, config, changes, lambda run_dir: self._update(run_dir=str(run_dir))
+                )
                 evaluate_trained_run(trained)
                 self._update(finished=True, seconds=round(time.monotonic() - started, 1))
         with file_lock(study_dir / JOBS_DIR / UPDATE_LOCK):
@@ -128,7 +130,14 @@ def submit_study(study_dir, executor, *, jobs=None, options=None, overrides=None
 
 
 # submitit's shared parameters that must be at least this: a job of timeout_min 0 is killed at once.
-MINIMUM_OPTIONS = {"timeout_min": 1, "slurm_time": 1, "nodes": 1, "cpus_per_task": 1, "tasks_per_node": 1, "gpus_per_node": 0}
+MINIMUM_OPTIONS = {
+    "timeout_min": 1,
+    "slurm_time": 1,
+    "nodes": 1,
+    "cpus_per_task": 1,
+    "tasks_per_node": 1,
+    "gpus_per_node": 0,
+}
 KIND_NAMES = {int: "a whole number", float: "a number", bool: "true or false", str: "text"}
 # Parameters this module sets itself.
 OWN_OPTIONS = ("name", "setup")
@@ -148,11 +157,17 @@ def check_options(executor, options):
     valid = valid_options(executor)
     unknown = [name for name in options if name not in valid]
     if unknown:
-        raise UserError(f"--submit-option {unknown[0]}: not a parameter of submitit's {executor} executor (it takes {', '.join(valid)})")
+        raise UserError(
+            f"--submit-option {unknown[0]}: not a parameter of submitit's {executor} executor (it takes {', '.join(valid)})"
+        )
     types = submitit.AutoExecutor._typed_parameters()
     for name, value in options.items():
         kind = types.get(name)
-        fits = isinstance(value, bool) if kind is bool else isinstance(value, (int, float) if kind is float else kind) and not isinstance(value, bool)
+        fits = (
+            isinstance(value, bool)
+            if kind is bool
+            else isinstance(value, (int, float) if kind is float else kind) and not isinstance(value, bool)
+        )
         if kind is not None and not fits:
             raise UserError(f"--submit-option {name}={value!r}: expected {KIND_NAMES[kind]}")
         if name in MINIMUM_OPTIONS and isinstance(value, (int, float)) and value < MINIMUM_OPTIONS[name]:
@@ -166,7 +181,9 @@ def check_options(executor, options):
 def _executor(study_dir, cluster, options, setup=()):
     """submitit's executor, its jobs' files in the study's jobs/ folder, this checkout on their path."""
     try:
-        executor = submitit.AutoExecutor(folder=study_dir / JOBS_DIR, cluster=cluster, **{f"{cluster}_max_num_timeout": MAX_REQUEUES})
+        executor = submitit.AutoExecutor(
+            folder=study_dir / JOBS_DIR, cluster=cluster, **{f"{cluster}_max_num_timeout": MAX_REQUEUES}
+        )
     except RuntimeError as error:  # no srun on this machine
         raise UserError(f"--submit {cluster}: {error} (submit from a machine of the cluster, its login node)") from None
     path = f"export PYTHONPATH={shlex.quote(str(REPO_ROOT))}${{PYTHONPATH:+:$PYTHONPATH}}"
@@ -202,7 +219,9 @@ def _run_locally(study_dir, calls, jobs, options):
         setup = [f"export CUDA_VISIBLE_DEVICES={gpus[slot % len(gpus)]}"] if gpus else []
         parameters = {"timeout_min": LOCAL_TIMEOUT_MIN, **options}
         job = _executor(study_dir, "local", parameters, setup).submit(call)
-        print(f"run {call.index + 1}: local job {job.job_id}{f' on GPU {gpus[slot % len(gpus)]}' if gpus else ''}; log {job.paths.stdout}")
+        print(
+            f"run {call.index + 1}: local job {job.job_id}{f' on GPU {gpus[slot % len(gpus)]}' if gpus else ''}; log {job.paths.stdout}"
+        )
         try:
             job.wait()
             return job
@@ -214,7 +233,9 @@ def _run_locally(study_dir, calls, jobs, options):
     failed = [job for job in finished if job.state != "FINISHED" or job.exception() is not None]
     if failed:
         logs = ", ".join(str(job.paths.stderr) for job in failed)
-        raise UserError(f"{len(failed)} of {len(finished)} jobs failed (their logs: {logs}); `python main.py --resume {study_dir} --submit local` resumes them")
+        raise UserError(
+            f"{len(failed)} of {len(finished)} jobs failed (their logs: {logs}); `python main.py --resume {study_dir} --submit local` resumes them"
+        )
     return finished
 
 

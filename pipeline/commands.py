@@ -30,12 +30,19 @@ from training.run import RESUME_OVERRIDES, check_resume_overrides
 from training.trainer import check_weights
 
 # The modules each export format needs on top of TensorFlow (the `export` extra).
-EXPORT_PACKAGES = {"onnx": ("tf2onnx", "onnxruntime"), "litert": ("ai_edge_litert",), "saved_model": (), "openvino": ("openvino",)}
+EXPORT_PACKAGES = {
+    "onnx": ("tf2onnx", "onnxruntime"),
+    "litert": ("ai_edge_litert",),
+    "saved_model": (),
+    "openvino": ("openvino",),
+}
 EXPORT_FORMATS = tuple(EXPORT_PACKAGES)
 # What serves a folder: Keras for a run, an export's own runtime for an export folder.
 ENGINES = ("keras", *EXPORT_FORMATS)
 
-SETTINGS_EPILOG = textwrap.fill("settings (--set NAME=VALUE; training/config.py describes each): " + ", ".join(TrainConfig.defaults()), 100)
+SETTINGS_EPILOG = textwrap.fill(
+    "settings (--set NAME=VALUE; training/config.py describes each): " + ", ".join(TrainConfig.defaults()), 100
+)
 
 
 class Setting(argparse.Action):
@@ -55,18 +62,37 @@ def settings_parser():
     """The settings a user types every day, as flags; `--set` gives any other."""
     parent = argparse.ArgumentParser(add_help=False)
     group = parent.add_argument_group("settings (each once: a flag or --set; over the --config file's)")
-    setting(group, "--set", metavar="NAME=VALUE", help="any setting of training/config.py (listed below), its value in YAML; "
-            "repeatable: --set ema=0.99 --set 'augmentation={rotation: 0.5}'")
+    setting(
+        group,
+        "--set",
+        metavar="NAME=VALUE",
+        help="any setting of training/config.py (listed below), its value in YAML; "
+        "repeatable: --set ema=0.99 --set 'augmentation={rotation: 0.5}'",
+    )
     setting(group, "--metadata", nargs=0, const=True, help="add the metadata head (age, sex, site)")
     setting(group, "--weights", help="pretrained models: imagenet, none, or a weights file")
     setting(group, "--epochs", type=int)
     setting(group, "--seed", type=int, help="fixes the split, sampling, augmentation and initial weights")
     setting(group, "--limit", type=int, metavar="N", help="use a stratified subset of N images (smoke runs)")
-    setting(group, "--split", type=Path, metavar="FILE", help="reuse a split.csv (e.g. another run's) instead of making one")
-    setting(group, "--data-dir", type=Path, help="HAM10000 folder (default: $HAM10000_DIR, data/ham10000, ../shared/ham10000)")
+    setting(
+        group, "--split", type=Path, metavar="FILE", help="reuse a split.csv (e.g. another run's) instead of making one"
+    )
+    setting(
+        group,
+        "--data-dir",
+        type=Path,
+        help="HAM10000 folder (default: $HAM10000_DIR, data/ham10000, ../shared/ham10000)",
+    )
     setting(group, "--output-dir", type=Path, help="where runs/, studies/ and tuning/ go")
-    setting(group, "--track", dest="tracking", nargs=0, const="mlflow", help="log the run to MLflow: $MLFLOW_TRACKING_URI, else "
-            "OUTPUT_DIR/mlflow.db (needs `pip install -e .[track]`); --set track_model=true also logs model.keras")
+    setting(
+        group,
+        "--track",
+        dest="tracking",
+        nargs=0,
+        const="mlflow",
+        help="log the run to MLflow: $MLFLOW_TRACKING_URI, else "
+        "OUTPUT_DIR/mlflow.db (needs `pip install -e .[track]`); --set track_model=true also logs model.keras",
+    )
     return parent
 
 
@@ -99,10 +125,16 @@ def train(arguments):
     settings = overrides(arguments)
     if (arguments.jobs or arguments.submit_options) and not arguments.submit:
         raise ConfigError("--jobs and --submit-option set the jobs of --submit: add --submit local or --submit slurm")
-    jobs = {"submit": arguments.submit, "jobs": arguments.jobs, "submit_options": parse_settings(arguments.submit_options, "--submit-option", example="timeout_min=240")}
+    jobs = {
+        "submit": arguments.submit,
+        "jobs": arguments.jobs,
+        "submit_options": parse_settings(arguments.submit_options, "--submit-option", example="timeout_min=240"),
+    }
     if arguments.resume:
         if arguments.model or arguments.config or arguments.folds or arguments.seeds:
-            raise ConfigError("--resume continues with the run's own config.yaml (or the study's plan): drop --model, --config, --folds and --seeds")
+            raise ConfigError(
+                "--resume continues with the run's own config.yaml (or the study's plan): drop --model, --config, --folds and --seeds"
+            )
         resume_experiment(arguments.resume, settings, **jobs)
         return
     run_experiment(arguments.model, arguments.config, settings, folds=arguments.folds, seeds=arguments.seeds, **jobs)
@@ -118,7 +150,9 @@ def tune(arguments):
     settings = overrides(arguments)
     if arguments.resume:
         if arguments.model or arguments.config or arguments.search_dir:
-            raise ConfigError("--resume continues the search with its own settings: drop --model, --config and --search-dir")
+            raise ConfigError(
+                "--resume continues the search with its own settings: drop --model, --config and --search-dir"
+            )
         tuning.continue_search(arguments.resume, check_resume_overrides(settings), trials=arguments.trials)
         return
     role = tuning.distributed_role()
@@ -136,11 +170,21 @@ def tune(arguments):
     config_file = arguments.config
     if config_file is None:
         config_file, reason = hardware_preset()
-        print(f"No --config: {reason}, so the preset {config_file.relative_to(config_file.parent.parent)} (--config chooses another)")
+        print(
+            f"No --config: {reason}, so the preset {config_file.relative_to(config_file.parent.parent)} (--config chooses another)"
+        )
     trial_config = load_config(arguments.model, config_file, settings)
-    final_config = load_config(trial_config.model, config_file, {key: settings[key] for key in ("metadata",) if key in settings})
+    final_config = load_config(
+        trial_config.model, config_file, {key: settings[key] for key in ("metadata",) if key in settings}
+    )
     check_weights([trial_config])
-    tuning.start_search(trial_config, final_config, tuning.DEFAULT_TRIALS if arguments.trials is None else arguments.trials, arguments.tuner, arguments.search_dir)
+    tuning.start_search(
+        trial_config,
+        final_config,
+        tuning.DEFAULT_TRIALS if arguments.trials is None else arguments.trials,
+        arguments.tuner,
+        arguments.search_dir,
+    )
 
 
 def track(arguments):
@@ -155,8 +199,14 @@ def track(arguments):
 def evaluate(arguments):
     if arguments.data_dir is not None:
         metrics = evaluation.evaluate_external(
-            arguments.run_dir, arguments.data_dir, arguments.labels, arguments.output,
-            cache_dir=arguments.cache_dir, drop_missing=arguments.drop_missing_images, tta=arguments.tta, image_size=arguments.image_size,
+            arguments.run_dir,
+            arguments.data_dir,
+            arguments.labels,
+            arguments.output,
+            cache_dir=arguments.cache_dir,
+            drop_missing=arguments.drop_missing_images,
+            tta=arguments.tta,
+            image_size=arguments.image_size,
         )
         if arguments.tta:
             print_beside_tta(metrics, metrics["tta"])
@@ -206,11 +256,19 @@ def predict(arguments):
     with one_line_warnings():
         predictor = load_predictor(arguments.run_dir, image_size=arguments.image_size)
         if arguments.explain is not None and not isinstance(predictor, inference.Predictor):
-            raise UserError(f"{arguments.run_dir} is an export: Grad-CAM (--explain) needs the run's Keras model; pass the run folder")
+            raise UserError(
+                f"{arguments.run_dir} is an export: Grad-CAM (--explain) needs the run's Keras model; pass the run folder"
+            )
         table = inference.predict_files(
-            predictor, arguments.images, metadata_path=arguments.metadata, tta=arguments.tta,
-            skip_unreadable=arguments.skip_unreadable, explain_dir=arguments.explain,
-            calibrated=arguments.calibrated, conformal=arguments.conformal, conformal_kind=arguments.conformal_kind,
+            predictor,
+            arguments.images,
+            metadata_path=arguments.metadata,
+            tta=arguments.tta,
+            skip_unreadable=arguments.skip_unreadable,
+            explain_dir=arguments.explain,
+            calibrated=arguments.calibrated,
+            conformal=arguments.conformal,
+            conformal_kind=arguments.conformal_kind,
         )
     if arguments.output is None:
         print(table.to_csv(index=False, float_format="%.4f"), end="")
@@ -225,14 +283,24 @@ def serve(arguments):
     except ModuleNotFoundError as error:
         raise UserError(f"serving needs FastAPI and uvicorn ({error}): pip install -e '.[serve]'") from None
     with one_line_warnings():
-        serve_run(arguments.run_dir, host=arguments.host, port=arguments.port, image_size=arguments.image_size, engine=arguments.engine)
+        serve_run(
+            arguments.run_dir,
+            host=arguments.host,
+            port=arguments.port,
+            image_size=arguments.image_size,
+            engine=arguments.engine,
+        )
 
 
 def robustness(arguments):
     if not 0 <= arguments.seed < 2**32:
         raise UserError(f"--seed {arguments.seed}: a seed is 0 to {2**32 - 1}")
     score_robustness_of(
-        arguments.run_dir, check_subsets(arguments.subset), image_size=arguments.image_size, seed=arguments.seed, cache_dir=arguments.cache_dir,
+        arguments.run_dir,
+        check_subsets(arguments.subset),
+        image_size=arguments.image_size,
+        seed=arguments.seed,
+        cache_dir=arguments.cache_dir,
     )
 
 
@@ -241,12 +309,20 @@ def export(arguments):
 
     missing = [name for name in EXPORT_PACKAGES[arguments.format] if importlib.util.find_spec(name) is None]
     if missing:
-        raise UserError(f"a {arguments.format} export needs {', '.join(missing)}, which is not installed: pip install -e '.[export]'")
+        raise UserError(
+            f"a {arguments.format} export needs {', '.join(missing)}, which is not installed: pip install -e '.[export]'"
+        )
     export_model(arguments.run_dir, arguments.format, quantize=arguments.quantize, output=arguments.output)
 
 
 HANDLERS = {
-    "train": train, "tune": tune, "track": track, "evaluate": evaluate, "compare": compare, "predict": predict, "serve": serve,
+    "train": train,
+    "tune": tune,
+    "track": track,
+    "evaluate": evaluate,
+    "compare": compare,
+    "predict": predict,
+    "serve": serve,
     "robustness": robustness,
     "export": export,
 }

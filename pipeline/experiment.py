@@ -1,8 +1,8 @@
 """What `python main.py [train]` does: one run or a study, trained and evaluated; or one continued.
 
-    run_experiment("densenet", "configs/tiny.yaml", {"limit": 200})           # one run
-    run_experiment("densenet", "configs/tiny.yaml", {"limit": 200}, folds=2)  # a study of two folds
-    resume_experiment("results/studies/20261123-101500-densenet-2folds")     # a stopped run or study
+run_experiment("densenet", "configs/tiny.yaml", {"limit": 200})           # one run
+run_experiment("densenet", "configs/tiny.yaml", {"limit": 200}, folds=2)  # a study of two folds
+resume_experiment("results/studies/20261123-101500-densenet-2folds")     # a stopped run or study
 """
 
 import shutil
@@ -17,7 +17,9 @@ from training import hardware_preset, load_config
 from training.distribution import other_process_folder
 
 
-def run_experiment(model=None, config_file=None, overrides=None, *, folds=None, seeds=None, submit=None, jobs=None, submit_options=None):
+def run_experiment(
+    model=None, config_file=None, overrides=None, *, folds=None, seeds=None, submit=None, jobs=None, submit_options=None
+):
     """Trains and evaluates one configuration, or a study: `model` "all" (the config file's study),
     `folds` (lesion-grouped K-fold), `seeds` (N seeds) or `submit` (its runs as jobs).
 
@@ -38,11 +40,15 @@ def run_experiment(model=None, config_file=None, overrides=None, *, folds=None, 
     if private is not None:
         # Process 1, 2, ... of a run over several hosts: the run again, in a folder of its own.
         if is_study:
-            raise ConfigError("a run over several hosts trains one run: run a study's runs as jobs (--submit), each on one host")
+            raise ConfigError(
+                "a run over several hosts trains one run: run a study's runs as jobs (--submit), each on one host"
+            )
         overrides["output_dir"] = private
     if config_file is None:
         config_file, reason = hardware_preset()
-        print(f"No --config: {reason}, so the preset {config_file.relative_to(config_file.parent.parent)} (--config chooses another)")
+        print(
+            f"No --config: {reason}, so the preset {config_file.relative_to(config_file.parent.parent)} (--config chooses another)"
+        )
     if not is_study:
         return train_and_evaluate(load_config(model, config_file, overrides))
     study_dir = open_study(model, config_file, overrides, folds=folds, seeds=seeds)
@@ -67,9 +73,13 @@ def resume_experiment(folder, overrides=None, *, submit=None, jobs=None, submit_
     private = other_process_folder()
     if private is not None:
         if is_study_dir(folder) or submit:
-            raise ConfigError("a run over several hosts trains one run: run a study's runs as jobs (--submit), each on one host")
+            raise ConfigError(
+                "a run over several hosts trains one run: run a study's runs as jobs (--submit), each on one host"
+            )
         # Process 1, 2, ... of a run over several hosts continues a copy of the run, in a folder of its own.
-        folder = Path(shutil.copytree(folder, Path(private) / folder.name, ignore=shutil.ignore_patterns(LOCK_FILENAME)))
+        folder = Path(
+            shutil.copytree(folder, Path(private) / folder.name, ignore=shutil.ignore_patterns(LOCK_FILENAME))
+        )
     if is_study_dir(folder):
         run_study(folder, overrides, submit=submit, jobs=jobs, submit_options=submit_options)
         return folder

@@ -48,12 +48,23 @@ def score_robustness_of(path, subsets=("val", "test"), *, image_size=None, seed=
     """
     path = Path(path)
     if is_study_dir(path) or (is_study_dir(path.parent) and not (path / MODEL_FILENAME).exists()):
-        return score_study_robustness(path, subsets, image_size=image_size, seed=seed, cache_dir=cache_dir, verbose=verbose)
+        return score_study_robustness(
+            path, subsets, image_size=image_size, seed=seed, cache_dir=cache_dir, verbose=verbose
+        )
     return score_run_robustness(path, subsets, image_size=image_size, seed=seed, cache_dir=cache_dir, verbose=verbose)
 
 
 def score_run_robustness(
-    run_dir, subsets=("val", "test"), *, image_size=None, seed=0, cache_dir=None, predictor=None, data=None, reevaluate=True, verbose=True,
+    run_dir,
+    subsets=("val", "test"),
+    *,
+    image_size=None,
+    seed=0,
+    cache_dir=None,
+    predictor=None,
+    data=None,
+    reevaluate=True,
+    verbose=True,
 ):
     """Scores a run's subsets under every corruption (those not scored yet) and writes its evaluation again.
 
@@ -89,12 +100,22 @@ def score_run_robustness(
             rows, cache_rows, labels = data.subset(subset)
             started = time.monotonic()
             if verbose:
-                print(f"{run_dir.name}: the {SUBSET_NAMES[subset]} benchmark, {len(rows):,} images x (1 + 33 corruptions)")
+                print(
+                    f"{run_dir.name}: the {SUBSET_NAMES[subset]} benchmark, {len(rows):,} images x (1 + 33 corruptions)"
+                )
             clean, corrupted = predict_corrupted(
-                predictor, data.cache.images[cache_rows], rows["image_id"].tolist(), rows, seed=seed, batch_size=config.batch_size,
-                image_labels=labels, verbose=verbose,
+                predictor,
+                data.cache.images[cache_rows],
+                rows["image_id"].tolist(),
+                rows,
+                seed=seed,
+                batch_size=config.batch_size,
+                image_labels=labels,
+                verbose=verbose,
             )
-            results[subset] = write_robustness(run_dir, subset, rows["image_id"].tolist(), labels, clean, corrupted, settings=settings, stem=stem)
+            results[subset] = write_robustness(
+                run_dir, subset, rows["image_id"].tolist(), labels, clean, corrupted, settings=settings, stem=stem
+            )
             report_line(run_dir.name, subset, results[subset], time.monotonic() - started)
         if reevaluate and stem == robustness_stem() and (run_dir / PREDICTIONS_FILENAME).is_file():
             evaluation.evaluate_run(run_dir)  # metrics.json and report.md with the Robustness section
@@ -133,10 +154,15 @@ def score_study_robustness(path, subsets=("val", "test"), *, image_size=None, se
         report_line(f"{study_dir.name}/{label}", subset, results[subset])
     folder = study_dir / STUDY_ROBUSTNESS_DIR
     existing = read_robustness(folder, f"{label}.{stem}") or {}
-    write_json(folder / f"{label}.{stem}.json", {
-        "seed": seed, "image_size": image_size, "configurations": [name for name, _, _ in configurations],
-        "subsets": {**existing.get("subsets", {}), **results},
-    })
+    write_json(
+        folder / f"{label}.{stem}.json",
+        {
+            "seed": seed,
+            "image_size": image_size,
+            "configurations": [name for name, _, _ in configurations],
+            "subsets": {**existing.get("subsets", {}), **results},
+        },
+    )
     write_study_report(study_dir)
     return results
 
@@ -145,9 +171,14 @@ def write_study_report(study_dir):
     """`STUDY_DIR/robustness/robustness.md`: the summary's Robustness table and each configuration's per corruption."""
     folder = Path(study_dir) / STUDY_ROBUSTNESS_DIR
     robustness = read_study_robustness(study_dir)
-    sections = [f"# Robustness of study {Path(study_dir).name}", study_robustness_section(robustness).replace(f"../{STUDY_ROBUSTNESS_DIR}/", "")]
+    sections = [
+        f"# Robustness of study {Path(study_dir).name}",
+        study_robustness_section(robustness).replace(f"../{STUDY_ROBUSTNESS_DIR}/", ""),
+    ]
     for label in robustness:
-        sections.append(robustness_section(folder, f"{label.replace('/', '--')}.robustness").replace("## Robustness", f"## {label}"))
+        sections.append(
+            robustness_section(folder, f"{label.replace('/', '--')}.robustness").replace("## Robustness", f"## {label}")
+        )
     write_text(folder / "robustness.md", "\n\n".join(section for section in sections if section) + "\n")
 
 
@@ -170,4 +201,3 @@ def check_subsets(names):
     if names not in chosen:
         raise DataError(f"unknown subset {names!r} (expected validation, test or both)")
     return chosen[names]
-

@@ -1,7 +1,7 @@
 """One run's whole flow: train it (or continue it), then evaluate it.
 
-    from pipeline import train_and_evaluate
-    run = train_and_evaluate(load_config("densenet", "configs/tiny.yaml", {"limit": 200}))
+from pipeline import train_and_evaluate
+run = train_and_evaluate(load_config("densenet", "configs/tiny.yaml", {"limit": 200}))
 """
 
 import dataclasses
@@ -81,7 +81,9 @@ def resume_and_evaluate(run_dir, overrides=None):
         DataError: the run is finished already (it has its metrics).
     """
     if (run_dir / METRICS_FILENAME).is_file():
-        raise DataError(f"{run_dir}: finished (trained and evaluated), nothing to resume; `python main.py evaluate {run_dir}` recomputes its evaluation")
+        raise DataError(
+            f"{run_dir}: finished (trained and evaluated), nothing to resume; `python main.py evaluate {run_dir}` recomputes its evaluation"
+        )
     run = resume_run(run_dir, overrides)
     evaluate_trained_run(run)
     return run
@@ -104,16 +106,24 @@ def evaluate_at_image_size(run_dir, image_size, cache_dir=None):
     scores = {}
     for subset in ("val", "test"):
         rows, cache_rows, labels = data.subset(subset)
-        probabilities = predictor.predict(data.cache.images, rows, rows=cache_rows, batch_size=config.batch_size, verbose="auto")
+        probabilities = predictor.predict(
+            data.cache.images, rows, rows=cache_rows, batch_size=config.batch_size, verbose="auto"
+        )
         name = VAL_PREDICTIONS_FILENAME if subset == "val" else PREDICTIONS_FILENAME
-        evaluation.write_predictions(folder / name, evaluation.predictions_frame(rows["image_id"].tolist(), labels, probabilities))
+        evaluation.write_predictions(
+            folder / name, evaluation.predictions_frame(rows["image_id"].tolist(), labels, probabilities)
+        )
         if subset == "val":
             scores[subset] = evaluation.compute_metrics(labels, probabilities, bootstrap_draws=0)
             write_json(folder / VALIDATION_METRICS_FILENAME, scores[subset])
         else:
             scores[subset] = evaluation.write_evaluation(
-                folder, labels, probabilities, title=f"Evaluation of {run_dir.name} at {image_size} px (trained at {config.image_size} px)",
-                test_set=f"the {len(labels):,} test images of the run's split, decoded at {image_size} px", run=read_run_files(run_dir),
+                folder,
+                labels,
+                probabilities,
+                title=f"Evaluation of {run_dir.name} at {image_size} px (trained at {config.image_size} px)",
+                test_set=f"the {len(labels):,} test images of the run's split, decoded at {image_size} px",
+                run=read_run_files(run_dir),
             )
     print(
         f"{run_dir.name} at {image_size} px (trained at {config.image_size}): validation balanced accuracy "

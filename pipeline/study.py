@@ -44,21 +44,22 @@ def open_study(model, config_file, overrides=None, *, folds=None, seeds=None):
     """
     overrides = dict(overrides or {})
     if model == "all":
-        configs = [load_config(name, config_file, {**overrides, "metadata": metadata}) for name, metadata in study_configurations(config_file)]
+        configs = [
+            load_config(name, config_file, {**overrides, "metadata": metadata})
+            for name, metadata in study_configurations(config_file)
+        ]
     else:
         configs = [load_config(model, config_file, overrides)]
-    settings = {
-        "models": [config.configuration for config in configs],
-        "config": str(config_file),
-        "flags": overrides,
-    }
+    settings = {"models": [config.configuration for config in configs], "config": str(config_file), "flags": overrides}
     study_dir = unfinished_study(configs, folds=folds, seeds=seeds or 1, settings=settings)
     if study_dir is not None:
         print(f"Continuing {study_dir}, which the same command started: its finished runs are kept")
         return study_dir
     name = study_name(model, configs[0].configuration, folds, seeds)
     study_dir = start_study(configs, folds=folds, seeds=seeds or 1, name=name, settings=settings)
-    print(f"Study folder: {study_dir} (continue it with `python main.py --resume {study_dir}`, or the same command, if it stops)")
+    print(
+        f"Study folder: {study_dir} (continue it with `python main.py --resume {study_dir}`, or the same command, if it stops)"
+    )
     return study_dir
 
 

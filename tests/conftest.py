@@ -61,8 +61,13 @@ def toy_dir(tmp_path_factory):
 # The class mix of a stratified 80 of HAM10000 (nv two-thirds, one df and one vasc).
 SYNTHETIC_COUNTS = {"nv": 54, "bkl": 9, "mel": 9, "bcc": 4, "akiec": 2, "df": 1, "vasc": 1}
 SYNTHETIC_COLOURS = {
-    "akiec": (170, 90, 80), "bcc": (200, 140, 150), "bkl": (140, 100, 60), "df": (160, 110, 90),
-    "mel": (60, 40, 40), "nv": (120, 80, 60), "vasc": (180, 40, 60),
+    "akiec": (170, 90, 80),
+    "bcc": (200, 140, 150),
+    "bkl": (140, 100, 60),
+    "df": (160, 110, 90),
+    "mel": (60, 40, 40),
+    "nv": (120, 80, 60),
+    "vasc": (180, 40, 60),
 }
 
 
@@ -82,7 +87,8 @@ def make_synthetic_ham10000(root, seed=0):
             if index % 3 != 1:  # every third image is a second photograph of the lesion before it
                 lesion_number += 1
                 lesion = {
-                    "lesion_id": f"HAM_{lesion_number:07d}", "dx": dx,
+                    "lesion_id": f"HAM_{lesion_number:07d}",
+                    "dx": dx,
                     "dx_type": "histo" if dx in ("mel", "bcc", "akiec") else "follow_up",
                     "age": "" if lesion_number % 17 == 0 else f"{float(rng.integers(4, 18) * 5):.1f}",
                     "sex": "unknown" if lesion_number % 9 == 0 else ("male", "female")[lesion_number % 2],

@@ -14,7 +14,9 @@ from training.config import parse_settings
 def test_a_row_is_what_differs_from_the_recipe_and_its_command_sets_exactly_that():
     base = load_config("densenet", TINY_CONFIG).to_dict()
     changed = {"ema": 0.99, "augmentation": {"rotation": 0.5, "zoom": 0.2}, "metadata": True}
-    run = load_config("densenet", TINY_CONFIG, {**changed, "seed": 3, "output_dir": "elsewhere", "tensorboard": False}).to_dict()
+    run = load_config(
+        "densenet", TINY_CONFIG, {**changed, "seed": 3, "output_dir": "elsewhere", "tensorboard": False}
+    ).to_dict()
     difference = recipe_difference(run, base)
     assert difference == changed  # neither the seed, the output folder nor the logging is part of the recipe
 

@@ -61,7 +61,9 @@ def test_augmentation_layers_leave_jit_compilation_to_the_backend(tmp_path):
     options = AugmentationOptions(
         rotation=0.5, zoom=0.2, aspect=0.25, brightness=0.1, contrast=0.1, saturation=0.1, hue=0.02
     )
-    model = create_model("cnn", 32, options={"filters": [4, 4, 4, 4, 4]}, augmentation=build_augmentation(options, seed=0))
+    model = create_model(
+        "cnn", 32, options={"filters": [4, 4, 4, 4, 4]}, augmentation=build_augmentation(options, seed=0)
+    )
     config, weights = TrainConfig(), {index: 1.0 for index in range(len(CLASS_NAMES))}
     expected = expected_jit_compile(keras.backend.backend(), compute_device()["kind"])
     images = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")

@@ -98,25 +98,43 @@ def test_operating_points_score_the_validation_threshold_on_the_test_images():
 
 def test_subgroup_bands_sites_counts_and_metrics_on_a_toy_table():
     assert [age_band(age) for age in (5, 29.9, 30, 49, 50, 69, 70, 90, np.nan)] == [
-        "< 30", "< 30", "30–49", "30–49", "50–69", "50–69", "≥ 70", "≥ 70", "unknown",
+        "< 30",
+        "< 30",
+        "30–49",
+        "30–49",
+        "50–69",
+        "50–69",
+        "≥ 70",
+        "≥ 70",
+        "unknown",
     ]
     assert [site_group(site) for site in ("scalp", "back", "hand", "foot", "acral", "genital", "unknown")] == [
-        "head/neck", "trunk", "acral", "acral", "acral", "other/unknown", "other/unknown",
+        "head/neck",
+        "trunk",
+        "acral",
+        "acral",
+        "acral",
+        "other/unknown",
+        "other/unknown",
     ]
     # 40 female images all right; 40 male: the naevi right, the melanomas wrong.
     y_true = np.array([MEL, NV] * 40)
     y_pred = y_true.copy()
     y_pred[40:][y_true[40:] == MEL] = NV
     probabilities = np.eye(len(CLASS_NAMES))[y_pred]
-    metadata = pd.DataFrame({
-        "sex": ["female"] * 40 + ["male"] * 40,
-        "age": [25.0] * 20 + [np.nan] * 20 + [75.0] * 40,
-        "localization": ["face"] * 80,
-    })
+    metadata = pd.DataFrame(
+        {
+            "sex": ["female"] * 40 + ["male"] * 40,
+            "age": [25.0] * 20 + [np.nan] * 20 + [75.0] * 40,
+            "localization": ["face"] * 80,
+        }
+    )
     result = subgroup_metrics(y_true, probabilities, metadata, bootstrap_draws=100, permutations=200)
     sex = result["sex"]
     assert {group: entry["n_images"] for group, entry in sex["groups"].items()} == {"female": 40, "male": 40}
-    assert sex["groups"]["female"]["balanced_accuracy"] == 1.0 and sex["groups"]["female"]["melanoma_sensitivity"] == 1.0
+    assert (
+        sex["groups"]["female"]["balanced_accuracy"] == 1.0 and sex["groups"]["female"]["melanoma_sensitivity"] == 1.0
+    )
     # Male: naevi recall 1, melanoma recall 0.
     assert sex["groups"]["male"]["balanced_accuracy"] == 0.5 and sex["groups"]["male"]["melanoma_sensitivity"] == 0.0
     assert (sex["gap"]["best"], sex["gap"]["worst"], sex["gap"]["balanced_accuracy_gap"]) == ("female", "male", 0.5)
@@ -169,7 +187,9 @@ def test_a_run_evaluated_before_calibration_json_gets_it_from_its_validation_pre
     calibration = json.loads((run_dir / CALIBRATION_FILENAME).read_text())
     assert calibration["fitted_on"].endswith(f"({VAL_PREDICTIONS_FILENAME})")
     assert metrics["clinical"]["calibration"]["temperature"] == calibration["temperature"]
-    assert metrics["clinical"]["calibration"]["after"]["nll"] <= metrics["clinical"]["calibration"]["before"]["nll"] + 0.05
+    assert (
+        metrics["clinical"]["calibration"]["after"]["nll"] <= metrics["clinical"]["calibration"]["before"]["nll"] + 0.05
+    )
     assert (run_dir / CALIBRATED_PREDICTIONS_FILENAME).is_file()
     report = (run_dir / "report.md").read_text()
     for heading in ("## Calibration", "## Operating points", "## Selective prediction and conformal sets"):
@@ -187,7 +207,11 @@ def test_a_run_without_validation_predictions_is_evaluated_without_the_fitted_se
     shutil.copytree(REFERENCE_RUN, run_dir)
     (run_dir / VAL_PREDICTIONS_FILENAME).unlink()
     clinical = evaluate_run(run_dir)["clinical"]
-    assert "temperature" not in clinical["calibration"] and "operating_points" not in clinical and "conformal" not in clinical
+    assert (
+        "temperature" not in clinical["calibration"]
+        and "operating_points" not in clinical
+        and "conformal" not in clinical
+    )
     assert clinical["selective"]["aurc"] > 0
     assert "no validation predictions" in (run_dir / "report.md").read_text()
 
@@ -198,25 +222,50 @@ def test_the_catalogue_reads_the_clinical_headline_and_the_summary_shows_it():
 
     clinical = {
         "calibration": {"temperature": 1.5, "before": {"ece_fixed": 0.1}, "after": {"ece_fixed": 0.03}},
-        "operating_points": {"melanoma": {"points": [
-            {"target": 0.9, "specificity": 0.7, "intervals": {"specificity": {"low": 0.6, "high": 0.8}}},
-            {"target": 0.95, "specificity": 0.5},
-        ]}},
+        "operating_points": {
+            "melanoma": {
+                "points": [
+                    {"target": 0.9, "specificity": 0.7, "intervals": {"specificity": {"low": 0.6, "high": 0.8}}},
+                    {"target": 0.95, "specificity": 0.5},
+                ]
+            }
+        },
         "selective": {"aurc": 0.12},
         "conformal": {"0.90": {"marginal": {"coverage": 0.91, "mean_size": 1.8}}},
     }
     metrics = {"clinical": clinical}
     assert {key: BY_KEY[key].value_in(metrics) for key in keys_shown(CLINICAL)} == {
-        "temperature": 1.5, "ece_raw": 0.1, "ece_calibrated": 0.03, "melanoma_specificity_at_0.90": 0.7,
-        "melanoma_specificity_at_0.95": 0.5, "aurc": 0.12, "conformal_coverage_0.90": 0.91, "conformal_size_0.90": 1.8,
+        "temperature": 1.5,
+        "ece_raw": 0.1,
+        "ece_calibrated": 0.03,
+        "melanoma_specificity_at_0.90": 0.7,
+        "melanoma_specificity_at_0.95": 0.5,
+        "aurc": 0.12,
+        "conformal_coverage_0.90": 0.91,
+        "conformal_size_0.90": 1.8,
     }
     assert BY_KEY["melanoma_specificity_at_0.90"].interval_in(metrics) == {"low": 0.6, "high": 0.8}
     assert BY_KEY["melanoma_specificity_at_0.95"].interval_in(metrics) is None
     # A run without validation predictions: no temperature, so no calibrated ECE, operating points or sets.
     before_only = {"clinical": {"calibration": {"before": {"ece_fixed": 0.1}}, "selective": {"aurc": 0.12}}}
-    assert [BY_KEY[key].value_in(before_only) for key in keys_shown(CLINICAL)] == [None, 0.1, None, None, None, 0.12, None, None]
+    assert [BY_KEY[key].value_in(before_only) for key in keys_shown(CLINICAL)] == [
+        None,
+        0.1,
+        None,
+        None,
+        None,
+        0.12,
+        None,
+        None,
+    ]
 
     sections = clinical_summary_sections({"densenet": {"clinical": clinical}}, "ensembles")
     table = next(section for section in sections if section.startswith("| configuration"))
-    assert "| ECE calibrated |" in table.splitlines()[0] and "| melanoma specificity at sensitivity 0.90 |" in table.splitlines()[0]
-    assert table.splitlines()[2] == "| densenet | 1.500 | 0.100 | 0.030 | 0.700 [0.600, 0.800] | 0.500 – | 0.120 | 0.910 | 1.800 |"
+    assert (
+        "| ECE calibrated |" in table.splitlines()[0]
+        and "| melanoma specificity at sensitivity 0.90 |" in table.splitlines()[0]
+    )
+    assert (
+        table.splitlines()[2]
+        == "| densenet | 1.500 | 0.100 | 0.030 | 0.700 [0.600, 0.800] | 0.500 – | 0.120 | 0.910 | 1.800 |"
+    )

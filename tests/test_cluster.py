@@ -37,7 +37,9 @@ def studies(toy_dir, tmp_path_factory):
 
     status = []
     started = time.monotonic()
-    main_thread = threading.Thread(target=lambda: status.append(run_main(*arguments, "--submit", "local", "--jobs", 2, "--output-dir", submitted)))
+    main_thread = threading.Thread(
+        target=lambda: status.append(run_main(*arguments, "--submit", "local", "--jobs", 2, "--output-dir", submitted))
+    )
     main_thread.start()
     preempted = preempt_first_checkpointed_run(submitted / "runs", main_thread)
     main_thread.join()

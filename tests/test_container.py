@@ -49,14 +49,18 @@ def engine(*arguments, timeout=600, check=True):
     """Runs the container engine; on failure, the assertion shows the end of its output."""
     result = subprocess.run([ENGINE, *arguments], capture_output=True, text=True, timeout=timeout)
     if check:
-        assert result.returncode == 0, f"{ENGINE} {shlex.join(arguments)} exited {result.returncode}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        assert result.returncode == 0, (
+            f"{ENGINE} {shlex.join(arguments)} exited {result.returncode}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        )
     return result
 
 
 @pytest.fixture(scope="module")
 def image():
     if shutil.which(ENGINE) is None:
-        pytest.fail(f"no container engine {ENGINE!r}: install podman (Debian's package; .ci/container shows the setup) or docker")
+        pytest.fail(
+            f"no container engine {ENGINE!r}: install podman (Debian's package; .ci/container shows the setup) or docker"
+        )
     flags = ["--tag", IMAGE, *shlex.split(os.environ.get("CONTAINER_BUILD_FLAGS", ""))]
     if os.environ.get("CONTAINER_BASE"):
         flags += ["--build-arg", f"BASE={os.environ['CONTAINER_BASE']}"]
@@ -79,9 +83,16 @@ def results(image, ham_dir, tmp_path_factory):
     folder.chmod(0o777)
     name = f"ham10000-train-{uuid.uuid4().hex[:8]}"
     engine(
-        "run", "--detach", "--name", name,
-        "--volume", f"{ham_dir.resolve()}:/data:ro", "--volume", f"{folder}:/app/results",
-        image, *TRAIN,
+        "run",
+        "--detach",
+        "--name",
+        name,
+        "--volume",
+        f"{ham_dir.resolve()}:/data:ro",
+        "--volume",
+        f"{folder}:/app/results",
+        image,
+        *TRAIN,
     )
     try:
         health = engine("exec", name, "python", "container/healthcheck.py", check=False)
@@ -119,13 +130,30 @@ def test_image_is_small_runs_as_a_user_without_root_and_checks_its_health(image)
     )
     found = json.loads(engine("run", "--rm", "--entrypoint", "python", image, "-c", f"import json; {probe}").stdout)
     assert found == {
-        "fastapi": True, "uvicorn": True, "tensorflow": True, "tensorboard": True,
-        "pytest": False, "keras_tuner": False, "mlflow": False, "jax": False, "pip": False, "gcc": False, "strip": False,
+        "fastapi": True,
+        "uvicorn": True,
+        "tensorflow": True,
+        "tensorboard": True,
+        "pytest": False,
+        "keras_tuner": False,
+        "mlflow": False,
+        "jax": False,
+        "pip": False,
+        "gcc": False,
+        "strip": False,
     }
 
 
 def test_run_trained_in_the_container_is_readable_on_the_host_and_evaluates_the_same(run_dir):
-    expected = {"config.yaml", "split.csv", "model.keras", "history.csv", PREDICTIONS_FILENAME, "metrics.json", "report.md"}
+    expected = {
+        "config.yaml",
+        "split.csv",
+        "model.keras",
+        "history.csv",
+        PREDICTIONS_FILENAME,
+        "metrics.json",
+        "report.md",
+    }
     assert expected <= {path.name for path in run_dir.iterdir()}
     for path in run_dir.rglob("*"):
         # Written by the image's user, not root, and readable by every user of the host.
@@ -158,16 +186,28 @@ def wait_for_health(url, name, timeout=180):
     pytest.fail(f"{url}/health did not answer within {timeout} s")
 
 
-def test_served_in_the_container_answers_health_and_predicts_a_real_image_as_the_run_did(image, results, run_dir, ham_dir):
+def test_served_in_the_container_answers_health_and_predicts_a_real_image_as_the_run_did(
+    image, results, run_dir, ham_dir
+):
     """`serve` as docs/container.md runs it: port 8000 published, listening on 0.0.0.0, the results read-only."""
     predictions = pd.read_csv(run_dir / PREDICTIONS_FILENAME)
     row = predictions.iloc[0]
     photo = locate_images([row["image_id"]], ham_dir)[row["image_id"]]
     port, name = free_port(), f"ham10000-serve-{uuid.uuid4().hex[:8]}"
     engine(
-        "run", "--detach", "--name", name, "--publish", f"127.0.0.1:{port}:8000",
-        "--volume", f"{results}:/app/results:ro",
-        image, "serve", f"results/runs/{run_dir.name}", "--host", "0.0.0.0",
+        "run",
+        "--detach",
+        "--name",
+        name,
+        "--publish",
+        f"127.0.0.1:{port}:8000",
+        "--volume",
+        f"{results}:/app/results:ro",
+        image,
+        "serve",
+        f"results/runs/{run_dir.name}",
+        "--host",
+        "0.0.0.0",
     )
     try:
         url = f"http://127.0.0.1:{port}"
@@ -175,7 +215,10 @@ def test_served_in_the_container_answers_health_and_predicts_a_real_image_as_the
         engine("exec", name, "python", "container/healthcheck.py")  # the image's HEALTHCHECK, once
         curl = subprocess.run(
             ["curl", "--silent", "--show-error", "--fail", "-F", f"image=@{photo}", f"{url}/predict"],
-            capture_output=True, text=True, timeout=60, check=True,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
         )
         answer = json.loads(curl.stdout)
         engine("stop", name, timeout=60)
@@ -193,12 +236,23 @@ def test_predict_in_the_container_as_another_user_gives_what_the_run_wrote(image
     predictions = pd.read_csv(run_dir / PREDICTIONS_FILENAME)
     photos = locate_images(list(predictions["image_id"][:3]), ham_dir)
     output = engine(
-        "run", "--rm", "--user", OTHER_UID,
-        "--volume", f"{results}:/app/results:ro", "--volume", f"{ham_dir.resolve()}:/data:ro",
-        image, "predict", f"results/runs/{run_dir.name}", *(f"/data/{path.relative_to(ham_dir)}" for path in photos.values()),
+        "run",
+        "--rm",
+        "--user",
+        OTHER_UID,
+        "--volume",
+        f"{results}:/app/results:ro",
+        "--volume",
+        f"{ham_dir.resolve()}:/data:ro",
+        image,
+        "predict",
+        f"results/runs/{run_dir.name}",
+        *(f"/data/{path.relative_to(ham_dir)}" for path in photos.values()),
     ).stdout
     # Printed with 4 decimals.
     predicted = pd.read_csv(io.StringIO(output))
     assert [Path(name).stem for name in predicted["image"]] == list(photos)
     for code in CLASS_NAMES:
-        assert predicted[f"prob_{code}"].to_numpy() == pytest.approx(predictions[f"prob_{code}"][:3].to_numpy(), abs=1e-4)
+        assert predicted[f"prob_{code}"].to_numpy() == pytest.approx(
+            predictions[f"prob_{code}"][:3].to_numpy(), abs=1e-4
+        )

@@ -33,9 +33,17 @@ def history(epochs=8, **columns):
     input pipeline busy a fifth of the time. Keyword arguments replace a column by a list."""
     rows = [
         {
-            "epoch": epoch, "stage": 1, "lr": 1e-3, "seconds": 10.0, "input_share": 0.2,
-            "loss": 2.0 / epoch, "accuracy": 0.5 + 0.04 * epoch, "balanced_accuracy": 0.3 + 0.05 * epoch,
-            "val_loss": 2.2 / epoch, "val_accuracy": 0.5 + 0.03 * epoch, "val_balanced_accuracy": 0.25 + 0.05 * epoch,
+            "epoch": epoch,
+            "stage": 1,
+            "lr": 1e-3,
+            "seconds": 10.0,
+            "input_share": 0.2,
+            "loss": 2.0 / epoch,
+            "accuracy": 0.5 + 0.04 * epoch,
+            "balanced_accuracy": 0.3 + 0.05 * epoch,
+            "val_loss": 2.2 / epoch,
+            "val_accuracy": 0.5 + 0.03 * epoch,
+            "val_balanced_accuracy": 0.25 + 0.05 * epoch,
         }
         for epoch in range(1, epochs + 1)
     ]
@@ -111,7 +119,18 @@ def test_a_non_finite_loss_raises_a_one_line_error_naming_the_epoch_and_the_fixe
 
 @pytest.mark.backend
 def test_nan_loss_stops_a_real_run_with_the_one_line_error(toy_dir, tmp_path, capsys):
-    arguments = ["--model", "cnn", "--config", TINY_CONFIG, "--set", "lr=1e12", "--data-dir", toy_dir, "--output-dir", tmp_path]
+    arguments = [
+        "--model",
+        "cnn",
+        "--config",
+        TINY_CONFIG,
+        "--set",
+        "lr=1e12",
+        "--data-dir",
+        toy_dir,
+        "--output-dir",
+        tmp_path,
+    ]
     assert run_main(*arguments) == 2
     (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert line.startswith("error: epoch 1: loss is nan; training diverged") and "--set lr=" in line
@@ -132,8 +151,20 @@ def test_a_real_run_with_slow_batches_warns_that_the_model_waits_for_data(toy_di
     # one worker: the input share divides the sequence's time by the workers, as if they all
     # fetched at once, which one batch per epoch does not give them.
     arguments = [
-        "--model", "cnn", "--config", TINY_CONFIG, "--epochs", 2, "--set", "batch_size=128",
-        "--data-dir", toy_dir, "--output-dir", tmp_path, "--set", "workers=1",
+        "--model",
+        "cnn",
+        "--config",
+        TINY_CONFIG,
+        "--epochs",
+        2,
+        "--set",
+        "batch_size=128",
+        "--data-dir",
+        toy_dir,
+        "--output-dir",
+        tmp_path,
+        "--set",
+        "workers=1",
     ]
     assert run_main(*arguments) == 0
     (run_dir,) = (tmp_path / "runs").iterdir()

@@ -43,13 +43,20 @@ RUNS = ("one-device", "two-devices", "two-devices-resumed", "to-resume-on-two-ho
 def runs(toy_dir, tmp_path_factory):
     output = tmp_path_factory.mktemp("distribution")
     environment = {
-        **os.environ, "KERAS_BACKEND": "jax", "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "TF_CPP_MIN_LOG_LEVEL": "3",
+        **os.environ,
+        "KERAS_BACKEND": "jax",
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+        "TF_CPP_MIN_LOG_LEVEL": "3",
         # JAX caches only compilations of at least 1 s by default: under a varying load a step can
         # fall either side, so here every compilation is cached.
         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
     }
     completed = subprocess.run(
-        [sys.executable, __file__, str(toy_dir), str(output)], env=environment, cwd=REPO_ROOT, capture_output=True, text=True,
+        [sys.executable, __file__, str(toy_dir), str(output)],
+        env=environment,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
     )
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     folders = {name: next((output / name / "runs").iterdir()) for name in RUNS}
@@ -63,7 +70,10 @@ def test_two_devices_train_to_the_one_device_loss(runs):
     assert two.loc[0, "val_loss"] == pytest.approx(one.loc[0, "val_loss"], rel=LOSS_TOLERANCE)
     environment = json.loads((folders["two-devices"] / "environment.json").read_text())
     assert environment["devices"] == {"count": 2, "processes": 1, "names": ["cpu:0", "cpu:1"], "kind": "cpu"}
-    assert json.loads((folders["one-device"] / "environment.json").read_text())["devices"] == {"count": 1, "processes": 1}
+    assert json.loads((folders["one-device"] / "environment.json").read_text())["devices"] == {
+        "count": 1,
+        "processes": 1,
+    }
 
 
 def test_a_two_device_run_resumes_exactly_and_is_evaluated(runs):
@@ -89,11 +99,18 @@ def resumed_on_two_hosts(runs):
         port = probe.getsockname()[1]
     processes = [
         subprocess.Popen(
-            [sys.executable, "main.py", "--resume", str(folders["to-resume-on-two-hosts"])], cwd=REPO_ROOT, text=True,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            [sys.executable, "main.py", "--resume", str(folders["to-resume-on-two-hosts"])],
+            cwd=REPO_ROOT,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
             env={
-                **os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_DISTRIBUTION_JOB_ADDRESSES": f"127.0.0.1:{port}",
-                "KERAS_DISTRIBUTION_NUM_PROCESSES": "2", "KERAS_DISTRIBUTION_PROCESS_ID": str(process),
+                **os.environ,
+                "KERAS_BACKEND": "jax",
+                "TF_CPP_MIN_LOG_LEVEL": "3",
+                "KERAS_DISTRIBUTION_JOB_ADDRESSES": f"127.0.0.1:{port}",
+                "KERAS_DISTRIBUTION_NUM_PROCESSES": "2",
+                "KERAS_DISTRIBUTION_PROCESS_ID": str(process),
             },
         )
         for process in range(2)
@@ -170,7 +187,10 @@ if __name__ == "__main__":
 
 @pytest.mark.parametrize(
     ("processes", "message"),
-    [("two", "KERAS_DISTRIBUTION_NUM_PROCESSES='two': expected the number of processes (hosts) of the run"), ("2", None)],
+    [
+        ("two", "KERAS_DISTRIBUTION_NUM_PROCESSES='two': expected the number of processes (hosts) of the run"),
+        ("2", None),
+    ],
 )
 def test_a_run_over_several_hosts_needs_jax_and_a_number_of_processes(processes, message, monkeypatch, capsys):
     monkeypatch.setenv("KERAS_DISTRIBUTION_NUM_PROCESSES", processes)

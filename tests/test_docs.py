@@ -130,7 +130,9 @@ def test_documented_command_parses(arguments, parse_only, capsys):
 def test_every_script_the_pages_run_exists():
     missing = []
     for page in PAGES:
-        for script in re.findall(r"\b(?:python3?|bash) ((?:benchmarks|networks|evaluation|training)/[\w/]+\.(?:py|sh))\b", page.read_text()):
+        for script in re.findall(
+            r"\b(?:python3?|bash) ((?:benchmarks|networks|evaluation|training)/[\w/]+\.(?:py|sh))\b", page.read_text()
+        ):
             if not (REPO_ROOT / script).is_file():
                 missing.append(f"{page.name}: {script}")
     assert missing == []

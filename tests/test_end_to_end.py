@@ -23,7 +23,10 @@ BASELINE_BALANCED_ACCURACY = 0.55
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("model", "metadata"),
-    [pytest.param(model, metadata, id=f"{model}-meta" if metadata else model) for model, metadata in study_configurations(CPU_CONFIG)],
+    [
+        pytest.param(model, metadata, id=f"{model}-meta" if metadata else model)
+        for model, metadata in study_configurations(CPU_CONFIG)
+    ],
 )
 def test_cpu_preset_beats_the_colour_histogram_baseline(model, metadata, ham_dir, tmp_path):
     arguments = ["--model", model, "--config", CPU_CONFIG, "--data-dir", ham_dir, "--output-dir", tmp_path]

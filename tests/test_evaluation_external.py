@@ -24,9 +24,14 @@ HAM_LABELS = "image_id,dx,age,sex,localization\n" + "".join(
     for index, (image_id, dx) in enumerate(zip(IMAGE_IDS, CLASSES))
 )
 ISIC_COLUMNS = ("MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC")
-ISIC_LABELS = "image," + ",".join(ISIC_COLUMNS) + "\n" + "".join(
-    image_id + "," + ",".join("1.0" if column.lower() == dx else "0.0" for column in ISIC_COLUMNS) + "\n"
-    for image_id, dx in zip(IMAGE_IDS, CLASSES)
+ISIC_LABELS = (
+    "image,"
+    + ",".join(ISIC_COLUMNS)
+    + "\n"
+    + "".join(
+        image_id + "," + ",".join("1.0" if column.lower() == dx else "0.0" for column in ISIC_COLUMNS) + "\n"
+        for image_id, dx in zip(IMAGE_IDS, CLASSES)
+    )
 )
 
 
@@ -190,7 +195,9 @@ def test_external_tta_is_the_mean_of_the_eight_views_beside_the_plain_evaluation
     write_images(data_dir, IMAGE_IDS)
     write_file(data_dir / "HAM10000_metadata.csv", HAM_LABELS)
 
-    metrics = evaluate_external(run_dir, data_dir, cache_dir=tmp_path / "cache", bootstrap_draws=50, verbose=False, tta=True)
+    metrics = evaluate_external(
+        run_dir, data_dir, cache_dir=tmp_path / "cache", bootstrap_draws=50, verbose=False, tta=True
+    )
     output_dir = run_dir / "external" / "clinic"
     plain = pd.read_csv(output_dir / "predictions.csv").filter(like="prob_").to_numpy()
     tta = pd.read_csv(output_dir / "tta" / "predictions.csv")
@@ -209,22 +216,41 @@ def test_external_clinical_sections_use_the_runs_calibration_and_the_labels_meta
     rng = np.random.default_rng(0)
     val_y = np.arange(40) % 7
     val_probabilities = rng.dirichlet(np.ones(7), 40)
-    write_predictions(run_dir / "val_predictions.csv", predictions_frame([f"V{index}" for index in range(40)], val_y, val_probabilities))
+    write_predictions(
+        run_dir / "val_predictions.csv",
+        predictions_frame([f"V{index}" for index in range(40)], val_y, val_probabilities),
+    )
     metrics = evaluate_external(run_dir, data_dir, cache_dir=tmp_path / "cache", bootstrap_draws=20, verbose=False)
     clinical = metrics["clinical"]
     assert clinical["calibration"]["temperature"] == pytest.approx(fit_temperature(val_y, val_probabilities))
-    assert json.loads((run_dir / "calibration.json").read_text())["temperature"] == clinical["calibration"]["temperature"]
+    assert (
+        json.loads((run_dir / "calibration.json").read_text())["temperature"] == clinical["calibration"]["temperature"]
+    )
     assert {"operating_points", "conformal"} <= set(clinical)
     # HAM10000_LABELS: sexes alternate; ages 40 + index except every third (unknown); "back" for the first four.
-    counts = {attribute: {group: entry["n_images"] for group, entry in result["groups"].items()} for attribute, result in clinical["subgroups"].items()}
-    assert counts == {"sex": {"female": 4, "male": 4}, "age": {"30–49": 5, "unknown": 3}, "site": {"trunk": 4, "other/unknown": 4}}
+    counts = {
+        attribute: {group: entry["n_images"] for group, entry in result["groups"].items()}
+        for attribute, result in clinical["subgroups"].items()
+    }
+    assert counts == {
+        "sex": {"female": 4, "male": 4},
+        "age": {"30–49": 5, "unknown": 3},
+        "site": {"trunk": 4, "other/unknown": 4},
+    }
     report = (run_dir / "external" / "clinic" / "report.md").read_text()
-    for section in ("## Calibration", "## Operating points", "## Selective prediction and conformal sets", "## Subgroups"):
+    for section in (
+        "## Calibration",
+        "## Operating points",
+        "## Selective prediction and conformal sets",
+        "## Subgroups",
+    ):
         assert section in report
     assert (run_dir / "external" / "clinic" / "calibrated_predictions.csv").is_file()
 
     # ISIC ground truth has no age, sex or site: no subgroups.
     isic = write_file(tmp_path / "isic.csv", ISIC_LABELS)
-    metrics = evaluate_external(run_dir, data_dir, labels_path=isic, cache_dir=tmp_path / "cache", bootstrap_draws=20, verbose=False)
+    metrics = evaluate_external(
+        run_dir, data_dir, labels_path=isic, cache_dir=tmp_path / "cache", bootstrap_draws=20, verbose=False
+    )
     assert "subgroups" not in metrics["clinical"] and "temperature" in metrics["clinical"]["calibration"]
     assert "## Subgroups" not in (run_dir / "external" / "clinic-2" / "report.md").read_text()

@@ -22,13 +22,13 @@ AKIEC, MEL, NV = (CLASS_NAMES.index(name) for name in ("akiec", "mel", "nv"))
 def hand_example():
     """Six images of three classes; akiec is never predicted, bcc, bkl, df and vasc never occur.
 
-        image  true   P(akiec) P(mel) P(nv)   predicted  confidence
-        1      mel    0.05     0.90   0.05    mel  ok    0.90
-        2      mel    0.25     0.10   0.65    nv         0.65
-        3      nv     0.05     0.10   0.85    nv   ok    0.85
-        4      nv     0.00     0.30   0.70    nv   ok    0.70
-        5      nv     0.00     0.62   0.38    mel        0.62
-        6      akiec  0.30     0.20   0.50    nv         0.50
+    image  true   P(akiec) P(mel) P(nv)   predicted  confidence
+    1      mel    0.05     0.90   0.05    mel  ok    0.90
+    2      mel    0.25     0.10   0.65    nv         0.65
+    3      nv     0.05     0.10   0.85    nv   ok    0.85
+    4      nv     0.00     0.30   0.70    nv   ok    0.70
+    5      nv     0.00     0.62   0.38    mel        0.62
+    6      akiec  0.30     0.20   0.50    nv         0.50
     """
     y_true = np.array([MEL, MEL, NV, NV, NV, AKIEC])
     probabilities = np.zeros((6, len(CLASS_NAMES)))
@@ -148,7 +148,9 @@ def test_bootstrap_with_every_image_once_reproduces_the_point_estimates():
     y_true, probabilities = random_predictions()
     once = np.ones((1, len(y_true)))
     y_pred = probabilities.argmax(axis=1)
-    assert mean_of_ratios(*weighted_hits(y_true, y_pred, once))[0] == pytest.approx(balanced_accuracy_score(y_true, y_pred))
+    assert mean_of_ratios(*weighted_hits(y_true, y_pred, once))[0] == pytest.approx(
+        balanced_accuracy_score(y_true, y_pred)
+    )
     assert mean_of_ratios(*weighted_auc_parts(y_true, probabilities, once))[0] == pytest.approx(
         roc_auc_score(y_true, probabilities, multi_class="ovr")
     )
@@ -170,7 +172,10 @@ def test_bootstrap_intervals_contain_the_estimate_and_follow_the_seed():
         assert interval["low"] < first[name] < interval["high"], name
         assert (interval["level"], interval["draws"], interval["seed"]) == (0.95, 300, 0)
         assert again["intervals"][name] == interval
-        assert (other["intervals"][name]["low"], other["intervals"][name]["high"]) != (interval["low"], interval["high"])
+        assert (other["intervals"][name]["low"], other["intervals"][name]["high"]) != (
+            interval["low"],
+            interval["high"],
+        )
 
 
 @pytest.mark.parametrize(

@@ -43,11 +43,20 @@ def toy_predictions(n=60, accuracy=0.7, seed=0):
 
 def toy_history(epochs=6):
     epoch = np.arange(1, epochs + 1)
-    return pd.DataFrame({
-        "epoch": epoch, "stage": np.where(epoch <= 3, 1, 2), "lr": 1e-3, "seconds": 10.0,
-        "loss": 2 / epoch, "accuracy": 1 - 1 / (epoch + 1), "balanced_accuracy": 1 - 1.2 / (epoch + 1),
-        "val_loss": 2.2 / epoch, "val_accuracy": 0.9 - 1 / (epoch + 1), "val_balanced_accuracy": 0.85 - 1 / (epoch + 1),
-    })
+    return pd.DataFrame(
+        {
+            "epoch": epoch,
+            "stage": np.where(epoch <= 3, 1, 2),
+            "lr": 1e-3,
+            "seconds": 10.0,
+            "loss": 2 / epoch,
+            "accuracy": 1 - 1 / (epoch + 1),
+            "balanced_accuracy": 1 - 1.2 / (epoch + 1),
+            "val_loss": 2.2 / epoch,
+            "val_accuracy": 0.9 - 1 / (epoch + 1),
+            "val_balanced_accuracy": 0.85 - 1 / (epoch + 1),
+        }
+    )
 
 
 def write_run(run_dir, image_ids, y_true, probabilities, *, complete=True):
@@ -57,14 +66,26 @@ def write_run(run_dir, image_ids, y_true, probabilities, *, complete=True):
     if not complete:
         return run_dir
     config = {
-        "model": "densenet", "metadata": False, "image_size": 64, "seed": 0, "epochs": 6, "loss": "focal",
-        "balance": "combined", "an_option_evaluation_does_not_know": 1,
+        "model": "densenet",
+        "metadata": False,
+        "image_size": 64,
+        "seed": 0,
+        "epochs": 6,
+        "loss": "focal",
+        "balance": "combined",
+        "an_option_evaluation_does_not_know": 1,
     }
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
     training = {
-        "best_epoch": 5, "best_val_balanced_accuracy": 0.68, "epochs_completed": 6, "stopped_early": False,
-        "wall_time_s": 3725.0, "parameters": 1234567, "trainable_parameters": 1200000,
-        "train_images_per_epoch": 700, "stage_boundaries": [3],
+        "best_epoch": 5,
+        "best_val_balanced_accuracy": 0.68,
+        "epochs_completed": 6,
+        "stopped_early": False,
+        "wall_time_s": 3725.0,
+        "parameters": 1234567,
+        "trainable_parameters": 1200000,
+        "train_images_per_epoch": 700,
+        "stage_boundaries": [3],
     }
     (run_dir / "training.json").write_text(json.dumps(training))
     toy_history().to_csv(run_dir / "history.csv", index=False)
@@ -105,7 +126,10 @@ def test_predictions_round_trip(tmp_path):
             lambda frame: frame.assign(image_id=["a", "b", "a"]),
             r"predictions\.csv, line 4: image_id 'a' appears more than once",
         ),
-        (lambda frame: frame.assign(pred="vasc"), r"predictions\.csv, line 2: pred 'vasc' is not the most probable class"),
+        (
+            lambda frame: frame.assign(pred="vasc"),
+            r"predictions\.csv, line 2: pred 'vasc' is not the most probable class",
+        ),
     ],
 )
 def test_malformed_predictions_give_a_one_line_error(tmp_path, edit, message):
@@ -129,10 +153,16 @@ def toy_metrics_inputs():
     ("draw", "size"),
     [
         (lambda path, y, p, m: plot_confusion_matrix(m["confusion_matrix"], path), (1300, 550)),
-        (lambda path, y, p, m: plot_training_curves(toy_history(), path, best_epoch=5, stage_boundaries=[3]), (1500, 450)),
+        (
+            lambda path, y, p, m: plot_training_curves(toy_history(), path, best_epoch=5, stage_boundaries=[3]),
+            (1500, 450),
+        ),
         (lambda path, y, p, m: plot_per_class(m["per_class"], path), (900, 450)),
         (lambda path, y, p, m: plot_roc_curves(y, p, path), (650, 600)),
-        (lambda path, y, p, m: plot_comparison({"a": m["confusion_matrix"], "b": m["confusion_matrix"]}, path), (1000, 950)),
+        (
+            lambda path, y, p, m: plot_comparison({"a": m["confusion_matrix"], "b": m["confusion_matrix"]}, path),
+            (1000, 950),
+        ),
     ],
     ids=["confusion_matrix", "training_curves", "per_class", "roc_curves", "comparison"],
 )
@@ -157,7 +187,9 @@ def test_evaluate_run_writes_metrics_plots_and_a_report_linking_them(tmp_path):
     assert metrics["intervals"]["balanced_accuracy"]["seed"] == 3
     report = (run_dir / "report.md").read_text()
     targets = links(report)
-    assert {"confusion_matrix.png", "training_curves.png", "per_class.png", "roc_curves.png", "metrics.json"} <= set(targets)
+    assert {"confusion_matrix.png", "training_curves.png", "per_class.png", "roc_curves.png", "metrics.json"} <= set(
+        targets
+    )
     assert all((run_dir / target).is_file() for target in targets)
     assert "| epochs run / kept epoch | 6 / 5 |" in report
     assert "| wall time | 1 h 02 min |" in report
@@ -202,7 +234,9 @@ def test_compare_runs_writes_table_json_and_figure(tmp_path):
     order = np.random.default_rng(0).permutation(len(image_ids))
     second = write_run(
         tmp_path / "20250101-130000-vgg16-meta",
-        list(np.array(image_ids)[order]), y_true[order], other_probabilities[order],
+        list(np.array(image_ids)[order]),
+        y_true[order],
+        other_probabilities[order],
     )
 
     comparison = compare_runs([first, second], tmp_path / "comparison", bootstrap_draws=DRAWS)
@@ -228,7 +262,9 @@ def test_compare_runs_writes_table_json_and_figure(tmp_path):
 def test_comparison_shows_the_clinical_headline_of_the_runs_that_have_one(tmp_path):
     image_ids, y_true, probabilities = toy_predictions()
     first = write_run(tmp_path / "20250101-120000-cnn", image_ids, y_true, probabilities)
-    second = write_run(tmp_path / "20250101-130000-densenet", image_ids, y_true, toy_predictions(accuracy=0.4, seed=1)[2])
+    second = write_run(
+        tmp_path / "20250101-130000-densenet", image_ids, y_true, toy_predictions(accuracy=0.4, seed=1)[2]
+    )
     # The first run has validation predictions, so its evaluation fits a temperature; the second was evaluated before.
     val_ids, val_y, val_probabilities = toy_predictions(n=70, seed=2)
     write_predictions(first / "val_predictions.csv", predictions_frame(val_ids, val_y, val_probabilities))

@@ -33,7 +33,9 @@ def folds(toy_dir, tmp_path_factory):
     what the exported graph must leave out."""
     output = tmp_path_factory.mktemp("export_study")
     settings = {
-        "data_dir": str(toy_dir), "output_dir": str(output), "metadata": True,
+        "data_dir": str(toy_dir),
+        "output_dir": str(output),
+        "metadata": True,
         "augmentation": {"rotation": 0.5, "zoom": 0.1, "hue": 0.05, "rand_augment": 0.2},
     }
     study_dir = run_experiment("densenet", TINY_CONFIG, settings, folds=2)
@@ -58,7 +60,9 @@ def test_the_inference_graph_has_no_augmentation_or_dropout(folds):
     _, runs = folds
     model = Predictor.load(runs[0]).members[0].model
     trained = {layer.name for layer in model._flatten_layers()}
-    assert "augmentation" in trained and any(isinstance(layer, keras.layers.Dropout) for layer in model._flatten_layers())
+    assert "augmentation" in trained and any(
+        isinstance(layer, keras.layers.Dropout) for layer in model._flatten_layers()
+    )
     inference = without_training_layers(model, "model_0")
     layers = list(inference._flatten_layers())
     assert not any(layer.name == "augmentation" or isinstance(layer, keras.layers.Dropout) for layer in layers)
@@ -113,7 +117,9 @@ def test_a_fold_ensemble_is_one_graph_averaging_its_folds(folds, tmp_path):
 def test_int8_calibrates_on_training_images_only_and_is_smaller(folds, tmp_path):
     _, runs = folds
     float_folder = export_model(runs[0], "litert", output=tmp_path / "float", verbose=False)
-    folder = export_model(runs[0], "litert", quantize="int8", output=tmp_path / "int8", calibration_images=20, verbose=False)
+    folder = export_model(
+        runs[0], "litert", quantize="int8", output=tmp_path / "int8", calibration_images=20, verbose=False
+    )
     info = json.loads((folder / EXPORT_FILENAME).read_text())
     split = fold_subsets(load_split(runs[0] / "split.csv"), run_config(runs[0]).fold)
     subsets = dict(zip(split["image_id"], split["subset"]))

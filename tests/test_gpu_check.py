@@ -30,14 +30,31 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 def test_the_gpu_check_rehearsed_at_toy_size_runs_every_step(toy_dir, tmp_path):
     output = tmp_path / "gpu_check.json"
     environment = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3"}
-    command = [sys.executable, "-c", WITHOUT_ABSENT_PACKAGES, "benchmarks/gpu_check.py", "--toy", "--data-dir", str(toy_dir), "--output", str(output)]
+    command = [
+        sys.executable,
+        "-c",
+        WITHOUT_ABSENT_PACKAGES,
+        "benchmarks/gpu_check.py",
+        "--toy",
+        "--data-dir",
+        str(toy_dir),
+        "--output",
+        str(output),
+    ]
     completed = subprocess.run(command, env=environment, cwd=REPO_ROOT, capture_output=True, text=True)
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     assert "no TensorBoard logs: Keras writes them with TensorFlow, which is not installed" in completed.stdout
 
     check = json.loads(output.read_text())
     steps = check["steps"]
-    assert list(steps) == ["machine", "cache", "throughput vgg16", "throughput densenet", "throughput cnn", "training and evaluation"]
+    assert list(steps) == [
+        "machine",
+        "cache",
+        "throughput vgg16",
+        "throughput densenet",
+        "throughput cnn",
+        "training and evaluation",
+    ]
     assert all("result" in step for step in steps.values()), {name: step.get("error") for name, step in steps.items()}
     assert steps["machine"]["result"]["backend"] == "jax" and steps["machine"]["result"]["packages"]["keras"]
     for name in ("vgg16", "densenet", "cnn"):

@@ -55,7 +55,9 @@ def patch_model():
     labels = rng.integers(0, 2, 512)
     images, _ = patch_images(rng, len(labels), labels == 1)
     model = create_model(
-        "cnn", SIZE, head=HeadOptions(dense_units=(16,), dropout=0.0),
+        "cnn",
+        SIZE,
+        head=HeadOptions(dense_units=(16,), dropout=0.0),
         options=model_options("cnn", {"filters": (8, 16), "convs_per_block": 1}),
     )
     model.compile(keras.optimizers.Adam(3e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
@@ -117,7 +119,9 @@ def test_jax_backend_gives_the_same_heatmaps(tmp_path):
     environment = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": str(REPO_ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
     subprocess.run(
         [sys.executable, "-c", JAX_HEATMAPS, tmp_path / "model.keras", tmp_path / "inputs.npz", tmp_path / "jax.npy"],
-        env=environment, check=True, capture_output=True,
+        env=environment,
+        check=True,
+        capture_output=True,
     )
     assert expected.max() > 0
     np.testing.assert_allclose(np.load(tmp_path / "jax.npy"), expected, atol=1e-4)

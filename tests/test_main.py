@@ -15,14 +15,34 @@ from training import ConfigError, TrainConfig, load_config, trainer
 from training.config import parse_settings
 
 RUN_FILES = (
-    "config.yaml", "split.csv", "environment.json", "history.csv", "training.json", "model.keras",
-    "predictions.csv", "metrics.json", "report.md", "confusion_matrix.png", "training_curves.png",
-    "per_class.png", "roc_curves.png",
+    "config.yaml",
+    "split.csv",
+    "environment.json",
+    "history.csv",
+    "training.json",
+    "model.keras",
+    "predictions.csv",
+    "metrics.json",
+    "report.md",
+    "confusion_matrix.png",
+    "training_curves.png",
+    "per_class.png",
+    "roc_curves.png",
 )
 
 
 # The settings a user types every day have flags; `--set` gives every setting.
-SETTING_FLAGS = {"--metadata", "--weights", "--epochs", "--seed", "--limit", "--split", "--data-dir", "--output-dir", "--track"}
+SETTING_FLAGS = {
+    "--metadata",
+    "--weights",
+    "--epochs",
+    "--seed",
+    "--limit",
+    "--split",
+    "--data-dir",
+    "--output-dir",
+    "--track",
+}
 
 
 def command_parser(name):
@@ -32,16 +52,37 @@ def command_parser(name):
 
 @pytest.mark.parametrize("command", ["train", "tune"])
 def test_train_and_tune_share_the_setting_flags_and_every_one_names_a_setting(command):
-    flags = {action.option_strings[0]: action for action in command_parser(command)._actions if isinstance(action, commands.Setting)}
+    flags = {
+        action.option_strings[0]: action
+        for action in command_parser(command)._actions
+        if isinstance(action, commands.Setting)
+    }
     assert set(flags) - {"--set"} == SETTING_FLAGS
     assert {action.setting for flag, action in flags.items() if flag != "--set"} <= set(TrainConfig.defaults())
 
 
 def test_flags_and_set_become_one_set_of_overrides_and_help_shows_the_real_defaults():
     arguments = command_parser("train").parse_args(
-        ["--model", "cnn", "--set", "lr=0.01", "--set", "class_weights=false", "--data-dir", "x", "--metadata", "--track"]
+        [
+            "--model",
+            "cnn",
+            "--set",
+            "lr=0.01",
+            "--set",
+            "class_weights=false",
+            "--data-dir",
+            "x",
+            "--metadata",
+            "--track",
+        ]
     )
-    assert commands.overrides(arguments) == {"lr": 0.01, "class_weights": False, "data_dir": "x", "metadata": True, "tracking": "mlflow"}
+    assert commands.overrides(arguments) == {
+        "lr": 0.01,
+        "class_weights": False,
+        "data_dir": "x",
+        "metadata": True,
+        "tracking": "mlflow",
+    }
     text = " ".join(command_parser("train").format_help().split())
     assert f"(default: {TrainConfig.epochs})" in text and "(default: None)" not in text
     assert "focal_gamma" in text  # the settings without a flag are listed for --set
@@ -51,13 +92,17 @@ def test_a_setting_given_by_a_flag_and_by_set_is_refused_and_a_repeated_option_k
     arguments = command_parser("train").parse_args(["--epochs", "3", "--set", "epochs=4"])
     with pytest.raises(ConfigError, match="--epochs and --set both set epochs: give it once"):
         commands.overrides(arguments)
-    arguments = command_parser("train").parse_args(["--epochs", "3", "--epochs", "4", "--set", "ema=0.9", "--set", "ema=0.99"])
+    arguments = command_parser("train").parse_args(
+        ["--epochs", "3", "--epochs", "4", "--set", "ema=0.9", "--set", "ema=0.99"]
+    )
     assert commands.overrides(arguments) == {"epochs": 4, "ema": 0.99}
 
 
 def test_set_assigns_any_setting_in_yaml():
     assert parse_settings(["ema=0.99", "augmentation={rotation: 0.5, zoom: 0.2}", "lr=1"]) == {
-        "ema": 0.99, "augmentation": {"rotation": 0.5, "zoom": 0.2}, "lr": 1,
+        "ema": 0.99,
+        "augmentation": {"rotation": 0.5, "zoom": 0.2},
+        "lr": 1,
     }
     config = load_config("densenet", TINY_CONFIG, parse_settings(["ema=0.99", "weights=none"]))
     assert config.ema == 0.99 and config.weights is None and config.image_size == 32  # the rest from the file
@@ -71,7 +116,9 @@ def test_model_all_writes_four_complete_runs_on_one_split(study):
         missing = [name for name in RUN_FILES if not (run / name).is_file()]
         assert missing == [], run.name
         assert not (run / "checkpoint").exists()
-    assert (study / "runs" / next(r.name for r in runs if r.name.endswith("vgg16-meta")) / "metadata_encoder.json").is_file()
+    assert (
+        study / "runs" / next(r.name for r in runs if r.name.endswith("vgg16-meta")) / "metadata_encoder.json"
+    ).is_file()
     splits = [pd.read_csv(run / "split.csv") for run in runs]
     assert all(split.equals(splits[0]) for split in splits)
 
@@ -109,7 +156,18 @@ def test_interrupted_run_resumes_without_losing_or_repeating_an_epoch(toy_dir, t
             raise KeyboardInterrupt  # as if killed after epoch 1 was checkpointed
 
     monkeypatch.setattr(trainer.EpochRecorder, "on_epoch_end", interrupt_after_first_epoch)
-    arguments = ["--model", "cnn", "--config", TINY_CONFIG, "--epochs", 3, "--data-dir", toy_dir, "--output-dir", tmp_path]
+    arguments = [
+        "--model",
+        "cnn",
+        "--config",
+        TINY_CONFIG,
+        "--epochs",
+        3,
+        "--data-dir",
+        toy_dir,
+        "--output-dir",
+        tmp_path,
+    ]
     assert run_main(*arguments) == 130
     progress = capsys.readouterr().out
     assert "steps per epoch, up to 3 epochs" in progress
@@ -129,7 +187,10 @@ def test_interrupted_run_resumes_without_losing_or_repeating_an_epoch(toy_dir, t
 @pytest.mark.parametrize(
     "arguments, message",
     [
-        (["--model", "resnet"], "error: unknown model 'resnet' (available: cnn, convnext_tiny, densenet, densenet121, "),
+        (
+            ["--model", "resnet"],
+            "error: unknown model 'resnet' (available: cnn, convnext_tiny, densenet, densenet121, ",
+        ),
         (["--model", "cnn", "--epochs", "-2"], "error: epochs must be a positive integer; got -2"),
         (["--model", "vgg16", "--set", "image_size=16"], "error: image_size 16 is too small for model 'vgg16'"),
         (["--model", "cnn", "--config", "nowhere.yaml"], "error: nowhere.yaml: config file not found"),
@@ -155,16 +216,38 @@ def test_bad_input_fails_with_one_line_before_any_work(arguments, message, tmp_p
         (["--model", ""], "error: unknown model '' (available: cnn, convnext_tiny, densenet, densenet121, "),
         (["--model", "cnn", "--seed", "-1"], "error: seed must be in [0, 4294967295]; got -1"),
         (["--model", "cnn", "--seed", "4294967296"], "error: seed must be in [0, 4294967295]; got 4294967296"),
-        (["--model", "cnn", "--epochs", "1" + "0" * 30], "error: setting 'epochs' is too large: at most 9223372036854775807"),
+        (
+            ["--model", "cnn", "--epochs", "1" + "0" * 30],
+            "error: setting 'epochs' is too large: at most 9223372036854775807",
+        ),
         (
             ["--model", "cnn", "--set", "model_options={filters: [8, -16, 16, 32, 32]}"],
             "error: CNN filters must be whole numbers of at least 1; got [8, -16, 16, 32, 32]",
         ),
-        (["--model", "cnn", "--set", "head={dense_units: [0]}"], "error: head dense_units must be whole numbers of at least 1; got [0]"),
-        (["--model", "cnn", "--set", "augmentation={rotation: lots}"], "error: augmentation rotation must be a number; got 'lots'"),
-        (["--model", "densenet", "--set", "model_options={growth_rate: 1.5}"], "error: DenseNet growth_rate must be a whole number; got 1.5"),
+        (
+            ["--model", "cnn", "--set", "head={dense_units: [0]}"],
+            "error: head dense_units must be whole numbers of at least 1; got [0]",
+        ),
+        (
+            ["--model", "cnn", "--set", "augmentation={rotation: lots}"],
+            "error: augmentation rotation must be a number; got 'lots'",
+        ),
+        (
+            ["--model", "densenet", "--set", "model_options={growth_rate: 1.5}"],
+            "error: DenseNet growth_rate must be a whole number; got 1.5",
+        ),
     ],
-    ids=["lr inf", "empty model", "seed -1", "seed 2**32", "epochs 10**30", "negative filters", "no dense units", "rotation lots", "fractional growth"],
+    ids=[
+        "lr inf",
+        "empty model",
+        "seed -1",
+        "seed 2**32",
+        "epochs 10**30",
+        "negative filters",
+        "no dense units",
+        "rotation lots",
+        "fractional growth",
+    ],
 )
 def test_values_that_would_fail_inside_training_are_refused_in_one_line(arguments, message, toy_dir, tmp_path, capsys):
     # Toy settings: before these checks, most of these trained (or tried to) before failing.

@@ -50,7 +50,10 @@ def test_optional_columns_may_be_absent(tmp_path):
     [
         (["lesion_id,image_id,age", "L1,I1,30"], "missing column 'dx'"),
         ([HEADER, "L1,I1,nv,histo,30,male,back", "L2,I2,melanoma,histo,30,male,back"], "line 3: unknown dx 'melanoma'"),
-        ([HEADER, "L1,I1,nv,histo,30,male,back", "L2,I1,nv,histo,30,male,back"], "line 3: image_id 'I1' appears more than once"),
+        (
+            [HEADER, "L1,I1,nv,histo,30,male,back", "L2,I1,nv,histo,30,male,back"],
+            "line 3: image_id 'I1' appears more than once",
+        ),
         ([HEADER, "L1,I1,nv,histo,thirty,male,back"], "line 2: age 'thirty' is not a number"),
         ([HEADER, ",I1,nv,histo,30,male,back"], "line 2: empty lesion_id"),
         ([HEADER], "has a header but no rows"),

@@ -71,7 +71,9 @@ def test_each_entry_describes_a_model_its_options_can_build(name):
 
 
 def test_unknown_model_error_lists_valid_names():
-    with pytest.raises(ValueError, match=r"unknown model 'resnet' \(available: cnn, convnext_tiny, densenet, densenet121, "):
+    with pytest.raises(
+        ValueError, match=r"unknown model 'resnet' \(available: cnn, convnext_tiny, densenet, densenet121, "
+    ):
         create_model("resnet", 32)
 
 
@@ -110,7 +112,9 @@ def test_forward_and_one_training_step(name, metadata_features):
     loss = model.train_on_batch(inputs, labels)
     assert np.isfinite(loss)
     # Plain SGD moves a weight exactly when its gradient is non-zero: every weight learns.
-    unchanged = [w.path for w, old in zip(model.trainable_weights, before) if np.array_equal(keras.ops.convert_to_numpy(w), old)]
+    unchanged = [
+        w.path for w, old in zip(model.trainable_weights, before) if np.array_equal(keras.ops.convert_to_numpy(w), old)
+    ]
     assert unchanged == []
 
 
@@ -206,6 +210,7 @@ def test_output_stays_float32_under_mixed_precision():
 def test_vgg16_bn_keeps_the_vgg16_layout_at_any_width():
     full = create_model("vgg16_bn", 32).get_layer("backbone")
     stock = create_model("vgg16", 32).get_layer("backbone")
+
     def convs(backbone):
         return [(layer.name, layer.filters) for layer in backbone.layers if isinstance(layer, keras.layers.Conv2D)]
 
@@ -224,7 +229,9 @@ def augmentation_batch():
 
 
 def test_augmentation_is_training_only_and_keeps_colours_on_average():
-    options = networks.AugmentationOptions(rotation=0.5, zoom=0.2, brightness=0.1, contrast=0.1, saturation=0.1, hue=0.02)
+    options = networks.AugmentationOptions(
+        rotation=0.5, zoom=0.2, brightness=0.1, contrast=0.1, saturation=0.1, hue=0.02
+    )
     augmentation = networks.build_augmentation(options, seed=0)
     images = augmentation_batch()
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(augmentation(images, training=False)), images)
@@ -248,7 +255,9 @@ def test_aspect_stretches_the_width_alone_up_to_a_square_crop_s_proportions():
 
 
 def test_rand_augment_is_training_only_and_changes_images():
-    augmentation = networks.build_augmentation(networks.AugmentationOptions(rand_augment=0.5, rand_augment_ops=2), seed=0)
+    augmentation = networks.build_augmentation(
+        networks.AugmentationOptions(rand_augment=0.5, rand_augment_ops=2), seed=0
+    )
     assert [layer.name for layer in augmentation.layers] == ["rand_augment"]
     images = augmentation_batch()
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(augmentation(images, training=False)), images)
@@ -267,7 +276,10 @@ def test_model_with_augmentation_predicts_like_one_without():
     keras.utils.set_random_seed(0)
     plain = tiny_model("cnn")
     augmented = create_model(
-        "cnn", 32, head=TINY_HEAD, options=get_model_entry("cnn").toy_options,
+        "cnn",
+        32,
+        head=TINY_HEAD,
+        options=get_model_entry("cnn").toy_options,
         augmentation=networks.build_augmentation(networks.AugmentationOptions(rotation=0.5, zoom=0.2)),
     )
     augmented.set_weights(plain.get_weights())
@@ -286,8 +298,12 @@ def plain_model(monkeypatch):
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
 
     @registry.register_backbone(
-        "plain", options=PlainOptions, description="two convolutions, for the test",
-        width=registry.Width("filters"), toy_options={"filters": 4}, parameters=None,
+        "plain",
+        options=PlainOptions,
+        description="two convolutions, for the test",
+        width=registry.Width("filters"),
+        toy_options={"filters": 4},
+        parameters=None,
     )
     def plain_backbone(image_size, options):
         image = keras.Input((image_size, image_size, 3))
@@ -305,10 +321,15 @@ def test_a_model_registered_elsewhere_builds_trains_saves_loads_and_explains(pla
     assert model.name == "plain_meta" and model.get_layer("backbone").output.shape[1:] == (8, 8, 4)
     assert get_model_entry(plain_model).width.scaled(model_options(plain_model), 1.5) == {"filters": 12}
 
-    assert run_main("--model", plain_model, "--config", TINY_CONFIG, "--data-dir", toy_dir, "--output-dir", tmp_path) == 0
+    assert (
+        run_main("--model", plain_model, "--config", TINY_CONFIG, "--data-dir", toy_dir, "--output-dir", tmp_path) == 0
+    )
     (run_dir,) = (tmp_path / "runs").iterdir()
     loaded = keras.saving.load_model(run_dir / "model.keras", compile=False)
-    assert loaded.name == plain_model and loaded.get_layer("backbone").get_layer("block2_conv").filters == PlainOptions.filters
+    assert (
+        loaded.name == plain_model
+        and loaded.get_layer("backbone").get_layer("block2_conv").filters == PlainOptions.filters
+    )
     assert len(pd.read_csv(run_dir / "predictions.csv")) > 0
     # Grad-CAM finds the backbone's last feature map by itself: 8x8 at 32 px, brought back to 32x32.
     images = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")

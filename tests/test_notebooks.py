@@ -18,7 +18,11 @@ NOTEBOOKS = REPO_ROOT / "notebooks"
 def run_notebook(name, output_dir, **parameters):
     """Executes notebooks/<name> with papermill parameters; returns the executed notebook."""
     return papermill.execute_notebook(
-        NOTEBOOKS / name, output_dir / name, parameters=parameters, kernel_name="python3", cwd=NOTEBOOKS,
+        NOTEBOOKS / name,
+        output_dir / name,
+        parameters=parameters,
+        kernel_name="python3",
+        cwd=NOTEBOOKS,
         progress_bar=False,
     )
 
@@ -50,7 +54,10 @@ def test_model_comparison_runs_on_the_toy_study(study, tmp_path):
     run_dirs = sorted((study / "runs").iterdir())
     comparison_dir = tmp_path / "comparison"
     notebook = run_notebook(
-        "model_comparison.ipynb", tmp_path, RUN_DIRS=[str(run_dir) for run_dir in run_dirs], OUTPUT_DIR=str(comparison_dir)
+        "model_comparison.ipynb",
+        tmp_path,
+        RUN_DIRS=[str(run_dir) for run_dir in run_dirs],
+        OUTPUT_DIR=str(comparison_dir),
     )
     for tag in ("metrics-table", "paired-tests"):
         table = text_of(tagged_cell(notebook, tag))
@@ -64,7 +71,9 @@ def test_model_comparison_runs_on_the_toy_study(study, tmp_path):
 
 def test_model_comparison_shows_a_study_s_runs_as_dots_with_their_mean(study, tmp_path):
     (study_dir,) = (study / "studies").iterdir()
-    notebook = run_notebook("model_comparison.ipynb", tmp_path, STUDY_DIR=str(study_dir), OUTPUT_DIR=str(tmp_path / "comparison"))
+    notebook = run_notebook(
+        "model_comparison.ipynb", tmp_path, STUDY_DIR=str(study_dir), OUTPUT_DIR=str(tmp_path / "comparison")
+    )
     spread = tagged_cell(notebook, "study-spread")
     assert shows_figure(spread)
     for name in ("cnn", "densenet", "vgg16", "vgg16-meta"):

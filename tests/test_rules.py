@@ -53,7 +53,9 @@ def test_no_plateau_cut_under_a_schedule():
 
 
 def test_early_stopping_after_patience_epochs_without_improvement():
-    state, _, _, stopped = run_rules([0.3, 0.5, 0.4, 0.5, 0.45, 0.9], EpochRules(early_stopping_patience=3, lr_patience=100))
+    state, _, _, stopped = run_rules(
+        [0.3, 0.5, 0.4, 0.5, 0.45, 0.9], EpochRules(early_stopping_patience=3, lr_patience=100)
+    )
     assert stopped == 5  # epochs 3, 4 (a tie) and 5 did not beat epoch 2; epoch 6 never runs
     assert state.stage_ended_early and state.best_epoch == 2
 

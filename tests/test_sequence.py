@@ -41,7 +41,9 @@ def test_resampling_is_seeded_and_redrawn_every_epoch():
     images = np.zeros((len(LABELS), 4, 4, 3), dtype=np.uint8)
 
     def draw(seed, epoch):
-        return training_sequence(images, np.arange(len(LABELS)), LABELS, balance=Balance("combined"), seed=seed, epoch=epoch).epoch_rows
+        return training_sequence(
+            images, np.arange(len(LABELS)), LABELS, balance=Balance("combined"), seed=seed, epoch=epoch
+        ).epoch_rows
 
     np.testing.assert_array_equal(draw(0, 0), draw(0, 0))
     assert not np.array_equal(draw(0, 0), draw(0, 1))
@@ -121,7 +123,7 @@ def test_mixing_mixes_each_image_and_its_label_in_the_same_proportion(method):
     labels = np.arange(7).repeat(3)
     images = np.broadcast_to((10.0 * labels)[:, None, None, None], (len(labels), 8, 8, 3)).astype(np.uint8)
     sequence = training_sequence(
-        images, np.arange(len(labels)), labels, batch_size=len(labels), augment=False, seed=3, **{method: 1.0},
+        images, np.arange(len(labels)), labels, batch_size=len(labels), augment=False, seed=3, **{method: 1.0}
     )
     for epoch in range(3):
         sequence.set_epoch(epoch)
@@ -129,7 +131,9 @@ def test_mixing_mixes_each_image_and_its_label_in_the_same_proportion(method):
         np.testing.assert_allclose(mixed_labels.sum(axis=1), 1.0, rtol=1e-6)
         np.testing.assert_allclose(mixed_images.mean(axis=(1, 2, 3)), mixed_labels @ (10.0 * np.arange(7)), atol=1e-3)
         assert (mixed_labels.max(axis=1) < 1).any()  # some images were mixed, not just reordered
-    again = training_sequence(images, np.arange(len(labels)), labels, batch_size=len(labels), augment=False, seed=3, **{method: 1.0})
+    again = training_sequence(
+        images, np.arange(len(labels)), labels, batch_size=len(labels), augment=False, seed=3, **{method: 1.0}
+    )
     again.set_epoch(2)
     np.testing.assert_array_equal(again[0][0], mixed_images)  # drawn from (seed, epoch, batch) alone
 
@@ -138,9 +142,13 @@ def test_mixing_mixes_the_metadata_as_the_labels():
     labels = np.arange(7).repeat(2)
     metadata = np.stack([labels, -labels], axis=1).astype(np.float32)
     images = np.zeros((len(labels), 8, 8, 3), dtype=np.uint8)
-    sequence = training_sequence(images, np.arange(len(labels)), labels, metadata=metadata, batch_size=len(labels), augment=False, mixup=1.0)
+    sequence = training_sequence(
+        images, np.arange(len(labels)), labels, metadata=metadata, batch_size=len(labels), augment=False, mixup=1.0
+    )
     (_, mixed_metadata), mixed_labels = sequence[0]
-    np.testing.assert_allclose(mixed_metadata, mixed_labels @ np.stack([np.arange(7), -np.arange(7)], axis=1), atol=1e-5)
+    np.testing.assert_allclose(
+        mixed_metadata, mixed_labels @ np.stack([np.arange(7), -np.arange(7)], axis=1), atol=1e-5
+    )
 
 
 def test_class_weights_weigh_each_image_by_its_label_mixed_ones_too():

@@ -79,16 +79,22 @@ def test_predict_answers_as_the_evaluation_did(client, study, real_toy_dir):
     expected = pd.read_csv(run / "predictions.csv").iloc[0]
     image = (real_toy_dir / "images" / f"{expected['image_id']}.jpg").read_bytes()
     answer = client.post("/predict", files={"image": ("lesion.jpg", image, "image/jpeg")}).json()
-    np.testing.assert_allclose([answer["probabilities"][name] for name in CLASSES], expected[list(PROBABILITY_COLUMNS)].astype(float), atol=2e-4)
+    np.testing.assert_allclose(
+        [answer["probabilities"][name] for name in CLASSES],
+        expected[list(PROBABILITY_COLUMNS)].astype(float),
+        atol=2e-4,
+    )
     assert answer["predicted"]["code"] == expected["pred"] and answer["warnings"] == []
     assert "gradcam_png" not in answer
 
 
 def test_explain_returns_an_overlay_png(client):
-    answer = client.post("/predict", files={"image": ("a.jpg", jpeg_bytes(0), "image/jpeg")}, data={"explain": "true"}).json()
+    answer = client.post(
+        "/predict", files={"image": ("a.jpg", jpeg_bytes(0), "image/jpeg")}, data={"explain": "true"}
+    ).json()
     prefix = "data:image/png;base64,"
     assert answer["gradcam_png"].startswith(prefix)
-    overlay = Image.open(io.BytesIO(base64.b64decode(answer["gradcam_png"][len(prefix):])))
+    overlay = Image.open(io.BytesIO(base64.b64decode(answer["gradcam_png"][len(prefix) :])))
     assert overlay.format == "PNG" and overlay.size == (256, 256)
 
 
@@ -96,7 +102,9 @@ def test_metadata_model_takes_age_sex_and_site(metadata_client, client):
     image = {"image": ("a.jpg", jpeg_bytes(1), "image/jpeg")}
     model = metadata_client.get("/model").json()
     assert model["metadata"] and "male" in model["sexes"] and "unknown" in model["sites"]
-    full = metadata_client.post("/predict", files=image, data={"age": "65", "sex": "male", "site": model["sites"][0]}).json()
+    full = metadata_client.post(
+        "/predict", files=image, data={"age": "65", "sex": "male", "site": model["sites"][0]}
+    ).json()
     assert full["warnings"] == []
     bare = metadata_client.post("/predict", files=image).json()
     assert bare["warnings"] == ["no age, sex, site given: encoded as unknown"]
@@ -125,14 +133,22 @@ def test_an_image_over_the_pixel_limit_is_refused_from_its_header_without_decodi
     monkeypatch.setattr("inference.app.read_image", decode)
     response = client.post("/predict", files={"image": ("big.png", png_of_size(8000, 8000), "image/png")})
     assert response.status_code == 413
-    assert response.json()["detail"] == "the image has more than the 50 megapixels this server decodes (8000 x 8000); send a smaller image"
+    assert (
+        response.json()["detail"]
+        == "the image has more than the 50 megapixels this server decodes (8000 x 8000); send a smaller image"
+    )
 
 
 @pytest.mark.parametrize(
     ("files", "data", "status", "detail"),
     [
         ({"image": ("big.jpg", b"\xff" * 100_001, "image/jpeg")}, {}, 413, "larger than"),  # read, then refused
-        ({"image": ("big.jpg", b"\xff" * 300_000, "image/jpeg")}, {}, 413, "larger than"),  # refused by its declared size
+        (
+            {"image": ("big.jpg", b"\xff" * 300_000, "image/jpeg")},
+            {},
+            413,
+            "larger than",
+        ),  # refused by its declared size
         ({"image": ("notes.txt", b"hello", "text/plain")}, {}, 415, "not a readable JPEG or PNG"),
         ({"picture": ("a.jpg", jpeg_bytes(2), "image/jpeg")}, {}, 422, None),  # no `image` field
         (None, {"image": "a.jpg"}, 422, None),  # a text field, not a file
@@ -166,10 +182,15 @@ def test_calibrated_probabilities_and_conformal_set_are_the_evaluations(client, 
     np.testing.assert_allclose(calibrated, expected[list(PROBABILITY_COLUMNS)].astype(float), atol=2e-4)
     q = calibration["conformal"]["0.90"]["marginal"]
     assert answer["conformal"] == {
-        "level": 0.9, "kind": "marginal", "threshold": q, "set": [name for name, p in zip(CLASSES, calibrated) if 1 - p <= q],
+        "level": 0.9,
+        "kind": "marginal",
+        "threshold": q,
+        "set": [name for name, p in zip(CLASSES, calibrated) if 1 - p <= q],
     }
     per_class = calibration["conformal"]["0.95"]["class_conditional"]
-    answer = client.post("/predict", files=files, data={"conformal": "0.95", "conformal_kind": "class_conditional"}).json()
+    answer = client.post(
+        "/predict", files=files, data={"conformal": "0.95", "conformal_kind": "class_conditional"}
+    ).json()
     assert "calibrated" not in answer
     assert answer["conformal"]["set"] == [name for name, p in zip(CLASSES, calibrated) if 1 - p <= per_class[name]]
 
@@ -192,7 +213,9 @@ def test_a_port_that_cannot_be_listened_on_is_one_line_before_the_model_loads(po
         assert run_main("serve", study_run(study, "cnn"), "--port", port) == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and error.startswith("error: ")
-    assert ("a port is 0 to 65535" if port == "99999" else f"127.0.0.1:{port}: cannot listen there (Address already in use)") in error
+    assert (
+        "a port is 0 to 65535" if port == "99999" else f"127.0.0.1:{port}: cannot listen there (Address already in use)"
+    ) in error
 
 
 # === A real server on loopback ===
@@ -209,11 +232,14 @@ def post_image(url, image, fields=()):
     """POST /predict with a multipart form built by hand: what a client without our stack sends."""
     boundary = uuid.uuid4().hex
     parts = [
-        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode() for name, value in fields
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
+        for name, value in fields
     ]
     parts.append(
         f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="a.jpg"\r\n'
-        "Content-Type: image/jpeg\r\n\r\n".encode() + image + b"\r\n"
+        "Content-Type: image/jpeg\r\n\r\n".encode()
+        + image
+        + b"\r\n"
     )
     body = b"".join(parts) + f"--{boundary}--\r\n".encode()
     request = urllib.request.Request(
@@ -226,7 +252,9 @@ def post_image(url, image, fields=()):
 def test_real_server_answers_50_concurrent_requests_as_it_answers_them_one_by_one(server):
     with urllib.request.urlopen(f"{server}/health", timeout=10) as response:
         assert json.loads(response.read()) == {"status": "ok"}
-    requests = [(jpeg_bytes(seed), [("age", 20 + 5 * seed), ("sex", ("male", "female")[seed % 2])]) for seed in range(10)]
+    requests = [
+        (jpeg_bytes(seed), [("age", 20 + 5 * seed), ("sex", ("male", "female")[seed % 2])]) for seed in range(10)
+    ]
     sequential = [post_image(server, image, fields)["probabilities"] for image, fields in requests]
     assert len({json.dumps(answer) for answer in sequential}) == len(requests)  # the requests differ
     with concurrent.futures.ThreadPoolExecutor(max_workers=50) as pool:
@@ -270,8 +298,16 @@ def test_page_uploads_an_image_and_shows_its_probabilities_and_overlay(server, t
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in (
-        "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}",
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
     ):
         options.add_argument(flag)
     image_path = tmp_path / "lesion.jpg"

@@ -37,7 +37,20 @@ def fold_study(toy_dir, tmp_path_factory):
     what the second and third sittings printed).
     """
     output = tmp_path_factory.mktemp("fold_study")
-    arguments = ["--model", "cnn", "--folds", 3, "--config", TINY_CONFIG, "--epochs", 2, "--data-dir", toy_dir, "--output-dir", output]
+    arguments = [
+        "--model",
+        "cnn",
+        "--folds",
+        3,
+        "--config",
+        TINY_CONFIG,
+        "--epochs",
+        2,
+        "--data-dir",
+        toy_dir,
+        "--output-dir",
+        output,
+    ]
     with pytest.MonkeyPatch.context() as patch:
         interrupt_after(patch, 3)  # the first run's two epochs, then the second run's first
         assert run_main(*arguments) == 130
@@ -94,7 +107,9 @@ def test_summary_numbers_are_recomputed_from_the_runs_predictions(fold_study):
     split = load_split(study_dir / "split.csv")
     assert sorted(validation["image_id"]) == sorted(split.loc[split["fold"] >= 0, "image_id"])
     y_val, p_val = class_indices(validation["dx"]), validation.filter(like="prob_").to_numpy()
-    assert cnn["out_of_fold"]["balanced_accuracy"] == pytest.approx(compute_metrics(y_val, p_val, bootstrap_draws=0)["balanced_accuracy"])
+    assert cnn["out_of_fold"]["balanced_accuracy"] == pytest.approx(
+        compute_metrics(y_val, p_val, bootstrap_draws=0)["balanced_accuracy"]
+    )
     assert "cnn | 3 |" in (study_dir / "summary" / "summary.md").read_text()
 
 
@@ -106,7 +121,9 @@ def test_ensemble_is_the_mean_of_the_members_probabilities(fold_study):
     expected = np.mean([member[2][rows] for member, rows in zip(members, order)], axis=0)
     np.testing.assert_allclose(probabilities, expected, atol=1e-6)
     metrics = json.loads((study_dir / "summary" / "ensembles" / "cnn" / "metrics.json").read_text())
-    assert metrics["balanced_accuracy"] == pytest.approx(compute_metrics(y_true, expected, bootstrap_draws=0)["balanced_accuracy"])
+    assert metrics["balanced_accuracy"] == pytest.approx(
+        compute_metrics(y_true, expected, bootstrap_draws=0)["balanced_accuracy"]
+    )
     assert metrics["intervals"]["balanced_accuracy"]["draws"] > 0
 
 
@@ -117,7 +134,11 @@ def test_a_study_moved_with_its_runs_is_summarised_as_where_it_was_made(fold_stu
     shutil.copytree(study_dir, moved, ignore=shutil.ignore_patterns("summary"))
     study = json.loads((moved / "study.json").read_text())
     for run in study["runs"]:
-        shutil.copytree(run["run_dir"], moved / "runs" / Path(run["run_dir"]).name, ignore=shutil.ignore_patterns("*.keras", "checkpoint"))
+        shutil.copytree(
+            run["run_dir"],
+            moved / "runs" / Path(run["run_dir"]).name,
+            ignore=shutil.ignore_patterns("*.keras", "checkpoint"),
+        )
         run["run_dir"] = f"runs/{Path(run['run_dir']).name}"
     (moved / "study.json").write_text(json.dumps(study))
     summarize_study(moved, verbose=False)
@@ -153,7 +174,9 @@ def test_a_second_process_on_a_study_is_refused_naming_the_first(toy_dir, tmp_pa
         (study_dir / "run.lock").write_text(f"{holder.pid} {socket.gethostname()}\n")
         assert run_main("--resume", study_dir) == 2
         error = capsys.readouterr().err
-        assert error.count("\n") == 1 and f"process {holder.pid} on {socket.gethostname()} is training this study" in error
+        assert (
+            error.count("\n") == 1 and f"process {holder.pid} on {socket.gethostname()} is training this study" in error
+        )
     finally:
         holder.kill()
         holder.wait()
@@ -162,7 +185,18 @@ def test_a_second_process_on_a_study_is_refused_naming_the_first(toy_dir, tmp_pa
 
 def test_seeds_give_runs_of_other_seeds_on_one_split(fold_study, toy_dir, tmp_path, capsys):
     _, fold_study_dir, _, _ = fold_study
-    arguments = ["--model", "cnn", "--seeds", 2, "--config", TINY_CONFIG, "--data-dir", toy_dir, "--output-dir", tmp_path]
+    arguments = [
+        "--model",
+        "cnn",
+        "--seeds",
+        2,
+        "--config",
+        TINY_CONFIG,
+        "--data-dir",
+        toy_dir,
+        "--output-dir",
+        tmp_path,
+    ]
     # The fold study's split: the two studies then share their test subset, and can be compared.
     assert run_main(*arguments, "--split", fold_study_dir / "split.csv") == 0
     (study_dir,) = (tmp_path / "studies").iterdir()
@@ -179,7 +213,9 @@ def test_seeds_give_runs_of_other_seeds_on_one_split(fold_study, toy_dir, tmp_pa
     summary = json.loads((tmp_path / "comparison" / "summary.json").read_text())
     assert list(summary["configurations"]) == [f"{fold_study_dir.name}/cnn", f"{study_dir.name}/cnn"]
     (pair,) = summary["pairs"]
-    assert pair["ensembles"]["mcnemar"]["p_value"] <= 1 and pair["paired_over_runs"] is None  # no (fold, seed) in common
+    assert (
+        pair["ensembles"]["mcnemar"]["p_value"] <= 1 and pair["paired_over_runs"] is None
+    )  # no (fold, seed) in common
     assert (tmp_path / "comparison" / "comparison" / "comparison.md").is_file()
 
 
@@ -283,8 +319,12 @@ def test_a_fold_study_predicts_and_serves_with_the_mean_of_its_fold_models(fold_
     assert (model["run"], model["models"]) == (f"{study_dir.name}/cnn", 3)
     assert model["test_metrics"]["balanced_accuracy"] == ensemble_metrics["balanced_accuracy"]
     first = sorted(folder.iterdir())[0]
-    answer = client.post("/predict", files={"image": (first.name, first.read_bytes(), "image/jpeg")}, data={"explain": "true"}).json()
-    np.testing.assert_allclose([answer["probabilities"][column[5:]] for column in PROBABILITY_COLUMNS], ensemble[0], atol=1e-6)
+    answer = client.post(
+        "/predict", files={"image": (first.name, first.read_bytes(), "image/jpeg")}, data={"explain": "true"}
+    ).json()
+    np.testing.assert_allclose(
+        [answer["probabilities"][column[5:]] for column in PROBABILITY_COLUMNS], ensemble[0], atol=1e-6
+    )
     assert answer["gradcam_png"].startswith("data:image/png;base64,")
 
 
@@ -315,15 +355,27 @@ def test_a_fold_ensemble_is_evaluated_on_an_external_set_and_predicts_calibrated
     assert sexes == labels["sex"].fillna("unknown").value_counts().to_dict()
     report = (output / "report.md").read_text()
     assert report.startswith(f"# External evaluation of {study_dir.name}/cnn, the mean of its 3 runs, on clinic")
-    for section in ("## Calibration", "## Operating points", "## Selective prediction and conformal sets", "## Subgroups"):
+    for section in (
+        "## Calibration",
+        "## Operating points",
+        "## Selective prediction and conformal sets",
+        "## Subgroups",
+    ):
         assert section in report
 
     # predict --calibrated: the ensemble's mean probabilities with the summary's temperature.
     capsys.readouterr()
     first = clinic / "images" / f"{predictions['image_id'][0]}.jpg"
-    assert run_main("predict", study_dir, first, "--calibrated", "--conformal", "0.95", "--output", tmp_path / "calibrated.json") == 0
+    assert (
+        run_main(
+            "predict", study_dir, first, "--calibrated", "--conformal", "0.95", "--output", tmp_path / "calibrated.json"
+        )
+        == 0
+    )
     (record,) = json.loads((tmp_path / "calibrated.json").read_text())
     expected = apply_temperature(np.mean(folds, axis=0)[:1], summary_calibration["temperature"])[0]
     np.testing.assert_allclose([record[f"calibrated_{column}"] for column in PROBABILITY_COLUMNS], expected, atol=1e-5)
     q = summary_calibration["conformal"]["0.95"]["marginal"]
-    assert record["conformal_set"] == "|".join(column[5:] for column, p in zip(PROBABILITY_COLUMNS, expected) if 1 - p <= q)
+    assert record["conformal_set"] == "|".join(
+        column[5:] for column, p in zip(PROBABILITY_COLUMNS, expected) if 1 - p <= q
+    )

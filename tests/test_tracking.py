@@ -46,7 +46,17 @@ def search(output_dir):
 
 def train_toy(toy_dir, output_dir, *flags):
     return run_main(
-        "--model", "cnn", "--config", TINY_CONFIG, "--data-dir", toy_dir, "--output-dir", output_dir, "--epochs", "2", *flags
+        "--model",
+        "cnn",
+        "--config",
+        TINY_CONFIG,
+        "--data-dir",
+        toy_dir,
+        "--output-dir",
+        output_dir,
+        "--epochs",
+        "2",
+        *flags,
     )
 
 
@@ -184,7 +194,10 @@ def test_a_sqlite_store_that_is_a_folder_fails_at_once(store, tmp_path, monkeypa
     [
         ("http://127.0.0.1:9", "could not be logged to MLflow at http://127.0.0.1:9 (API request to"),
         ("sqlite:///FOLDER", "sqlite:///FOLDER: the database is a folder"),
-        ("file:///FOLDER/mlruns", "could not be logged to MLflow at file:///FOLDER/mlruns (The filesystem tracking backend"),
+        (
+            "file:///FOLDER/mlruns",
+            "could not be logged to MLflow at file:///FOLDER/mlruns (The filesystem tracking backend",
+        ),
     ],
     ids=["unreachable server", "sqlite folder", "file store"],
 )
@@ -201,7 +214,10 @@ def test_track_command_that_cannot_log_is_one_line_naming_the_store(uri, message
 def test_track_without_mlflow_says_how_to_install(toy_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "mlflow", None)  # import mlflow now raises ImportError
     assert train_toy(toy_dir, tmp_path, "--track") == 2
-    assert capsys.readouterr().err.strip() == "error: tracking needs MLflow, which is not installed: pip install -e '.[track]'"
+    assert (
+        capsys.readouterr().err.strip()
+        == "error: tracking needs MLflow, which is not installed: pip install -e '.[track]'"
+    )
     assert not (tmp_path / "runs").exists()
 
 
@@ -212,7 +228,8 @@ def test_track_command_logs_the_reference_runs_once(store, capsys):
     mlflow.set_tracking_uri(f"sqlite:///{store.resolve() / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=[EXPERIMENT], order_by=["metrics.test_balanced_accuracy DESC"])
     expected = {
-        run_dir.name: json.loads((run_dir / METRICS_FILENAME).read_text())["balanced_accuracy"] for run_dir in reference.iterdir()
+        run_dir.name: json.loads((run_dir / METRICS_FILENAME).read_text())["balanced_accuracy"]
+        for run_dir in reference.iterdir()
     }
     assert dict(zip(runs["tags.mlflow.runName"], runs["metrics.test_balanced_accuracy"])) == pytest.approx(expected)
     assert list(runs["metrics.test_balanced_accuracy"]) == sorted(expected.values(), reverse=True)
@@ -239,7 +256,9 @@ def test_tensorboard_is_skipped_with_a_note_without_tensorflow(tmp_path, monkeyp
     import importlib.util
 
     find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *rest: None if name == "tensorflow" else find_spec(name, *rest))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *rest: None if name == "tensorflow" else find_spec(name, *rest)
+    )
     assert tensorboard_callbacks(config, tmp_path) == []
     assert "no TensorBoard logs" in capsys.readouterr().out
     config.tensorboard = False

@@ -68,7 +68,9 @@ def test_bad_values_raise_one_line_config_errors(overrides, message):
 
 
 def test_unknown_model_and_unknown_setting(tmp_path):
-    with pytest.raises(ConfigError, match=r"unknown model 'resnet' \(available: cnn, convnext_tiny, densenet, densenet121, "):
+    with pytest.raises(
+        ConfigError, match=r"unknown model 'resnet' \(available: cnn, convnext_tiny, densenet, densenet121, "
+    ):
         load_config("resnet")
     with pytest.raises(ConfigError, match="unknown setting 'epoch'"):
         load_config("cnn", write_yaml(tmp_path, "epoch: 3\n"))
@@ -156,7 +158,11 @@ def test_first_epoch_estimate_counts_the_tracing_step_as_an_average_one():
 
 
 def test_cosine_schedule_warms_up_then_decays_to_zero():
-    config = load_config("cnn", None, {"optimizer": "adamw", "weight_decay": 0.05, "schedule": "cosine", "warmup_epochs": 2, "epochs": 10})
+    config = load_config(
+        "cnn",
+        None,
+        {"optimizer": "adamw", "weight_decay": 0.05, "schedule": "cosine", "warmup_epochs": 2, "epochs": 10},
+    )
     optimizer = make_optimizer(config, 1e-3, stage_steps=100, warmup_steps=20)
     assert isinstance(optimizer, keras.optimizers.AdamW) and optimizer.weight_decay == pytest.approx(0.05)
     schedule = optimizer._learning_rate

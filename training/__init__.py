@@ -1,8 +1,8 @@
 """The training stage: config, losses, the epoch rules, the fit loop with resumable checkpoints.
 
-    from training import load_config, train_run
-    config = load_config("densenet", "configs/cpu.yaml", {"epochs": 5})
-    run = train_run(config)  # run.run_dir, run.config, run.data
+from training import load_config, train_run
+config = load_config("densenet", "configs/cpu.yaml", {"epochs": 5})
+run = train_run(config)  # run.run_dir, run.config, run.data
 """
 
 from training.config import STUDY, ConfigError, TrainConfig, hardware_preset, load_config

@@ -46,13 +46,17 @@ def use_compilation_cache(config):
         folder = Path(config.compilation_cache)
     blocking = blocking_file(folder)
     if blocking is not None:
-        raise ConfigError(f"{blocking}: is a file, not a folder, so the compilation cache cannot go to {folder} (set compilation_cache to a folder, or none)")
+        raise ConfigError(
+            f"{blocking}: is a file, not a folder, so the compilation cache cannot go to {folder} (set compilation_cache to a folder, or none)"
+        )
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as error:
-        print(f"Note: the compilation cache {folder} cannot be written ({error.strerror}): compiling without it (set compilation_cache to a writable folder, or none)")
+        print(
+            f"Note: the compilation cache {folder} cannot be written ({error.strerror}): compiling without it (set compilation_cache to a writable folder, or none)"
+        )
         return None
     jax.config.update("jax_compilation_cache_dir", str(folder))
     return folder

@@ -59,7 +59,9 @@ class TrainConfig:
     model: str = "densenet"
     metadata: bool = False  # the hybrid head: age, sex and site beside the image
     image_size: int = 128
-    weights: typing.Optional[str] = "imagenet"  # pretrained models (vgg16, efficientnet_lite0, ...): "imagenet", "none" or a file
+    weights: typing.Optional[str] = (
+        "imagenet"  # pretrained models (vgg16, efficientnet_lite0, ...): "imagenet", "none" or a file
+    )
     model_options: dict = field(default_factory=dict)  # architecture options, e.g. {growth_rate: 24}
     head: dict = field(default_factory=dict)  # HeadOptions fields, e.g. {pooling: avg, dropout: 0.3}
 
@@ -67,7 +69,9 @@ class TrainConfig:
     data_dir: typing.Optional[str] = None
     cache_dir: typing.Optional[str] = None
     split: typing.Optional[str] = None  # a split.csv to reuse
-    fold: typing.Optional[int] = None  # with a split that has folds (--folds K): validate on this fold, train on the others
+    fold: typing.Optional[int] = (
+        None  # with a split that has folds (--folds K): validate on this fold, train on the others
+    )
     split_fractions: tuple = DEFAULT_FRACTIONS
     limit: typing.Optional[int] = None  # a stratified subset of this many images (smoke runs)
     drop_missing_images: bool = False
@@ -80,8 +84,12 @@ class TrainConfig:
     class_weight_boost: dict = field(default_factory=lambda: {"mel": 1.5})
     augment: bool = True  # the eight square symmetries (quarter turns and flips), in the data pipeline
     augmentation: dict = field(default_factory=dict)  # AugmentationOptions fields, e.g. {rotation: 0.5, zoom: 0.2}
-    colour_constancy: int = 0  # shades of grey with this Minkowski power (6 is usual; 1: grey world), in the model; 0: off
-    corruption_augmentation: dict = field(default_factory=dict)  # CorruptionAugmentation fields, e.g. {p: 0.5, severity: 2}: training images only
+    colour_constancy: int = (
+        0  # shades of grey with this Minkowski power (6 is usual; 1: grey world), in the model; 0: off
+    )
+    corruption_augmentation: dict = field(
+        default_factory=dict
+    )  # CorruptionAugmentation fields, e.g. {p: 0.5, severity: 2}: training images only
     mixup: float = 0.0  # MixUp of training batches, alpha of its Beta distribution (0.2 is usual); 0: off
     cutmix: float = 0.0  # CutMix of training batches, alpha of its Beta distribution (1.0 is usual); 0: off; with mixup: either, at even odds
 
@@ -108,13 +116,19 @@ class TrainConfig:
     head_epochs: int = 5  # stage one: backbone frozen, only the head trains
     fine_tune_from_block: int = 1  # stage two: this backbone block and those above train (1: all blocks)
     fine_tune_lr_factor: float = 0.1  # stage two: the backbone learns at lr times this, the head at lr
-    fine_tune_batch_norm: bool = False  # stage two: the unfrozen blocks' batch norm trains too (else it keeps its ImageNet statistics)
+    fine_tune_batch_norm: bool = (
+        False  # stage two: the unfrozen blocks' batch norm trains too (else it keeps its ImageNet statistics)
+    )
 
     # === Hardware ===
     mixed_precision: typing.Union[bool, str] = AUTO  # auto: on where there is a GPU
-    jit_compile: typing.Union[bool, str] = AUTO  # auto: Keras's choice: always under JAX, on a GPU under TensorFlow, never under PyTorch
+    jit_compile: typing.Union[bool, str] = (
+        AUTO  # auto: Keras's choice: always under JAX, on a GPU under TensorFlow, never under PyTorch
+    )
     workers: int = 2  # threads preparing batches
-    devices: typing.Union[int, str] = AUTO  # auto: every GPU (or TPU) JAX sees, one CPU; N: the first N (training.distribution)
+    devices: typing.Union[int, str] = (
+        AUTO  # auto: every GPU (or TPU) JAX sees, one CPU; N: the first N (training.distribution)
+    )
     # JAX's persistent compilation cache: auto: <cache_dir>/jax-compilation; a folder; or none (training.compilation)
     compilation_cache: typing.Optional[str] = AUTO
 
@@ -185,25 +199,54 @@ class TrainConfig:
             f"image_size {self.image_size} is too large: at most {MAX_IMAGE_SIZE} (HAM10000's images are 600 x 450 px)",
         )
         _require(0 <= self.seed <= MAX_SEED, f"seed must be in [0, {MAX_SEED}]; got {self.seed}")
-        _require(self.fold is None or (self.fold >= 0 and self.split is not None), f"fold must be 0 or more, with a split file that has folds (split); got fold {self.fold}")
+        _require(
+            self.fold is None or (self.fold >= 0 and self.split is not None),
+            f"fold must be 0 or more, with a split file that has folds (split); got fold {self.fold}",
+        )
         _require(self.limit is None or self.limit >= 10, f"limit must be at least 10 images; got {self.limit}")
         _require(self.lr > 0, f"lr must be positive; got {self.lr}")
         _require(0 < self.lr_factor < 1, f"lr_factor must be between 0 and 1; got {self.lr_factor}")
-        _require(0 < self.fine_tune_lr_factor <= 1, f"fine_tune_lr_factor must be in (0, 1]; got {self.fine_tune_lr_factor}")
+        _require(
+            0 < self.fine_tune_lr_factor <= 1, f"fine_tune_lr_factor must be in (0, 1]; got {self.fine_tune_lr_factor}"
+        )
         _require(self.head_epochs >= 0, f"head_epochs must be 0 or more; got {self.head_epochs}")
-        _require(self.fine_tune_from_block >= 1, f"fine_tune_from_block must be 1 (every block) or more; got {self.fine_tune_from_block}")
-        _require(self.lr_patience >= 1 and self.early_stopping_patience >= 1, "lr_patience and early_stopping_patience must be at least 1")
+        _require(
+            self.fine_tune_from_block >= 1,
+            f"fine_tune_from_block must be 1 (every block) or more; got {self.fine_tune_from_block}",
+        )
+        _require(
+            self.lr_patience >= 1 and self.early_stopping_patience >= 1,
+            "lr_patience and early_stopping_patience must be at least 1",
+        )
         _require(self.loss in LOSSES, f"unknown loss {self.loss!r} (expected one of {', '.join(LOSSES)})")
-        _require(self.optimizer in OPTIMIZERS, f"unknown optimizer {self.optimizer!r} (expected one of {', '.join(OPTIMIZERS)})")
-        _require(self.schedule in SCHEDULES, f"unknown schedule {self.schedule!r} (expected one of {', '.join(SCHEDULES)})")
+        _require(
+            self.optimizer in OPTIMIZERS,
+            f"unknown optimizer {self.optimizer!r} (expected one of {', '.join(OPTIMIZERS)})",
+        )
+        _require(
+            self.schedule in SCHEDULES, f"unknown schedule {self.schedule!r} (expected one of {', '.join(SCHEDULES)})"
+        )
         _require(self.weight_decay >= 0, f"weight_decay must be 0 or more; got {self.weight_decay}")
         _require(self.weight_decay == 0 or self.optimizer == "adamw", "weight_decay needs optimizer: adamw")
-        _require(self.colour_constancy == 0 or self.colour_constancy >= 1, f"colour_constancy is the shades-of-grey power, at least 1 (6 is usual; 0: off); got {self.colour_constancy}")
-        _require(0 <= self.ema < 1, f"ema is the moving average's momentum, in [0, 1) (0: off, e.g. 0.999); got {self.ema}")
-        _require(0 <= self.warmup_epochs < self.epochs, f"warmup_epochs must be in [0, epochs); got {self.warmup_epochs}")
-        _require(self.mixup >= 0 and self.cutmix >= 0, f"mixup and cutmix must be 0 (off) or positive; got mixup {self.mixup}, cutmix {self.cutmix}")
+        _require(
+            self.colour_constancy == 0 or self.colour_constancy >= 1,
+            f"colour_constancy is the shades-of-grey power, at least 1 (6 is usual; 0: off); got {self.colour_constancy}",
+        )
+        _require(
+            0 <= self.ema < 1, f"ema is the moving average's momentum, in [0, 1) (0: off, e.g. 0.999); got {self.ema}"
+        )
+        _require(
+            0 <= self.warmup_epochs < self.epochs, f"warmup_epochs must be in [0, epochs); got {self.warmup_epochs}"
+        )
+        _require(
+            self.mixup >= 0 and self.cutmix >= 0,
+            f"mixup and cutmix must be 0 (off) or positive; got mixup {self.mixup}, cutmix {self.cutmix}",
+        )
         _require(0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1); got {self.label_smoothing}")
-        _require(self.label_smoothing == 0 or self.loss != "cost", "label_smoothing works with the crossentropy and focal losses only")
+        _require(
+            self.label_smoothing == 0 or self.loss != "cost",
+            "label_smoothing works with the crossentropy and focal losses only",
+        )
         _require(
             self.tracking in (None, *TRACKERS),
             f"unknown tracking {self.tracking!r} (expected {', '.join(TRACKERS)}, or null for none)",
@@ -211,14 +254,23 @@ class TrainConfig:
         _require(self.selection_window >= 1, f"selection_window must be at least 1; got {self.selection_window}")
         _require(self.melanoma_cost >= 1, f"melanoma_cost must be at least 1; got {self.melanoma_cost}")
         unknown = sorted(set(self.class_weight_boost) - set(CLASS_NAMES), key=str)
-        _require(not unknown, f"unknown class {', '.join(map(str, unknown))} in class_weight_boost (expected {', '.join(CLASS_NAMES)})")
+        _require(
+            not unknown,
+            f"unknown class {', '.join(map(str, unknown))} in class_weight_boost (expected {', '.join(CLASS_NAMES)})",
+        )
         for name, factor in self.class_weight_boost.items():
             # A factor multiplies the class's loss weight: 0 or less would reward its mistakes.
             _require(
-                isinstance(factor, (int, float)) and not isinstance(factor, bool) and math.isfinite(factor) and factor > 0,
+                isinstance(factor, (int, float))
+                and not isinstance(factor, bool)
+                and math.isfinite(factor)
+                and factor > 0,
                 f"class_weight_boost's factor for {name} must be a positive number (e.g. {{mel: 1.5}}); got {factor!r}",
             )
-        _require(self.focal_gamma >= 0, f"focal_gamma is the focal loss's focusing exponent, 0 or more (2 is usual); got {self.focal_gamma}")
+        _require(
+            self.focal_gamma >= 0,
+            f"focal_gamma is the focal loss's focusing exponent, 0 or more (2 is usual); got {self.focal_gamma}",
+        )
         _require(self.min_lr >= 0, f"min_lr is the floor of the plateau schedule's cuts, 0 or more; got {self.min_lr}")
         _require(
             self.devices == AUTO or (isinstance(self.devices, int) and self.devices >= 1),
@@ -229,7 +281,10 @@ class TrainConfig:
             f"compilation_cache must be auto, none or a folder; got {self.compilation_cache!r}",
         )
         for name in ("mixed_precision", "jit_compile"):
-            _require(getattr(self, name) in (True, False, AUTO), f"{name} must be true, false or auto; got {getattr(self, name)!r}")
+            _require(
+                getattr(self, name) in (True, False, AUTO),
+                f"{name} must be true, false or auto; got {getattr(self, name)!r}",
+            )
         try:
             # Each group of options is checked by the one that owns it.
             check_input(self.model, self.image_size)
@@ -242,7 +297,10 @@ class TrainConfig:
         except (ValueError, TypeError) as error:
             raise ConfigError(str(error)) from None
         if self.weights not in (None, "imagenet"):
-            _require(Path(self.weights).is_file(), f"weights file not found: {self.weights} (pass imagenet, none or an existing file)")
+            _require(
+                Path(self.weights).is_file(),
+                f"weights file not found: {self.weights} (pass imagenet, none or an existing file)",
+            )
         return self
 
     def to_dict(self):
@@ -290,7 +348,9 @@ def load_config(model=None, config_file=None, overrides=None):
     """
     unknown = sorted(set(overrides or {}) - set(TrainConfig.defaults()))
     if unknown:
-        raise ConfigError(f"command line: unknown setting {', '.join(map(repr, unknown))} (see training/config.py for the settings)")
+        raise ConfigError(
+            f"command line: unknown setting {', '.join(map(repr, unknown))} (see training/config.py for the settings)"
+        )
     values = {}
     if config_file is not None:
         values = read_yaml(config_file)
@@ -300,19 +360,25 @@ def load_config(model=None, config_file=None, overrides=None):
         raise ConfigError(f"{config_file}: 'models' must map model names to settings")
     unknown_models = sorted(set(per_model) - set(list_models()))
     if unknown_models:
-        raise ConfigError(f"{config_file}: unknown model {', '.join(unknown_models)} under 'models' (available: {', '.join(list_models())})")
+        raise ConfigError(
+            f"{config_file}: unknown model {', '.join(unknown_models)} under 'models' (available: {', '.join(list_models())})"
+        )
     given = dict(overrides or {})
     if "model" in given and given["model"] is None:
         _coerce("model", str, None)  # refused, as any null of a setting that needs a value
     # The first one given: an empty name (`--model ""`) is refused as unknown, not taken for the default.
-    model = next(name for name in (model, given.get("model"), values.get("model"), TrainConfig.model) if name is not None)
+    model = next(
+        name for name in (model, given.get("model"), values.get("model"), TrainConfig.model) if name is not None
+    )
     values.update(per_model.get(model) or {})
     values.update(given)
     values["model"] = model
     config = _build(values, source=config_file or "command line")
     if "epochs" in given and "warmup_epochs" not in given and config.warmup_epochs >= config.epochs >= 1:
         # A preset's warm-up under a shorter run (`--epochs 1`, the quickest check): shortened, not refused.
-        print(f"Note: warmup_epochs {config.warmup_epochs} of {config_file} shortened to {config.epochs - 1} to fit epochs {config.epochs}")
+        print(
+            f"Note: warmup_epochs {config.warmup_epochs} of {config_file} shortened to {config.epochs - 1} to fit epochs {config.epochs}"
+        )
         config.warmup_epochs = config.epochs - 1
     return config.validate()
 
@@ -332,7 +398,9 @@ def study_configurations(config_file=None):
     pairs = [(name.removesuffix(METADATA_SUFFIX), name.endswith(METADATA_SUFFIX)) for name in names]
     unknown = [name for name, (model, _) in zip(names, pairs) if model not in list_models()]
     if unknown:
-        raise ConfigError(f"{config_file}: unknown model {', '.join(unknown)} under 'study' (available: {', '.join(list_models())}, each optionally with {METADATA_SUFFIX})")
+        raise ConfigError(
+            f"{config_file}: unknown model {', '.join(unknown)} under 'study' (available: {', '.join(list_models())}, each optionally with {METADATA_SUFFIX})"
+        )
     return tuple(pairs)
 
 
@@ -352,11 +420,15 @@ def parse_settings(assignments, flag="--set", example="ema=0.99"):
             raise ConfigError(f"{flag} {assignment!r}: expected KEY=VALUE, e.g. {flag} {example}")
         if not text.strip():
             # An empty value is most often an unset shell variable, not a wish for null.
-            raise ConfigError(f"{flag} {assignment!r}: no value after '=' (write {key.strip()}=null where the setting may be null)")
+            raise ConfigError(
+                f"{flag} {assignment!r}: no value after '=' (write {key.strip()}=null where the setting may be null)"
+            )
         try:
             settings[key.strip()] = yaml.safe_load(text)
         except yaml.YAMLError as error:
-            raise ConfigError(f"{flag} {assignment!r}: the value is not valid YAML ({str(error).splitlines()[0]})") from None
+            raise ConfigError(
+                f"{flag} {assignment!r}: the value is not valid YAML ({str(error).splitlines()[0]})"
+            ) from None
     return settings
 
 
@@ -380,7 +452,9 @@ def _build(values, source):
     fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(values) - set(fields))
     if unknown:
-        raise ConfigError(f"{source}: unknown setting {', '.join(map(repr, unknown))} (see training/config.py for the settings)")
+        raise ConfigError(
+            f"{source}: unknown setting {', '.join(map(repr, unknown))} (see training/config.py for the settings)"
+        )
     typed = {name: _coerce(name, fields[name].type, value) for name, value in values.items()}
     return TrainConfig(**typed)
 
@@ -416,7 +490,9 @@ def _coerce(name, kind, value):
             return dict(value)
     expected = " or ".join("null" if t is type(None) else (t if isinstance(t, str) else t.__name__) for t in allowed)
     if value is None:
-        raise ConfigError(f"setting {name!r} must be {expected}, not null (leave it out to keep the config file's or the default value)")
+        raise ConfigError(
+            f"setting {name!r} must be {expected}, not null (leave it out to keep the config file's or the default value)"
+        )
     raise ConfigError(f"setting {name!r} must be {expected}; got {value!r}")
 
 

@@ -25,7 +25,10 @@ def compute_device():
 
         gpus = tf.config.list_physical_devices("GPU")
         if gpus:
-            return {"kind": "gpu", "name": tf.config.experimental.get_device_details(gpus[0]).get("device_name", gpus[0].name)}
+            return {
+                "kind": "gpu",
+                "name": tf.config.experimental.get_device_details(gpus[0]).get("device_name", gpus[0].name),
+            }
     elif backend == "torch":
         import torch
 

@@ -87,7 +87,9 @@ def resolve_devices(setting):
     if keras.backend.backend() != "jax":
         if setting in (AUTO, 1):
             return []
-        raise ConfigError(f"devices: {setting} needs KERAS_BACKEND=jax (Keras's data parallelism is JAX's); use devices: auto or 1")
+        raise ConfigError(
+            f"devices: {setting} needs KERAS_BACKEND=jax (Keras's data parallelism is JAX's); use devices: auto or 1"
+        )
     import jax
 
     available = keras.distribution.list_devices()
@@ -96,9 +98,13 @@ def resolve_devices(setting):
         several = jax.devices()[0].platform != "cpu" or jax.process_count() > 1
         return available if several else available[:1]
     if setting > len(available):
-        raise ConfigError(f"devices: {setting}, but JAX sees {len(available)} ({', '.join(available)}); pass at most {len(available)}, or auto")
+        raise ConfigError(
+            f"devices: {setting}, but JAX sees {len(available)} ({', '.join(available)}); pass at most {len(available)}, or auto"
+        )
     if jax.process_count() > 1 and setting != len(available):
-        raise ConfigError(f"devices: {setting}: a run over {jax.process_count()} hosts uses all their {len(available)} devices (devices: auto)")
+        raise ConfigError(
+            f"devices: {setting}: a run over {jax.process_count()} hosts uses all their {len(available)} devices (devices: auto)"
+        )
     return available[:setting]
 
 

@@ -17,8 +17,19 @@ from training.distribution import describe_devices
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RECORDED_PACKAGES = (
-    "keras", "tensorflow", "jax", "jaxlib", "torch", "numpy", "pandas", "scikit-learn",
-    "imbalanced-learn", "matplotlib", "seaborn", "pillow", "pyyaml",
+    "keras",
+    "tensorflow",
+    "jax",
+    "jaxlib",
+    "torch",
+    "numpy",
+    "pandas",
+    "scikit-learn",
+    "imbalanced-learn",
+    "matplotlib",
+    "seaborn",
+    "pillow",
+    "pyyaml",
 )
 
 

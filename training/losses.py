@@ -76,7 +76,9 @@ def make_loss(name, class_weights, *, focal_gamma=2.0, melanoma_cost=5.0, label_
         return keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing)
     if name == "focal":
         alpha = [class_weights[index] for index in range(len(CLASS_NAMES))]
-        return keras.losses.CategoricalFocalCrossentropy(alpha=alpha, gamma=focal_gamma, label_smoothing=label_smoothing)
+        return keras.losses.CategoricalFocalCrossentropy(
+            alpha=alpha, gamma=focal_gamma, label_smoothing=label_smoothing
+        )
     if name == "cost":
         return CostSensitiveCrossentropy(melanoma_cost_matrix(melanoma_cost))
     raise ValueError(f"unknown loss {name!r} (expected crossentropy, focal or cost)")

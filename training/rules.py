@@ -35,7 +35,9 @@ def plan_stages(config):
     """The run's stages; epochs are numbered continuously across them."""
     if not config.pretrained:
         return [Stage(1, config.epochs, config.lr, "all")]
-    fine_tune = Stage(2 if config.head_epochs else 1, config.epochs, config.lr, "top blocks", config.fine_tune_lr_factor)
+    fine_tune = Stage(
+        2 if config.head_epochs else 1, config.epochs, config.lr, "top blocks", config.fine_tune_lr_factor
+    )
     if config.head_epochs == 0:
         return [fine_tune]
     return [Stage(1, config.head_epochs, config.lr, "frozen"), fine_tune]
@@ -76,8 +78,11 @@ class EpochRules:
     @classmethod
     def from_config(cls, config):
         return cls(
-            selection_window=config.selection_window, plateau=config.schedule == "plateau",
-            lr_patience=config.lr_patience, lr_factor=config.lr_factor, min_lr=config.min_lr,
+            selection_window=config.selection_window,
+            plateau=config.schedule == "plateau",
+            lr_patience=config.lr_patience,
+            lr_factor=config.lr_factor,
+            min_lr=config.min_lr,
             early_stopping_patience=config.early_stopping_patience,
         )
 
@@ -102,8 +107,12 @@ class Verdict:
 def start_stage(state, stage):
     """The state at the start of `stage`: its counters reset; the best epoch carries over."""
     return dataclasses.replace(
-        state, stage=stage.number, stage_first_epoch=state.epochs_completed + 1,
-        epochs_without_improvement=0, epochs_since_lr_change=0, stage_ended_early=False,
+        state,
+        stage=stage.number,
+        stage_first_epoch=state.epochs_completed + 1,
+        epochs_without_improvement=0,
+        epochs_since_lr_change=0,
+        stage_ended_early=False,
     )
 
 
@@ -121,10 +130,10 @@ def judge_epoch(state, epoch, scores, lr, rules):
     false. A tie with the best is no improvement: the earlier epoch stays the kept one.
     """
     # A kept epoch must be good with its predecessors too, not a lucky spike of a noisy score.
-    score = float(np.mean(scores[-rules.selection_window:]))
+    score = float(np.mean(scores[-rules.selection_window :]))
     if score > state.best_value:
         improved = dataclasses.replace(
-            state, best_value=score, best_epoch=epoch, epochs_without_improvement=0, epochs_since_lr_change=0,
+            state, best_value=score, best_epoch=epoch, epochs_without_improvement=0, epochs_since_lr_change=0
         )
         return Verdict(improved, improved=True)
     without, since, new_lr = state.epochs_without_improvement + 1, state.epochs_since_lr_change + 1, None
@@ -132,7 +141,9 @@ def judge_epoch(state, epoch, scores, lr, rules):
         new_lr, since = max(lr * rules.lr_factor, rules.min_lr), 0
     stop = without >= rules.early_stopping_patience
     stalled = dataclasses.replace(
-        state, epochs_without_improvement=without, epochs_since_lr_change=since,
+        state,
+        epochs_without_improvement=without,
+        epochs_since_lr_change=since,
         stage_ended_early=state.stage_ended_early or stop,
     )
     return Verdict(stalled, improved=False, new_lr=new_lr, stop=stop)

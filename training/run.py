@@ -161,5 +161,3 @@ def resume_run(run_dir, overrides=None, verbose="auto", study=None):
             with training_devices(config):
                 fit(config, data, run_dir, resume=True, verbose=verbose)
     return TrainedRun(run_dir, config, data, study)
-
-

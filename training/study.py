@@ -54,11 +54,15 @@ def start_study(configs, *, folds=None, seeds=1, name, settings):
     if folds is not None:
         existing = sorted(set(split[FOLD_COLUMN]) - {TEST_FOLD}) if FOLD_COLUMN in split else []
         if existing and len(existing) != folds:
-            raise ConfigError(f"{base.split} has {len(existing)} folds; --folds {folds} asks for {folds} (drop --folds, or pass it {len(existing)})")
+            raise ConfigError(
+                f"{base.split} has {len(existing)} folds; --folds {folds} asks for {folds} (drop --folds, or pass it {len(existing)})"
+            )
         split = split if existing else assign_folds(split, folds, seed=base.seed)
     study_dir = new_stamped_folder(Path(base.output_dir) / "studies", name)
     save_split(split, study_dir / SPLIT_FILENAME)
-    write_text(study_dir / SETTINGS_FILENAME, yaml.safe_dump({**settings, "folds": folds, "seeds": seeds}, sort_keys=False))
+    write_text(
+        study_dir / SETTINGS_FILENAME, yaml.safe_dump({**settings, "folds": folds, "seeds": seeds}, sort_keys=False)
+    )
     seed_values = [base.seed + offset for offset in range(seeds)]
     runs = [
         {
@@ -94,7 +98,9 @@ def unfinished_study(configs, *, folds=None, seeds=1, settings):
         except (OSError, yaml.YAMLError, DataError):
             continue  # not a study of this kind; it is not ours to judge here
         trained = list(dict.fromkeys(json.dumps(_what_is_trained(run["config"]), sort_keys=True) for run in runs))
-        if trained == [json.dumps(values, sort_keys=True) for values in planned] and not all(run["finished"] for run in runs):
+        if trained == [json.dumps(values, sort_keys=True) for values in planned] and not all(
+            run["finished"] for run in runs
+        ):
             return study_dir
     return None
 

@@ -107,7 +107,9 @@ class LiveCurves(keras.callbacks.Callback):
 
         def start():
             client = _client(self.output_dir)
-            run_id = _find_run(client, self.run_dir) or _create_run(client, self.run_dir, _saved_config(self.run_dir), None)
+            run_id = _find_run(client, self.run_dir) or _create_run(
+                client, self.run_dir, _saved_config(self.run_dir), None
+            )
             _log_missing_epochs(client, run_id, self.history)
             print(f"Tracking in MLflow: run {run_id} of experiment {EXPERIMENT!r} at {tracking_uri(self.output_dir)}")
             self.client, self.run_id = client, run_id
@@ -116,14 +118,20 @@ class LiveCurves(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         if self.run_id is not None:
-            _softly(self.output_dir, "logging an epoch", lambda: _log_epochs(self.client, self.run_id, self.history[-1:]))
+            _softly(
+                self.output_dir, "logging an epoch", lambda: _log_epochs(self.client, self.run_id, self.history[-1:])
+            )
 
 
 def log_finished_run(run_dir, config, study=None):
     """`track_finished_run` for a run this process trained with `tracking: mlflow`: an MLflow failure
     is one warning line (none if the store failed already), never an error."""
     if config.tracking == "mlflow":
-        _softly(config.output_dir, "logging the results", lambda: track_finished_run(run_dir, config.output_dir, study, config.track_model))
+        _softly(
+            config.output_dir,
+            "logging the results",
+            lambda: track_finished_run(run_dir, config.output_dir, study, config.track_model),
+        )
 
 
 def track_finished_run(run_dir, output_dir, study=None, with_model=False):
@@ -155,13 +163,17 @@ def track_finished_run(run_dir, output_dir, study=None, with_model=False):
             client.set_tag(run_id, "study", str(study))
         _log_missing_epochs(client, run_id, pd.read_csv(run_dir / HISTORY_FILENAME).to_dict("records"))
         now = int(time.time() * 1000)
-        client.log_batch(run_id, metrics=[Metric(key, float(value), now, 0) for key, value in _results(run_dir).items()])
+        client.log_batch(
+            run_id, metrics=[Metric(key, float(value), now, 0) for key, value in _results(run_dir).items()]
+        )
         for path in _artifacts(run_dir, with_model):
             folder = path.parent.relative_to(run_dir).as_posix()
             client.log_artifact(run_id, str(path), None if folder == "." else folder)
         client.set_terminated(run_id)
     except MlflowException as error:
-        raise UserError(f"{run_dir}: could not be logged to MLflow at {tracking_uri(output_dir)} ({_reason(error)})") from None
+        raise UserError(
+            f"{run_dir}: could not be logged to MLflow at {tracking_uri(output_dir)} ({_reason(error)})"
+        ) from None
     return run_id
 
 
@@ -179,7 +191,10 @@ def _softly(output_dir, doing, action):
     except Exception as error:
         _FAILED_STORES.add(uri)
         reason = error.args[0] if isinstance(error, UserError) else _reason(error)
-        print(f"warning: MLflow tracking failed while {doing} ({reason}); the run goes on without tracking", file=sys.stderr)
+        print(
+            f"warning: MLflow tracking failed while {doing} ({reason}); the run goes on without tracking",
+            file=sys.stderr,
+        )
 
 
 def _find_run(client, run_dir):
@@ -187,7 +202,9 @@ def _find_run(client, run_dir):
     experiment = client.get_experiment_by_name(EXPERIMENT)
     if experiment is None:
         return None
-    found = client.search_runs([experiment.experiment_id], filter_string=f"tags.run_folder = '{Path(run_dir).resolve()}'", max_results=1)
+    found = client.search_runs(
+        [experiment.experiment_id], filter_string=f"tags.run_folder = '{Path(run_dir).resolve()}'", max_results=1
+    )
     return found[0].info.run_id if found else None
 
 
@@ -195,7 +212,12 @@ def _log_epochs(client, run_id, rows):
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    metrics = [Metric(name, float(value), now, int(row["epoch"])) for row in rows for name, value in row.items() if name != "epoch" and _is_number(value)]
+    metrics = [
+        Metric(name, float(value), now, int(row["epoch"]))
+        for row in rows
+        for name, value in row.items()
+        if name != "epoch" and _is_number(value)
+    ]
     client.log_batch(run_id, metrics=metrics)
 
 
@@ -213,7 +235,9 @@ def _results(run_dir):
     results = {}
     if (run_dir / TRAINING_FILENAME).is_file():
         summary = json.loads((run_dir / TRAINING_FILENAME).read_text(encoding="utf-8"))
-        results.update({key: summary[key] for key in ("best_epoch", "best_val_balanced_accuracy", "wall_time_s", "parameters")})
+        results.update(
+            {key: summary[key] for key in ("best_epoch", "best_val_balanced_accuracy", "wall_time_s", "parameters")}
+        )
     if (run_dir / METRICS_FILENAME).is_file():
         metrics = json.loads((run_dir / METRICS_FILENAME).read_text(encoding="utf-8"))
         results.update({f"{TEST_PREFIX}{key}": value for key, value in metrics.items()})
@@ -256,7 +280,11 @@ def _create_run(client, run_dir, config, study):
     if experiment is None:
         uri = tracking_uri(config["output_dir"])
         # Beside a local database, the artifacts go beside it too, not into the current directory.
-        location = (Path(uri.removeprefix("sqlite:///")).parent / ARTIFACTS_DIR).as_uri() if uri.startswith("sqlite:///") else None
+        location = (
+            (Path(uri.removeprefix("sqlite:///")).parent / ARTIFACTS_DIR).as_uri()
+            if uri.startswith("sqlite:///")
+            else None
+        )
         experiment_id = client.create_experiment(EXPERIMENT, artifact_location=location)
     else:
         experiment_id = experiment.experiment_id
@@ -265,7 +293,7 @@ def _create_run(client, run_dir, config, study):
 
     params = [Param(key, str(value)[:6000]) for key, value in flatten(config).items()]
     for start in range(0, len(params), 100):  # MLflow takes at most 100 parameters a call
-        client.log_batch(run.info.run_id, params=params[start:start + 100])
+        client.log_batch(run.info.run_id, params=params[start : start + 100])
     return run.info.run_id
 
 
@@ -286,7 +314,7 @@ def _tags(run_dir, config, study):
 
 
 def _device(environment):
-    """"gpu: NVIDIA H100", or for older run folders their list of devices."""
+    """ "gpu: NVIDIA H100", or for older run folders their list of devices."""
     device = environment.get("device")
     if isinstance(device, dict):
         return f"{device.get('kind')}: {device.get('name')}"

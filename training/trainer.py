@@ -56,7 +56,8 @@ def load_state(run_dir):
     """The `TrainingState` of an interrupted run's last completed epoch; DataError if there is none."""
     path = Path(run_dir) / CHECKPOINT_DIR / STATE_FILENAME
     values = read_json(
-        path, f"{run_dir}: no checkpoint to resume from ({CHECKPOINT_DIR}/{STATE_FILENAME} is missing)",
+        path,
+        f"{run_dir}: no checkpoint to resume from ({CHECKPOINT_DIR}/{STATE_FILENAME} is missing)",
         "; the run cannot be resumed, start it again",
     )
     known = [item.name for item in dataclasses.fields(TrainingState)]
@@ -94,7 +95,9 @@ def build_model(config, metadata_features):
         # Checked now, not when fine-tuning begins after the head's epochs.
         last = max(get_model_entry(config.model).blocks.numbers(model.get_layer("backbone")).values())
         if config.fine_tune_from_block > last:
-            raise ConfigError(f"fine_tune_from_block {config.fine_tune_from_block} is above {config.model}'s last block, {last} (its blocks are 1 to {last})")
+            raise ConfigError(
+                f"fine_tune_from_block {config.fine_tune_from_block} is above {config.model}'s last block, {last} (its blocks are 1 to {last})"
+            )
     return model
 
 
@@ -117,7 +120,10 @@ def compile_model(model, config, learning_rate, weights, *, stage_steps=None, wa
     """Compiles for one stage; `stage_steps` (the stage's optimizer steps) sizes a cosine schedule;
     the backbone's trainable variables learn at `backbone_lr_factor` times the rate."""
     loss = make_loss(
-        config.loss, weights, focal_gamma=config.focal_gamma, melanoma_cost=config.melanoma_cost,
+        config.loss,
+        weights,
+        focal_gamma=config.focal_gamma,
+        melanoma_cost=config.melanoma_cost,
         label_smoothing=config.label_smoothing,
     )
     let_augmentation_compile(model)  # before "auto" jit_compile is resolved
@@ -172,7 +178,11 @@ def fit(config, data, run_dir, *, resume=False, model=None, verbose="auto"):
     train, val, weights = _sequences(config, data)
     stages = plan_stages(config)
 
-    model = _resumed_model(run_dir, state) if resume else model or build_model(config, data.encoder.size if config.metadata else 0)
+    model = (
+        _resumed_model(run_dir, state)
+        if resume
+        else model or build_model(config, data.encoder.size if config.metadata else 0)
+    )
     print(
         f"Training {model.name} ({model.count_params():,} parameters) on {len(train.rows)} images, "
         f"{len(train.positions)} per epoch after '{config.balance}' balancing: "
@@ -181,7 +191,11 @@ def fit(config, data, run_dir, *, resume=False, model=None, verbose="auto"):
     checkpoint_loaded = resume
     recorder = EpochRecorder(run_dir, state, _read_history(run_dir, state.epochs_completed), config, train, val)
     # The recorder first: the others read the epoch's row it appends.
-    callbacks = [recorder, *tensorboard_callbacks(config, run_dir), *tracking_callbacks(config, run_dir, recorder.history)]
+    callbacks = [
+        recorder,
+        *tensorboard_callbacks(config, run_dir),
+        *tracking_callbacks(config, run_dir, recorder.history),
+    ]
     for stage in stages:
         state = recorder.state
         if stage.number < state.stage or (stage.number == state.stage and state.stage_finished(stage)):
@@ -223,8 +237,15 @@ def _resumed_model(run_dir, state):
 def _sequences(config, data):
     """The training and validation sequences, and the class weights of the training loss."""
     train = data.sequence(
-        "train", batch_size=config.batch_size, with_metadata=config.metadata, balance=config.balance_options,
-        augment=config.augment, corruption=config.corruption_options, mixup=config.mixup, cutmix=config.cutmix, seed=config.seed,
+        "train",
+        batch_size=config.batch_size,
+        with_metadata=config.metadata,
+        balance=config.balance_options,
+        augment=config.augment,
+        corruption=config.corruption_options,
+        mixup=config.mixup,
+        cutmix=config.cutmix,
+        seed=config.seed,
         workers=config.workers,
     )
     val = data.sequence("val", batch_size=config.batch_size, with_metadata=config.metadata, workers=config.workers)
@@ -258,7 +279,9 @@ def _summary(recorder, model, stages, config, train, weights):
         "trainable_parameters": int(sum(np.prod(w.shape) for w in model.trainable_weights)),
         "train_images": int(len(train.rows)),
         "train_images_per_epoch": int(len(train.positions)),
-        "class_weights": {CLASS_NAMES[i]: round(w, 4) for i, w in weights.items()} if weighs_samples(config.loss) else None,
+        "class_weights": {CLASS_NAMES[i]: round(w, 4) for i, w in weights.items()}
+        if weighs_samples(config.loss)
+        else None,
         "stage_boundaries": _stage_boundaries(recorder.history),
         "stages": stage_records(stages, recorder.history, config),
         "diagnostics": recorder.warnings(),
@@ -274,7 +297,9 @@ def tensorboard_callbacks(config, run_dir):
     if not config.tensorboard:
         return []
     if importlib.util.find_spec("tensorflow") is None:
-        print("Note: no TensorBoard logs: Keras writes them with TensorFlow, which is not installed (tensorboard: false silences this)")
+        print(
+            "Note: no TensorBoard logs: Keras writes them with TensorFlow, which is not installed (tensorboard: false silences this)"
+        )
         return []
     return [keras.callbacks.TensorBoard(log_dir=str(Path(run_dir) / TENSORBOARD_DIR), write_graph=False)]
 
@@ -291,7 +316,9 @@ def _load_checkpoint(path):
             return keras.saving.load_model(path)
     except (OSError, ValueError, zipfile.BadZipFile):
         if not zipfile.is_zipfile(path):
-            raise DataError(f"{path}: damaged checkpoint (not a .keras archive); the run cannot be resumed, start it again") from None
+            raise DataError(
+                f"{path}: damaged checkpoint (not a .keras archive); the run cannot be resumed, start it again"
+            ) from None
         raise
 
 
@@ -314,11 +341,18 @@ def _start_stage(model, stage, state, config, weights, run_dir, steps_per_epoch)
     if stage.backbone == "frozen":
         freeze_backbone(model)
     elif stage.backbone == "top blocks":
-        unfreeze_top_blocks(model, config.fine_tune_from_block, get_model_entry(config.model).blocks, config.fine_tune_batch_norm)
+        unfreeze_top_blocks(
+            model, config.fine_tune_from_block, get_model_entry(config.model).blocks, config.fine_tune_batch_norm
+        )
     warmup_epochs = config.warmup_epochs if stage.number == 1 else 0
     compile_model(
-        model, config, stage.lr, weights, stage_steps=stage.epochs * steps_per_epoch,
-        warmup_steps=warmup_epochs * steps_per_epoch, backbone_lr_factor=stage.backbone_lr_factor,
+        model,
+        config,
+        stage.lr,
+        weights,
+        stage_steps=stage.epochs * steps_per_epoch,
+        warmup_steps=warmup_epochs * steps_per_epoch,
+        backbone_lr_factor=stage.backbone_lr_factor,
     )
     print(f"Stage {stage.number}: training {describe_stage(stage, config)} for up to {stage.epochs} epochs")
 
@@ -341,13 +375,15 @@ def stage_records(stages, history, config):
     records = []
     for stage in stages:
         epochs = [int(row["epoch"]) for row in history if row["stage"] == stage.number]
-        records.append({
-            "stage": stage.number,
-            "trains": describe_stage(stage, config),
-            "lr": stage.lr,
-            "backbone_lr": 0.0 if stage.backbone == "frozen" else stage.lr * stage.backbone_lr_factor,
-            "epochs": [epochs[0], epochs[-1]] if epochs else None,
-        })
+        records.append(
+            {
+                "stage": stage.number,
+                "trains": describe_stage(stage, config),
+                "lr": stage.lr,
+                "backbone_lr": 0.0 if stage.backbone == "frozen" else stage.lr * stage.backbone_lr_factor,
+                "epochs": [epochs[0], epochs[-1]] if epochs else None,
+            }
+        )
     return records
 
 
@@ -428,14 +464,17 @@ class EpochRecorder(keras.callbacks.Callback):
     def _input_share(self, seconds):
         """The share of the epoch's training phase that making its batches took, per worker thread
         (see `training.diagnostics.input_bound`)."""
-        fetch_seconds = sum(self.train.fetch_seconds[self._batches_before:]) / max(self.train.workers, 1)
+        fetch_seconds = sum(self.train.fetch_seconds[self._batches_before :]) / max(self.train.workers, 1)
         return min(fetch_seconds / (self._train_seconds or seconds), 1.0)
 
     def on_epoch_end(self, epoch, logs=None):
         seconds = time.perf_counter() - self._started
         lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
         row = {
-            "epoch": epoch + 1, "stage": self.stage.number, "lr": lr, "seconds": round(seconds, 2),
+            "epoch": epoch + 1,
+            "stage": self.stage.number,
+            "lr": lr,
+            "seconds": round(seconds, 2),
             "input_share": round(self._input_share(seconds), 3),
         }
         row.update({name: float(logs[name]) for name in METRIC_COLUMNS})
@@ -453,10 +492,14 @@ class EpochRecorder(keras.callbacks.Callback):
         improved = verdict.improved
         if verdict.new_lr is not None:
             self.model.optimizer.learning_rate = verdict.new_lr
-            print(f"\nEpoch {epoch + 1}: {MONITOR} has not improved for {self.rules.lr_patience} epochs; lr {lr:g} -> {verdict.new_lr:g}")
+            print(
+                f"\nEpoch {epoch + 1}: {MONITOR} has not improved for {self.rules.lr_patience} epochs; lr {lr:g} -> {verdict.new_lr:g}"
+            )
         if verdict.stop:
             self.model.stop_training = True
-            print(f"\nEpoch {epoch + 1}: stopping stage {self.stage.number} early; best {MONITOR} {state.best_value:.4f} at epoch {state.best_epoch}")
+            print(
+                f"\nEpoch {epoch + 1}: stopping stage {self.stage.number} early; best {MONITOR} {state.best_value:.4f} at epoch {state.best_epoch}"
+            )
 
         # Commit order: the epoch's model, the history, then the state that points at them.
         # Files are deleted only once nothing points at them any more.

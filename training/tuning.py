@@ -55,7 +55,9 @@ DEFAULT_TRIALS = 10
 # Multipliers of the model's width option (densenet's growth rate, the cnn's filters, vgg16_bn's width).
 WIDTH_SCALES = (0.5, 0.75, 1.0, 1.5, 2.0)
 # The largest value of each augmentation strength (`networks.AugmentationOptions`).
-AUGMENTATION_LIMITS = {field.name: 0.5 if field.name == "saturation" else 1.0 for field in dataclasses.fields(AugmentationOptions)}
+AUGMENTATION_LIMITS = {
+    field.name: 0.5 if field.name == "saturation" else 1.0 for field in dataclasses.fields(AugmentationOptions)
+}
 
 
 def search_space(config):
@@ -72,7 +74,13 @@ def search_space(config):
     if get_model_entry(config.model).width is not None:  # a pretrained network's width is its weights'
         space.Choice("width", WIDTH_SCALES, default=1.0)
     if config.balance == "combined":
-        space.Int("balance_target", max(config.balance_target // 2, 1), config.balance_target * 2, sampling="log", default=config.balance_target)
+        space.Int(
+            "balance_target",
+            max(config.balance_target // 2, 1),
+            config.balance_target * 2,
+            sampling="log",
+            default=config.balance_target,
+        )
     if config.augment and config.augmentation_options.active:
         space.Float("augmentation", 0.0, 2.0, step=0.25, default=1.0)
     if config.loss != "cost":
@@ -111,7 +119,7 @@ DISTRIBUTED_VARIABLES = ("KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTU
 
 
 def distributed_role():
-    """"chief" or "worker" in a distributed search (KerasTuner's variables set), else None.
+    """ "chief" or "worker" in a distributed search (KerasTuner's variables set), else None.
 
     Raises:
         UserError: some of the variables are set, not all; the chief's address is not one
@@ -121,7 +129,9 @@ def distributed_role():
         return None
     missing = [name for name in DISTRIBUTED_VARIABLES if not os.environ.get(name)]
     if missing:
-        raise UserError(f"a distributed search needs {', '.join(DISTRIBUTED_VARIABLES)}; {', '.join(missing)} not set (docs/scale-out.md)")
+        raise UserError(
+            f"a distributed search needs {', '.join(DISTRIBUTED_VARIABLES)}; {', '.join(missing)} not set (docs/scale-out.md)"
+        )
     host, port = oracle_address()
     if "chief" not in os.environ["KERASTUNER_TUNER_ID"]:
         return "worker"
@@ -158,7 +168,9 @@ def oracle_address():
         except (socket.gaierror, UnicodeError):
             unresolved = True
         if unresolved:
-            raise UserError(f"KERASTUNER_ORACLE_IP={host!r}: not an IP address or a host name this machine can resolve (the chief's address)") from None
+            raise UserError(
+                f"KERASTUNER_ORACLE_IP={host!r}: not an IP address or a host name this machine can resolve (the chief's address)"
+            ) from None
     return host, int(port)
 
 
@@ -179,17 +191,25 @@ def join_search(search_dir, overrides=None, *, timeout):
     from keras_tuner.src.distribute import oracle_client
 
     host, port = oracle_address()
-    print(f"Worker {os.environ['KERASTUNER_TUNER_ID']}: waiting for the chief at {host}:{port} and its {Path(search_dir) / SEARCH_FILENAME} (at most {timeout} s: --chief-timeout)")
+    print(
+        f"Worker {os.environ['KERASTUNER_TUNER_ID']}: waiting for the chief at {host}:{port} and its {Path(search_dir) / SEARCH_FILENAME} (at most {timeout} s: --chief-timeout)"
+    )
     search_file = Path(search_dir) / SEARCH_FILENAME
     deadline = time.monotonic() + timeout
     while not search_file.is_file():
         if time.monotonic() >= deadline:
-            raise UserError(f"{search_dir}: no {SEARCH_FILENAME} after {timeout} s; is the chief (KERASTUNER_TUNER_ID=chief) running with the same --search-dir?")
+            raise UserError(
+                f"{search_dir}: no {SEARCH_FILENAME} after {timeout} s; is the chief (KERASTUNER_TUNER_ID=chief) running with the same --search-dir?"
+            )
         time.sleep(1)
     try:
-        grpc.channel_ready_future(grpc.insecure_channel(f"{host}:{port}")).result(timeout=max(deadline - time.monotonic(), 1))
+        grpc.channel_ready_future(grpc.insecure_channel(f"{host}:{port}")).result(
+            timeout=max(deadline - time.monotonic(), 1)
+        )
     except grpc.FutureTimeoutError:
-        raise UserError(f"no chief answered at {host}:{port} within {timeout} s; is it running (KERASTUNER_TUNER_ID=chief) with the same KERASTUNER_ORACLE_IP and KERASTUNER_ORACLE_PORT?") from None
+        raise UserError(
+            f"no chief answered at {host}:{port} within {timeout} s; is it running (KERASTUNER_TUNER_ID=chief) with the same KERASTUNER_ORACLE_IP and KERASTUNER_ORACLE_PORT?"
+        ) from None
     oracle_client.TIMEOUT = timeout  # read by each request of KerasTuner's client
     try:
         return continue_search(search_dir, overrides)
@@ -222,12 +242,21 @@ def start_search(trial_config, final_config, trials, tuner="bayesian", search_di
     else:
         search_dir = Path(search_dir)
         if search_dir.exists() and any(search_dir.iterdir()):
-            raise UserError(f"{search_dir}: a folder with other files in it, not a search folder (pass a new or empty --search-dir)")
+            raise UserError(
+                f"{search_dir}: a folder with other files in it, not a search folder (pass a new or empty --search-dir)"
+            )
         search_dir.mkdir(parents=True, exist_ok=True)
-    write_json(search_dir / SEARCH_FILENAME, {
-        "tuner": tuner, "trials": trials, "objective": OBJECTIVE,
-        "trial_config": trial_config.to_dict(), "final_config": final_config.to_dict(), "results": {},
-    })
+    write_json(
+        search_dir / SEARCH_FILENAME,
+        {
+            "tuner": tuner,
+            "trials": trials,
+            "objective": OBJECTIVE,
+            "trial_config": trial_config.to_dict(),
+            "final_config": final_config.to_dict(),
+            "results": {},
+        },
+    )
     print(f"Search folder: {search_dir} (continue it with `python main.py tune --resume {search_dir}` if it stops)")
     return continue_search(search_dir)
 
@@ -294,7 +323,9 @@ def _oracle(search, trial_config):
     space = search_space(trial_config)
     # KerasTuner takes a seed of 0 for none (a random one): shifted by one, the seed fixes the proposals.
     seed = trial_config.seed + 1 if trial_config.seed < MAX_SEED else MAX_SEED
-    common = dict(objective=objective, seed=seed, hyperparameters=space, allow_new_entries=False, tune_new_entries=False)
+    common = dict(
+        objective=objective, seed=seed, hyperparameters=space, allow_new_entries=False, tune_new_entries=False
+    )
     if search["tuner"] == "hyperband":
         oracle = keras_tuner.oracles.HyperbandOracle(max_epochs=trial_config.epochs, factor=3, **common)
         oracle.max_trials = search["trials"]
@@ -302,7 +333,9 @@ def _oracle(search, trial_config):
         # KerasTuner's default is 3 random trials per hyper-parameter (21 here): a CPU-sized search
         # would never leave random search. A third of the trials, at least 2, start the model.
         initial = max(2, search["trials"] // 3)
-        oracle = keras_tuner.oracles.BayesianOptimizationOracle(max_trials=search["trials"], num_initial_points=initial, **common)
+        oracle = keras_tuner.oracles.BayesianOptimizationOracle(
+            max_trials=search["trials"], num_initial_points=initial, **common
+        )
     return oracle
 
 
@@ -347,7 +380,9 @@ class RunTuner(keras_tuner.engine.base_tuner.BaseTuner):
         score = summary["best_val_balanced_accuracy"]
         results = self._record(trial.trial_id, values, score, summary["best_epoch"], run.run_dir)
         best = max(result[OBJECTIVE] for result in results.values())
-        print(f"Trial {trial.trial_id}: validation balanced accuracy {score:.4f} (epoch {summary['best_epoch']}); best so far {best:.4f}")
+        print(
+            f"Trial {trial.trial_id}: validation balanced accuracy {score:.4f} (epoch {summary['best_epoch']}); best so far {best:.4f}"
+        )
         # A fresh graph per trial: the models of earlier trials are not kept in memory.
         keras.backend.clear_session()
         return {OBJECTIVE: score}
@@ -357,7 +392,13 @@ class RunTuner(keras_tuner.engine.base_tuner.BaseTuner):
 
     def _record(self, trial_id, values, score, epoch, run_dir):
         """Adds a finished trial to tuning.json; returns every finished trial's result."""
-        entry = {"values": values, OBJECTIVE: score, "best_epoch": epoch, "run_dir": str(run_dir), "tuner": self.tuner_id}
+        entry = {
+            "values": values,
+            OBJECTIVE: score,
+            "best_epoch": epoch,
+            "run_dir": str(run_dir),
+            "tuner": self.tuner_id,
+        }
         return self._update("results", trial_id, entry)["results"]
 
     def _read(self):
