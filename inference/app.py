@@ -29,7 +29,6 @@ from PIL import Image
 from common.errors import DataError, UserError
 from dataset.images import read_image
 from dataset.metadata import CLASS_DESCRIPTIONS, CLASS_NAMES, UNKNOWN
-from inference.calibrated import Calibration
 from inference.exported import ExportedModel, load_predictor
 
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
@@ -188,7 +187,13 @@ def prediction_answer(run, probabilities, notes, models):
 
 
 def load_calibration(predictor):
-    """The predictor's `Calibration`, or the one-line reason there is none (a run evaluated before calibration.json)."""
+    """The predictor's `Calibration`, or the one-line reason there is none (a run evaluated before
+    calibration.json, an export)."""
+    if isinstance(predictor, ExportedModel):
+        return f"{predictor.name}: an export carries no calibration; serve its run folder for calibrated probabilities or conformal sets"
+    # Imported here: its evaluation helpers bring Keras, which an export's server goes without.
+    from inference.calibrated import Calibration
+
     try:
         return Calibration.load(predictor)
     except DataError as error:
